@@ -1,0 +1,4 @@
+"""kdlib: knowledge distillation for semantic segmentation, after the report in
+``shared/reference/kd-segmentation-report.md`` (student, teacher, losses, data, trainer)."""
+
+__version__ = "0.1.0"

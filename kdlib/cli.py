@@ -1,0 +1,241 @@
+"""``python -m kdlib <command>``: shapes, train, evaluate, teacher, demo.
+
+Every training setting is a flag whose default is ``kdlib.train.Config``'s (the report's
+Table 1); bad values are refused by argparse before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+HELP = {
+    "method": "KD method: none (plain CE), response, feature or both",
+    "dataset": "voc (PASCAL VOC 2012 on disk) or shapes (the embedded benchmark)",
+    "data_root": "data folder (VOC: VOC2012 or a folder above it; shapes: the generated folder)",
+    "out": "run folder for config.json, history.csv, metrics.json, best.pt, last.pt",
+    "model": "network to train: student, or a teacher architecture (fcn_resnet18, fcn_resnet50)",
+    "train_split": "split list used for training",
+    "val_split": "split list used for validation",
+    "image_size": "square input side, a multiple of 32 (default: 224 for VOC, the benchmark's size for shapes)",
+    "epochs": "maximum number of epochs",
+    "batch_size": "images per step (per process under torchrun)",
+    "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay (L2)",
+    "lr_factor": "ReduceLROnPlateau factor (on val mIoU)",
+    "lr_patience": "ReduceLROnPlateau patience, epochs",
+    "min_lr": "ReduceLROnPlateau floor",
+    "early_stop": "stop after this many epochs without a better val mIoU",
+    "temperature": "KD temperature T (> 0)",
+    "alpha": "weight of the cross entropy in KD methods",
+    "beta": "weight of the distillation terms in KD methods",
+    "scale_by_t2": "multiply the response term by T^2 (Hinton); off in the report",
+    "teacher": "teacher architecture (default: fcn_resnet50 for VOC, fcn_resnet18 for shapes)",
+    "teacher_weights": "teacher weights file (default: torch hub cache for VOC, the shipped checkpoint for shapes)",
+    "seed": "random seed (weights, shuffling, augmentation)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "workers": "DataLoader worker processes",
+    "amp": "bf16 autocast on CUDA",
+    "channels_last": "channels_last memory format",
+    "max_batches": "cap on training batches per epoch (smoke runs)",
+    "progress": "auto (bar in a terminal, lines elsewhere), bar, lines or none",
+    "resume": "continue the run in --out from its last.pt",
+    "overwrite": "start over in an --out that already holds a run",
+    "download": "let torchvision download VOC 2012 if it is missing",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = int(text)
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .losses import METHODS
+    from .models import ARCHITECTURES
+    from .train import Config
+
+    special = {
+        "method": {"choices": METHODS},
+        "dataset": {"choices": DATASETS},
+        "model": {"choices": ARCHITECTURES},
+        "teacher": {"choices": ("fcn_resnet50", "fcn_resnet18")},
+        "progress": {"choices": ("auto", "bar", "lines", "none")},
+        "image_size": {"type": _image_size},
+        "batch_size": {"type": _positive_int},
+        "epochs": {"type": _positive_int},
+        "max_batches": {"type": _positive_int},
+        "temperature": {"type": _positive_float},
+        "lr": {"type": _positive_float},
+        "alpha": {"type": _non_negative_float},
+        "beta": {"type": _non_negative_float},
+    }
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        kwargs = {"default": default, "help": f"{HELP[f.name]} (default: {default})"}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name in special:
+            kwargs.update(special[f.name])
+        elif isinstance(default, float):
+            kwargs["type"] = float
+        elif isinstance(default, int):
+            kwargs["type"] = int
+        kwargs.update({k: v for k, v in special.get(f.name, {}).items() if k == "choices"})
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace):
+    from .train import Config
+
+    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_shapes(args) -> int:
+    from .shapes import generate
+
+    start = time.perf_counter()
+    out = generate(
+        args.out, teacher_train=args.teacher_train, train=args.train, val=args.val,
+        size=args.size, seed=args.seed, progress=True,
+    )  # fmt: skip
+    print(f"shapes benchmark in {out} ({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def cmd_train(args, parser) -> int:
+    from .train import RunFolderError, fit
+
+    cfg = config_from_args(args)
+    try:
+        cfg.validate()
+        metrics = fit(cfg)
+    except (ValueError, RunFolderError) as exc:
+        parser.error(str(exc))
+    print(json.dumps({k: metrics[k] for k in ("best_epoch", "best_miou", "epochs_run", "total_seconds")}))
+    return 0
+
+
+def cmd_evaluate(args, parser) -> int:
+    from .evaluate import evaluate_checkpoint, format_table
+
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
+            image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+            teacher=args.teacher,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        parser.error(str(exc))
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_teacher(args) -> int:
+    from .teacher import train_shapes_teacher
+
+    train_shapes_teacher(args.data_root, out=args.out, epochs=args.epochs, device=args.device)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dataset, args.data_root, args.device, args.profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kdlib", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from .shapes import DEFAULTS
+
+    p = sub.add_parser("shapes", help="generate the embedded benchmark in the VOC layout")
+    p.add_argument("--out", required=True, help="output folder")
+    for split in ("teacher_train", "train", "val"):
+        p.add_argument("--" + split.replace("_", "-"), type=_positive_int, default=DEFAULTS[split],
+                       help=f"images in the {split} split (default: {DEFAULTS[split]})")  # fmt: skip
+    p.add_argument("--size", type=_image_size, default=DEFAULTS["size"], help="image side (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="benchmark seed (default: %(default)s)")
+
+    p = sub.add_parser("train", help="train a student (or a teacher) by the report's recipe")
+    add_config_arguments(p)
+
+    p = sub.add_parser("evaluate", help="mIoU, per-class IoU and pixel accuracy of a checkpoint")
+    p.add_argument("--checkpoint", help="a kdlib checkpoint (best.pt, last.pt, a shipped teacher)")
+    p.add_argument("--teacher", choices=("fcn_resnet50",), help="evaluate torchvision's FCN-ResNet50 (weights as for training)")
+    p.add_argument("--dataset", choices=("voc", "shapes"), default="shapes")
+    p.add_argument("--data-root", default="data/shapes")
+    p.add_argument("--split", default="val")
+    p.add_argument("--image-size", type=_image_size, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the result to this JSON file")
+
+    p = sub.add_parser("teacher", help="train the embedded benchmark's teacher (make teacher)")
+    p.add_argument("--data-root", default="data/shapes")
+    p.add_argument("--out", default="runs/teacher")
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("demo", help="run every notebook in order (make demo)")
+    p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
+    p.add_argument("--data-root", default="data/shapes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--profile", default="demo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # for errors in context
+    if args.command == "shapes":
+        return cmd_shapes(args)
+    if args.command == "train":
+        return cmd_train(args, sub)
+    if args.command == "evaluate":
+        return cmd_evaluate(args, sub)
+    if args.command == "teacher":
+        return cmd_teacher(args)
+    if args.command == "demo":
+        return cmd_demo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

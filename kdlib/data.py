@@ -1,0 +1,220 @@
+"""Data: one reading path for PASCAL VOC 2012 and the embedded ``shapes`` benchmark.
+
+Both live on disk in the VOC layout::
+
+    <voc2012 folder>/
+        JPEGImages/<id>.jpg
+        SegmentationClass/<id>.png          palette PNG: class index per pixel, 255 = void
+        ImageSets/Segmentation/<split>.txt  one <id> per line
+
+and are read by :class:`SegmentationFolder`. Transforms follow the report's Table 2 with
+``torchvision.transforms.v2``, image and mask travelling together (masks: nearest, void fill).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .losses import VOID
+
+NUM_CLASSES = 21
+# The teacher's input normalisation (torchvision's ImageNet statistics); the student shares it.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+DATASETS = ("voc", "shapes")
+VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data folder is missing or incomplete; the message shows the expected layout."""
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 RGB triples, flattened), as in the devkit's PNGs."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def layout_help(root: Path, split: str, name: str) -> str:
+    where = (
+        f"Get VOC 2012 from {VOC_URL} (2 GB) and unpack it so that the folder above exists, "
+        "or pass --download to let torchvision fetch it."
+        if name == "voc"
+        else f"Generate it with: python -m kdlib shapes --out {root}"
+    )
+    return (
+        f"Expected the {name!r} data set in the VOC layout:\n"
+        f"  {root}/JPEGImages/<id>.jpg\n"
+        f"  {root}/SegmentationClass/<id>.png   (palette PNG, class index per pixel, 255 = void)\n"
+        f"  {root}/ImageSets/Segmentation/{split}.txt\n{where}"
+    )
+
+
+def resolve_voc_root(root: str | os.PathLike) -> Path:
+    """Accept the VOC2012 folder itself, its VOCdevkit parent, or the folder above that."""
+    root = Path(root)
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    return root / "VOCdevkit" / "VOC2012"
+
+
+class SegmentationFolder(Dataset):
+    """(image, mask) pairs from a VOC-layout folder; the same code reads VOC and ``shapes``.
+
+    ``mask_dir`` is ``SegmentationClass`` (VOC's own) or ``SegmentationClassAug`` (SBD's
+    ``train_aug``). Images decode to uint8 tensors, masks from palette PNGs to class indices.
+    """
+
+    def __init__(self, root, split, transforms=None, mask_dir="SegmentationClass", name="voc"):
+        self.root, self.split, self.transforms = Path(root), split, transforms
+        list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        problems = [
+            str(p)
+            for p in (self.root / "JPEGImages", self.root / mask_dir, list_file)
+            if not p.exists()
+        ]
+        if problems:
+            raise DatasetNotFoundError(
+                f"Data set folder incomplete: missing {', '.join(problems)}.\n"
+                + layout_help(self.root, split, name)
+            )
+        self.ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        if not self.ids:
+            raise DatasetNotFoundError(f"{list_file} lists no image ids; the split is empty.")
+        self.images = [self.root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
+        self.masks = [self.root / mask_dir / f"{i}.png" for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw pair: uint8 image 3×H×W and uint8 mask H×W (class indices, 255 void)."""
+        with Image.open(self.images[index]) as jpeg:
+            image = torch.from_numpy(np.array(jpeg.convert("RGB"))).permute(2, 0, 1).contiguous()
+        with Image.open(self.masks[index]) as png:
+            mask = torch.from_numpy(np.array(png, dtype=np.uint8))
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.read(index)
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def train_transforms(image_size: int = 224) -> v2.Compose:
+    """Table 2 of the report, image and mask together.
+
+    Resize to ``image_size`` first (cheaper warps), then flip (p=0.5) and one affine warp
+    holding the rotation (±10°), translation (±0.1), scale (0.9-1.1) and shear (±5°); pixels
+    the warp exposes are 0 in the image and void (255) in the mask. Colour jitter
+    (brightness/contrast/saturation 0.2, hue 0.1) touches the image only; masks always use
+    nearest-neighbour interpolation (v2 does so for ``tv_tensors.Mask``).
+    """
+    return v2.Compose(
+        [
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomAffine(
+                degrees=10,
+                translate=(0.1, 0.1),
+                scale=(0.9, 1.1),
+                shear=(-5, 5, -5, 5),
+                fill={tv_tensors.Image: 0, tv_tensors.Mask: VOID},
+            ),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def eval_transforms(image_size: int = 224) -> v2.Compose:
+    """Resize only (nearest for the mask), then the teacher's normalisation."""
+    return v2.Compose(
+        [
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def denormalize(image: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`v2.Normalize` for display: float 3×H×W (or N×3×H×W) in [0, 1]."""
+    mean = torch.tensor(MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=image.device).view(3, 1, 1)
+    return (image * std + mean).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike,
+    split: str,
+    *,
+    train: bool,
+    image_size: int = 224,
+    download: bool = False,
+) -> SegmentationFolder:
+    """The one way to get a data set: ``name`` in ``voc | shapes``.
+
+    ``train`` picks Table 2's augmentation (else resize only). For ``voc``, ``root`` may be the
+    ``VOC2012`` folder or a folder above it; ``split`` is ``train``, ``val``, ``trainval`` or
+    ``train_aug`` (SBD's 10,582 images, read from ``SegmentationClassAug/`` next to
+    ``SegmentationClass/`` when the user has it). Downloads only with ``download=True``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32 (the student's stride), got {image_size}")
+    transforms = train_transforms(image_size) if train else eval_transforms(image_size)
+    if name == "shapes":
+        return SegmentationFolder(root, split, transforms, name="shapes")
+    voc_root = resolve_voc_root(root)
+    if download and not (voc_root / "JPEGImages").is_dir():
+        from torchvision.datasets import VOCSegmentation
+
+        VOCSegmentation(str(root), year="2012", image_set="trainval", download=True)
+        voc_root = resolve_voc_root(root)
+    mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
+    return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc")
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """The 21 class names of a data set, background first."""
+    if name == "voc":
+        return VOC_CLASSES
+    from .shapes import CLASS_NAMES
+
+    return CLASS_NAMES

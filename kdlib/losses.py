@@ -1,0 +1,159 @@
+"""The report's loss terms (Section 2), one pure function each: tensors in, scalar out.
+
+Every term leaves out pixels labelled ``VOID`` (255). When a batch holds no valid pixel at
+all, each term is 0 (with a zero gradient) rather than NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+VOID = 255
+METHODS = ("none", "response", "feature", "both")
+
+
+def _masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``per_pixel`` (N×H×W) over ``valid`` pixels; 0 when there are none."""
+    if valid is None:
+        return per_pixel.mean()
+    valid = valid.to(per_pixel.dtype)
+    return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise cross entropy with the ground truth, void pixels left out.
+
+        L_ce = -1/|V| · Σ_{p∈V} log softmax(z_s(p))_{y(p)},   V = {p : y(p) ≠ 255}
+
+    ``logits``: N×C×H×W student logits (never temperature-divided); ``target``: N×H×W int64.
+    """
+    per_pixel = F.cross_entropy(logits, target, ignore_index=VOID, reduction="none")
+    return _masked_mean(per_pixel, target != VOID)
+
+
+def response_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 4.0,
+    valid_mask: torch.Tensor | None = None,
+    scale_by_t2: bool = False,
+) -> torch.Tensor:
+    """Soft-target cross entropy between temperature-softened teacher and student outputs.
+
+        L_response = 1/|V| · Σ_{p∈V} -Σ_c softmax(z_t(p)/T)_c · log softmax(z_s(p)/T)_c
+
+    averaged over the valid pixels V (all pixels when ``valid_mask`` is None). This is the
+    report's formula, which has no T² factor, so ``scale_by_t2=False`` is the default.
+    ``scale_by_t2=True`` multiplies the loss by T² (Hinton et al.): the gradient of the soft
+    term shrinks like 1/T², and the factor keeps its size comparable to the cross entropy's
+    when T changes; at T=4 it makes the distillation term 16× stronger relative to α·CE.
+
+    Note that this cross entropy equals KL(p_t‖p_s) plus the teacher's entropy, which does
+    not depend on the student: the gradients are those of the KL divergence, the value is not
+    (its minimum is the teacher's entropy, not 0).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"response_kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
+        )
+    if temperature <= 0:
+        raise ValueError(f"response_kd_loss: temperature must be > 0, got {temperature}")
+    t = float(temperature)
+    teacher_prob = F.softmax(teacher_logits.float() / t, dim=1)
+    student_logp = F.log_softmax(student_logits.float() / t, dim=1)
+    per_pixel = -(teacher_prob * student_logp).sum(dim=1)
+    loss = _masked_mean(per_pixel, valid_mask)
+    return loss * (t * t) if scale_by_t2 else loss
+
+
+def _valid_at(valid_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """A feature pixel counts as valid when most of the input pixels it covers are valid."""
+    if valid_mask is None:
+        return None
+    if tuple(valid_mask.shape[-2:]) == tuple(size):
+        return valid_mask
+    frac = F.interpolate(valid_mask[:, None].float(), size=size, mode="area")[:, 0]
+    return frac > 0.5
+
+
+def feature_kd_loss(
+    student_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    teacher_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    valid_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cosine feature alignment over the N levels (the report uses four).
+
+        L_feature = 1/N · Σ_i mean_p (1 - cos(f_t^i(p), f_s^i(p)))
+
+    where the cosine is taken across channels at each spatial position p. A teacher map of
+    another spatial size is resized bilinearly to the student's. With ``valid_mask`` (N×H×W,
+    at input resolution) a feature position counts only when most of the input pixels it
+    covers are valid. The teacher maps must already have the student's channel count (the
+    teacher wrapper's 1×1 projections do that).
+    """
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(
+            f"feature_kd_loss: got {len(student_features)} student and {len(teacher_features)} "
+            "teacher feature levels; they must match and be non-empty"
+        )
+    terms = []
+    for level, (fs, ft) in enumerate(zip(student_features, teacher_features)):
+        if fs.shape[1] != ft.shape[1]:
+            raise ValueError(
+                f"feature_kd_loss: level {level} has {fs.shape[1]} student and {ft.shape[1]} "
+                "teacher channels; project the teacher's features to the student's channels"
+            )
+        if ft.shape[-2:] != fs.shape[-2:]:
+            ft = F.interpolate(ft, size=fs.shape[-2:], mode="bilinear", align_corners=False)
+        cos = F.cosine_similarity(fs.float(), ft.float(), dim=1, eps=1e-8)
+        terms.append(_masked_mean(1.0 - cos, _valid_at(valid_mask, tuple(fs.shape[-2:]))))
+    return torch.stack(terms).mean()
+
+
+def distillation_loss(
+    method: str,
+    student_out: dict,
+    teacher_out: dict | None,
+    target: torch.Tensor,
+    alpha: float = 0.7,
+    beta: float = 0.3,
+    temperature: float = 4.0,
+    scale_by_t2: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The report's combined objective for one KD method.
+
+        none:      L = L_ce                                  (the baseline: plain CE)
+        response:  L = α·L_ce + β·L_response
+        feature:   L = α·L_ce + β·L_feature
+        both:      L = α·L_ce + β·(L_response + L_feature)
+
+    ``student_out`` and ``teacher_out`` are the models' dicts (``"out"``: logits at input size,
+    ``"features"``: the four levels, teacher's already projected). Void pixels are left out of
+    every term. Returns the total and a dict of every component (detached), for the plots.
+    """
+    if method not in METHODS:
+        raise ValueError(f"distillation_loss: unknown method {method!r}; choose one of {METHODS}")
+    valid = target != VOID
+    ce = supervised_loss(student_out["out"], target)
+    parts = {"ce": ce}
+    if method == "none":
+        total = ce
+    else:
+        if teacher_out is None:
+            raise ValueError(f"distillation_loss: method {method!r} needs the teacher's outputs")
+        kd = ce.new_zeros(())
+        if method in ("response", "both"):
+            parts["response"] = response_kd_loss(
+                student_out["out"], teacher_out["out"], temperature, valid, scale_by_t2
+            )
+            kd = kd + parts["response"]
+        if method in ("feature", "both"):
+            parts["feature"] = feature_kd_loss(
+                student_out["features"], teacher_out["features"], valid
+            )
+            kd = kd + parts["feature"]
+        total = alpha * ce + beta * kd
+    parts["total"] = total
+    return total, {k: v.detach() for k, v in parts.items()}

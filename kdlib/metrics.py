@@ -1,0 +1,60 @@
+"""Segmentation metrics accumulated over a whole split (never averaged over batches)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from .losses import VOID
+
+
+class SegmentationMetrics:
+    """mIoU with torchmetrics' ``MulticlassJaccardIndex(num_classes, ignore_index=255)``,
+    plus per-class IoU and pixel accuracy read from the same confusion matrix.
+
+    The macro average leaves out classes that appear in neither prediction nor ground truth
+    (their IoU is reported as NaN). Under ``torch.distributed`` the confusion matrix is summed
+    across ranks by torchmetrics before ``compute``.
+    """
+
+    def __init__(self, num_classes: int = 21, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.jaccard = MulticlassJaccardIndex(
+            num_classes=num_classes, ignore_index=VOID, average="macro", validate_args=False
+        ).to(device)
+
+    @torch.no_grad()
+    def update(self, logits_or_pred: torch.Tensor, target: torch.Tensor) -> None:
+        pred = logits_or_pred.argmax(1) if logits_or_pred.ndim == 4 else logits_or_pred
+        self.jaccard.update(pred, target)
+
+    def reset(self) -> None:
+        self.jaccard.reset()
+
+    def compute(self) -> dict:
+        miou = float(self.jaccard.compute())  # syncs the confusion matrix across ranks
+        confmat = self.jaccard.confmat.double().cpu()
+        tp = confmat.diag()
+        union = confmat.sum(0) + confmat.sum(1) - tp
+        iou = [float(t / u) if u > 0 else math.nan for t, u in zip(tp, union)]
+        total = confmat.sum()
+        return {
+            "miou": miou,
+            "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
+            "per_class_iou": iou,
+            "confusion_matrix": confmat.long().tolist(),
+        }
+
+
+def iou_from_confusion(confmat) -> tuple[float, list[float]]:
+    """(mIoU over present classes, per-class IoU with NaN for absent) from a C×C count matrix
+    whose rows are ground truth and columns predictions."""
+    cm = torch.as_tensor(confmat, dtype=torch.float64)
+    tp = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan))
+    present = union > 0
+    miou = float(iou[present].mean()) if present.any() else math.nan
+    return miou, iou.tolist()

@@ -1,0 +1,650 @@
+"""The report's training recipe (Table 1, Section 2) as one resumable, reproducible trainer.
+
+Read top to bottom: ``Config`` (every setting, with the report's defaults), ``build_data``,
+``build_teacher``, ``train_one_epoch``, ``evaluate``, ``fit``. ``python -m kdlib train`` is
+``fit`` behind an argument parser (see ``kdlib/cli.py``).
+
+Artifacts in ``config.out``: ``config.json``, ``history.csv`` (a row per epoch),
+``metrics.json`` (the best epoch), ``best.pt`` and ``last.pt`` (atomic writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import __version__
+from .data import DATASETS, NUM_CLASSES, build_dataset
+from .losses import METHODS, distillation_loss
+from .metrics import SegmentationMetrics
+from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_fcn_resnet18.pt"
+
+
+@dataclass
+class Config:
+    """Every setting of a run. Defaults are the report's Table 1; ``None`` means "resolved
+    from the data set" (224 px and the FCN-ResNet50 teacher for VOC; the benchmark's own size
+    and the shipped teacher for ``shapes``). The resolved config is saved with every run."""
+
+    method: str = "none"  # none | response | feature | both
+    dataset: str = "shapes"  # voc | shapes
+    data_root: str = "data/shapes"
+    out: str = "runs/none"
+    model: str = "student"  # the trained network: student, or a teacher architecture
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int | None = None
+    epochs: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_factor: float = 0.2  # ReduceLROnPlateau on val mIoU
+    lr_patience: int = 10
+    min_lr: float = 1e-7
+    early_stop: int = 30  # epochs without a better val mIoU
+    temperature: float = 4.0
+    alpha: float = 0.7
+    beta: float = 0.3
+    scale_by_t2: bool = False
+    teacher: str | None = None  # fcn_resnet50 | fcn_resnet18
+    teacher_weights: str | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int = 2
+    amp: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = True
+    max_batches: int | None = None  # cap batches per epoch (smoke runs)
+    progress: str = "auto"  # auto | bar | lines | none
+    resume: bool = False
+    overwrite: bool = False
+    download: bool = False
+
+    def validate(self) -> None:
+        """Refuse bad settings before any work starts; each message names the setting."""
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset={self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.model not in ARCHITECTURES:
+            problems.append(f"model={self.model!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.model != "student" and self.method != "none":
+            problems.append(f"model={self.model!r} trains only with method='none'")
+        if self.temperature <= 0:
+            problems.append(f"temperature={self.temperature}: must be > 0")
+        if self.alpha < 0 or self.beta < 0:
+            problems.append(f"alpha={self.alpha}, beta={self.beta}: must be >= 0")
+        if self.image_size is not None and (self.image_size <= 0 or self.image_size % 32):
+            problems.append(f"image_size={self.image_size}: must be a positive multiple of 32")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size}: must be >= 1")
+        if self.epochs < 1:
+            problems.append(f"epochs={self.epochs}: must be >= 1")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr}: must be > 0")
+        if self.workers < 0:
+            problems.append(f"workers={self.workers}: must be >= 0")
+        if self.progress not in ("auto", "bar", "lines", "none"):
+            problems.append(f"progress={self.progress!r}: choose auto, bar, lines or none")
+        if problems:
+            raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
+
+    def resolved(self) -> Config:
+        """A copy with the data-set-dependent defaults filled in."""
+        cfg = dataclasses.replace(self)
+        if cfg.image_size is None:
+            cfg.image_size = 224 if cfg.dataset == "voc" else _shapes_size(cfg.data_root)
+        if cfg.teacher is None and cfg.method != "none":
+            cfg.teacher = "fcn_resnet50" if cfg.dataset == "voc" else "fcn_resnet18"
+        if cfg.teacher == "fcn_resnet18" and cfg.teacher_weights is None and cfg.method != "none":
+            cfg.teacher_weights = str(SHAPES_TEACHER)
+        return cfg
+
+
+def _shapes_size(root: str) -> int:
+    card = Path(root) / "benchmark.json"
+    return json.loads(card.read_text())["size"] if card.is_file() else 64
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Single process, or one rank of ``torchrun`` (its environment variables decide)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        use_cuda = device != "cpu" and torch.cuda.is_available()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        return Runtime(dev, rank, world)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Runtime(torch.device(device))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch: a pure function of its arguments,
+    so augmentation does not depend on worker count, persistent workers, ranks or resumes."""
+    return (seed * 1_000_003 + epoch) * 1_000_003 + index
+
+
+class SeededSampler(DistributedSampler):
+    """``DistributedSampler`` (shuffle by epoch, shard by rank; ``set_epoch`` each epoch)
+    that hands the dataset ``(index, augmentation seed)`` pairs."""
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+class SeededView(torch.utils.data.Dataset):
+    """A dataset indexed by ``(index, seed)``: the sample's random augmentation is drawn from
+    a generator seeded with ``seed``. Plain ints index it without reseeding."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        return self.dataset[key]
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation order without padding: rank r gets indices r, r+W, r+2W, ... so that the
+    ranks together see every sample exactly once (metrics then equal a single process's)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, SeededSampler]:
+    train_set = SeededView(
+        build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=True,
+                      image_size=cfg.image_size, download=cfg.download)
+    )  # fmt: skip
+    val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, train=False,
+                            image_size=cfg.image_size)  # fmt: skip
+    sampler = SeededSampler(train_set, num_replicas=rt.world, rank=rt.rank, shuffle=True,
+                            seed=cfg.seed, drop_last=False)  # fmt: skip
+    common = {
+        "num_workers": cfg.workers,
+        "pin_memory": rt.device.type == "cuda",
+        "persistent_workers": cfg.workers > 0,
+    }
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=False, **common)
+    val_loader = DataLoader(val_set, cfg.batch_size, sampler=ShardSampler(len(val_set), rt.rank, rt.world), **common)
+    return train_loader, val_loader, sampler
+
+
+def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
+    """The frozen teacher behind its wrapper, or None for ``method=none`` (never built)."""
+    if cfg.method == "none":
+        return None
+    if cfg.teacher == "fcn_resnet50":
+        from .models import fcn_resnet50_teacher
+
+        model = fcn_resnet50_teacher(cfg.teacher_weights)
+    else:
+        model = load_model(cfg.teacher_weights, expect=cfg.teacher)
+    return TeacherWrapper(model).to(device)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def atomic_save(obj, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {exc}") from exc
+    missing = [k for k in ("model", "config") if k not in ckpt] if isinstance(ckpt, dict) else ["model"]
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks the key(s) {missing}: not a kdlib checkpoint")
+    return ckpt
+
+
+def load_model(path, expect: str | None = None) -> nn.Module:
+    """A model (student or teacher architecture) from a kdlib checkpoint, in eval mode."""
+    if path is None:
+        raise FileNotFoundError(f"no weights given for the {expect} teacher (--teacher-weights)")
+    ckpt = load_checkpoint(path)
+    arch = ckpt["config"].get("model", "student")
+    if expect is not None and arch != expect:
+        raise RuntimeError(f"checkpoint {path} holds a {arch!r}, not the expected {expect!r}")
+    model = build_model(arch, ckpt["config"].get("num_classes", NUM_CLASSES))
+    try:
+        model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
+    except RuntimeError as exc:
+        raise RuntimeError(f"checkpoint {path} does not fit a {arch!r} with {NUM_CLASSES} classes: {str(exc)[:300]}") from exc
+    return model.eval()
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1],
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.asarray(state["numpy"], dtype=np.uint32), *np_state[2:]))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _batches(loader, cap):
+    for i, batch in enumerate(loader):
+        if cap is not None and i >= cap:
+            break
+        yield batch
+
+
+def _to(batch, device, channels_last):
+    x, y = batch
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _check_finite(parts: dict, epoch: int, step: int, phase: str) -> None:
+    bad = [k for k, v in parts.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"{phase} loss component(s) {bad} became non-finite at epoch {epoch}, step {step}; "
+            "last.pt and best.pt hold the run before this epoch (try a lower --lr, or --amp off)"
+        )
+
+
+def _autocast(cfg: Config, device: torch.device):
+    enabled = cfg.amp and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progress) -> dict:
+    student.train()
+    if teacher is not None:
+        teacher.train()
+    sums, seen, start = {}, 0, time.perf_counter()
+    with_features = cfg.method in ("feature", "both")
+    for step, batch in enumerate(progress(_batches(loader, cfg.max_batches), epoch)):
+        x, y = _to(batch, rt.device, cfg.channels_last)
+        with _autocast(cfg, rt.device):
+            teacher_out = teacher(x, with_features) if teacher is not None else None
+            student_out = student(x)
+            loss, parts = distillation_loss(
+                cfg.method, student_out, teacher_out, y, cfg.alpha, cfg.beta,
+                cfg.temperature, cfg.scale_by_t2,
+            )  # fmt: skip
+        _check_finite(parts, epoch, step, "train")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = x.shape[0]
+        seen += n
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+    seconds = time.perf_counter() - start
+    stats = _reduce({k: v for k, v in sums.items()} | {"_n": seen}, rt)
+    n = max(stats.pop("_n"), 1)
+    return {f"train_{k}": v / n for k, v in stats.items()} | {
+        "train_seconds": seconds,
+        "train_images_per_s": stats_images(seen, seconds, rt),
+    }
+
+
+def stats_images(seen, seconds, rt):
+    return seen * rt.world / seconds if seconds > 0 else math.nan
+
+
+def _reduce(values: dict, rt: Runtime) -> dict:
+    if rt.world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+@torch.no_grad()
+def evaluate(cfg, student, teacher, loader, rt, epoch=0) -> dict:
+    """Whole-split metrics (confusion matrix over every pixel) and every loss component."""
+    student.eval()
+    if teacher is not None:
+        teacher.eval()
+    metrics = SegmentationMetrics(NUM_CLASSES, rt.device)
+    sums, seen = {}, 0
+    with_features = cfg.method in ("feature", "both")
+    for step, batch in enumerate(loader):
+        x, y = _to(batch, rt.device, cfg.channels_last)
+        with _autocast(cfg, rt.device):
+            teacher_out = teacher(x, with_features) if teacher is not None else None
+            student_out = student(x)
+            _, parts = distillation_loss(
+                cfg.method, student_out, teacher_out, y, cfg.alpha, cfg.beta,
+                cfg.temperature, cfg.scale_by_t2,
+            )  # fmt: skip
+        _check_finite(parts, epoch, step, "val")
+        metrics.update(student_out["out"].float(), y)
+        n = x.shape[0]
+        seen += n
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+    stats = _reduce(sums | {"_n": seen}, rt)
+    n = max(stats.pop("_n"), 1)
+    result = metrics.compute()
+    return {f"val_{k}": v / n for k, v in stats.items()} | {
+        "val_miou": result["miou"],
+        "val_pixel_accuracy": result["pixel_accuracy"],
+        "per_class_iou": result["per_class_iou"],
+        "confusion_matrix": result["confusion_matrix"],
+    }
+
+
+def _progress_factory(cfg: Config, rt: Runtime, total: int):
+    mode = cfg.progress
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "lines"
+    if mode == "bar" and rt.main:
+        from tqdm import tqdm
+
+        return lambda it, epoch: tqdm(it, total=total, desc=f"epoch {epoch}", leave=False)
+    return lambda it, epoch: it
+
+
+def _log(cfg: Config, rt: Runtime, text: str) -> None:
+    if rt.main and cfg.progress != "none":
+        print(text, flush=True)
+
+
+def environment() -> dict:
+    import torchvision
+
+    return {
+        "kdlib": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+class RunFolderError(RuntimeError):
+    pass
+
+
+def _prepare_out(cfg: Config, rt: Runtime) -> Path:
+    out = Path(cfg.out)
+    if rt.main:
+        if (out / "config.json").exists() and not (cfg.resume or cfg.overwrite):
+            raise RunFolderError(
+                f"{out} already holds a run; pass --resume to continue it or --overwrite to start over"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite and not cfg.resume:
+            for name in ("last.pt", "best.pt", "history.csv", "metrics.json"):
+                (out / name).unlink(missing_ok=True)
+    return out
+
+
+HISTORY_KEYS = (
+    "epoch", "lr", "train_total", "train_ce", "train_response", "train_feature",
+    "val_total", "val_ce", "val_response", "val_feature", "val_miou", "val_pixel_accuracy",
+    "train_seconds", "epoch_seconds", "train_images_per_s",
+)  # fmt: skip
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    lines = [",".join(HISTORY_KEYS)]
+    for row in history:
+        lines.append(",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in HISTORY_KEYS))
+    atomic_write_text("\n".join(lines) + "\n", path)
+
+
+def fit(cfg: Config | dict | None = None, **overrides) -> dict:
+    """Train one model by the report's recipe and return the run's ``metrics.json`` dict.
+
+    ``fit(Config(...))``, ``fit({"method": "both", ...})`` or ``fit(method="both", ...)``.
+    """
+    if cfg is None:
+        cfg = Config()
+    elif isinstance(cfg, dict):
+        unknown = sorted(set(cfg) - {f.name for f in dataclasses.fields(Config)})
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}")
+        cfg = Config(**cfg)
+    cfg = dataclasses.replace(cfg, **overrides)
+    cfg.validate()
+    cfg = cfg.resolved()
+    rt = setup_runtime(cfg.device)
+    out = _prepare_out(cfg, rt)
+    seed_everything(cfg.seed)
+
+    train_loader, val_loader, sampler = build_data(cfg, rt)
+    student = build_model(cfg.model, NUM_CLASSES).to(rt.device)
+    teacher = build_teacher(cfg, rt.device)
+    if cfg.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    params = list(student.parameters())
+    if teacher is not None and cfg.method in ("feature", "both"):
+        params += list(teacher.projections.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience,
+        threshold=0.0, min_lr=cfg.min_lr,
+    )  # fmt: skip
+    model = student
+    if rt.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
+        if teacher is not None and cfg.method in ("feature", "both"):
+            teacher.projections = nn.parallel.DistributedDataParallel(
+                teacher.projections, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            )  # fmt: skip
+
+    state = {"epoch": 0, "best_miou": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
+    if cfg.resume and (out / "last.pt").is_file():
+        ckpt = load_checkpoint(out / "last.pt")
+        student.load_state_dict(ckpt["model"])
+        if teacher is not None and ckpt.get("projections") is not None:
+            _unwrap(teacher.projections).load_state_dict(ckpt["projections"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"])
+        _log(cfg, rt, f"resumed {out} after epoch {state['epoch']}")
+    run_config = dataclasses.asdict(cfg) | {
+        "num_classes": NUM_CLASSES,
+        "world_size": rt.world,
+        "device_name": str(rt.device),
+        "environment": environment(),
+        "student_parameters": count_parameters(student),
+    }
+    if rt.main:
+        atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
+
+    progress = _progress_factory(cfg, rt, len(train_loader))
+    stop = state["bad_epochs"] >= cfg.early_stop
+    while state["epoch"] < cfg.epochs and not stop:
+        epoch = state["epoch"] + 1
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train = train_one_epoch(cfg, model, teacher, optimizer, train_loader, rt, epoch, progress)
+        val = evaluate(cfg, student, teacher, val_loader, rt, epoch)
+        miou = val["val_miou"]
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(miou)
+        improved = miou > state["best_miou"]
+        if improved:
+            state.update(best_miou=miou, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        seconds = time.perf_counter() - t0
+        state["seconds"] += seconds
+        row = {"epoch": epoch, "lr": lr, **{k: v for k, v in (train | val).items()
+                                             if k in HISTORY_KEYS}, "epoch_seconds": seconds}  # fmt: skip
+        state["history"].append(row)
+        state["epoch"] = epoch
+        stop = state["bad_epochs"] >= cfg.early_stop
+        if rt.main:
+            ckpt = {
+                "model": student.state_dict(),
+                "projections": _unwrap(teacher.projections).state_dict() if teacher is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+                "rng": rng_state(),
+                "config": run_config,
+                "epoch": epoch,
+            }
+            if improved:
+                atomic_save(ckpt | {"val": _summary(val)}, out / "best.pt")
+                atomic_write_text(json.dumps(_metrics(cfg, state, val, student), indent=2) + "\n",
+                                  out / "metrics.json")  # fmt: skip
+            atomic_save(ckpt, out / "last.pt")
+            write_history(state["history"], out / "history.csv")
+            _update_metrics_progress(out / "metrics.json", state, cfg)
+        _log(cfg, rt, _epoch_line(cfg, epoch, row, improved))
+    if rt.world > 1:
+        dist.barrier()
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _unwrap(module):
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _summary(val: dict) -> dict:
+    return {k: v for k, v in val.items() if k != "confusion_matrix"}
+
+
+def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module) -> dict:
+    return {
+        "method": cfg.method,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "best_epoch": state["best_epoch"],
+        "best_miou": state["best_miou"],
+        "pixel_accuracy": val["val_pixel_accuracy"],
+        "per_class_iou": val["per_class_iou"],
+        "confusion_matrix": val["confusion_matrix"],
+        "parameters": count_parameters(student),
+    }
+
+
+def _update_metrics_progress(path: Path, state: dict, cfg: Config) -> None:
+    """Keep ``epochs_run``, ``total_seconds`` and ``early_stopped`` current in metrics.json."""
+    metrics = json.loads(path.read_text())
+    metrics.update(
+        epochs_run=state["epoch"],
+        total_seconds=round(state["seconds"], 3),
+        early_stopped=state["bad_epochs"] >= cfg.early_stop,
+    )
+    atomic_write_text(json.dumps(metrics, indent=2) + "\n", path)
+
+
+def _epoch_line(cfg: Config, epoch: int, row: dict, improved: bool) -> str:
+    mark = " *" if improved else ""
+    return (
+        f"[{cfg.method}] epoch {epoch:3d}/{cfg.epochs} loss {row['train_total']:.4f} "
+        f"val {row['val_total']:.4f} mIoU {row['val_miou']:.4f} lr {row['lr']:.1e} "
+        f"{row['epoch_seconds']:.1f}s{mark}"
+    )

@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from kdlib.data import (
+    MEAN,
+    STD,
+    DatasetNotFoundError,
+    build_dataset,
+    denormalize,
+    voc_palette,
+)
+from kdlib.losses import VOID
+
+SIZES = [(100, 75), (90, 120), (64, 64), (130, 97)]  # (width, height), several aspect ratios
+LABELS = {0, 3, 15, VOID}
+
+
+def write_voc(root, all_foreground=False):
+    """A tiny VOC-layout folder: JPEGs of several sizes, palette PNG masks with void borders."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = []
+    for i, (w, h) in enumerate(SIZES):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        if all_foreground:
+            mask[:] = 7
+        else:
+            mask[h // 4 : h // 2, w // 4 : w // 2] = 3
+            mask[h // 2 :, w // 2 :] = 15
+            mask[h // 4 - 1, w // 4 - 1 : w // 2 + 1] = VOID  # void border above object 3
+            mask[h // 2 - 1, w // 2 :] = VOID
+        ids.append(f"2012_{i:06d}")
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{ids[-1]}.jpg")
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(voc_palette())
+        png.save(voc / "SegmentationClass" / f"{ids[-1]}.png")
+    for split in ("train", "val"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return voc
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    write_voc(tmp_path)
+    return tmp_path
+
+
+def test_voc_palette_is_the_devkits():
+    p = voc_palette()
+    assert p[0:3] == [0, 0, 0] and p[3:6] == [128, 0, 0] and p[15 * 3 : 16 * 3] == [192, 128, 128]
+    assert p[255 * 3 : 256 * 3] == [224, 224, 192]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_voc_shapes_dtypes_labels(voc_root, train):
+    ds = build_dataset("voc", voc_root, "train", train=train, image_size=64)
+    assert len(ds) == len(SIZES)
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        assert image.dtype == torch.float32 and image.shape == (3, 64, 64)
+        assert mask.dtype == torch.int64 and mask.shape == (64, 64)
+        assert set(mask.unique().tolist()) <= LABELS
+        assert denormalize(image).min() >= 0 and denormalize(image).max() <= 1
+
+
+def test_voc_root_may_be_any_level(voc_root):
+    for root in (voc_root, voc_root / "VOCdevkit", voc_root / "VOCdevkit" / "VOC2012"):
+        assert len(build_dataset("voc", root, "val", train=False, image_size=32)) == len(SIZES)
+
+
+def test_eval_image_and_mask_equal_the_resized_originals(voc_root):
+    ds = build_dataset("voc", voc_root, "val", train=False, image_size=96)
+    raw_image, raw_mask = ds.read(1)
+    image, mask = ds[1]
+    expected = F.interpolate(raw_mask[None, None].float(), size=(96, 96), mode="nearest")[0, 0].long()
+    assert torch.equal(mask, expected)
+    # the image is the antialiased resize, normalised with the teacher's statistics
+    resized = F.interpolate(raw_image[None].float() / 255, size=(96, 96), mode="bilinear",
+                            antialias=True, align_corners=False)[0]  # fmt: skip
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    assert torch.allclose(image, (resized - mean) / std, atol=0.03)
+
+
+def test_augmentation_keeps_label_set_and_fills_void(voc_root):
+    """Catches a mask interpolated bilinearly (new values), jitter applied to the mask, and a
+    warp that fills exposed pixels with 0 (background) instead of 255."""
+    ds = build_dataset("voc", voc_root, "train", train=True, image_size=64)
+    torch.manual_seed(0)
+    saw_void = 0
+    for _ in range(12):
+        for i in range(len(ds)):
+            _, mask = ds[i]
+            values = set(mask.unique().tolist())
+            assert values <= LABELS, f"augmented mask has labels {values - LABELS}"
+            saw_void += (mask[0] == VOID).any().item() or (mask[:, 0] == VOID).any().item()
+    assert saw_void > 0  # rotation/affine exposes borders, and they are void
+
+
+def test_all_foreground_mask_never_gains_background(tmp_path):
+    write_voc(tmp_path, all_foreground=True)
+    ds = build_dataset("voc", tmp_path, "train", train=True, image_size=64)
+    torch.manual_seed(1)
+    exposed = 0
+    for _ in range(25):
+        for i in range(len(ds)):
+            _, mask = ds[i]
+            values = set(mask.unique().tolist())
+            assert values <= {7, VOID}, f"background appeared: {values}"
+            exposed += int((mask == VOID).sum())
+    assert exposed > 0
+
+
+def test_augmentation_is_random_but_reproducible(voc_root):
+    ds = build_dataset("voc", voc_root, "train", train=True, image_size=64)
+    torch.manual_seed(3)
+    a = ds[0]
+    torch.manual_seed(3)
+    b = ds[0]
+    c = ds[0]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(b[0], c[0])
+
+
+def test_colour_jitter_leaves_mask_alone(voc_root):
+    """Geometry aside, the mask never depends on the photometric draw: with the same
+    geometric parameters, two samples differ in the image only."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    ds = build_dataset("voc", voc_root, "train", train=False, image_size=64)
+    image, mask = ds.read(0)
+    jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
+    out_image, out_mask = jitter(tv_tensors.Image(image), tv_tensors.Mask(mask))
+    assert torch.equal(out_mask, mask) and not torch.equal(out_image, image)
+    from kdlib.data import train_transforms
+
+    names = [type(t).__name__ for t in train_transforms(64).transforms]
+    assert names == ["Resize", "RandomHorizontalFlip", "RandomAffine", "ColorJitter", "ToDtype", "Normalize"]
+    affine = train_transforms(64).transforms[2]
+    assert affine.degrees == [-10.0, 10.0] and affine.translate == (0.1, 0.1)
+    assert affine.scale == (0.9, 1.1) and affine.shear == [-5.0, 5.0, -5.0, 5.0]
+    assert affine.fill[tv_tensors.Mask] == VOID
+
+
+def test_missing_or_incomplete_folder_explains_layout(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_dataset("voc", tmp_path / "nowhere", "train", train=False)
+    message = str(err.value)
+    assert "JPEGImages" in message and "SegmentationClass" in message and "train.txt" in message
+    assert "VOCtrainval_11-May-2012.tar" in message
+    voc = write_voc(tmp_path)
+    (voc / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(DatasetNotFoundError, match="val.txt"):
+        build_dataset("voc", tmp_path, "val", train=False)
+    with pytest.raises(DatasetNotFoundError, match="SegmentationClassAug"):
+        build_dataset("voc", tmp_path, "train_aug", train=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        build_dataset("coco", "x", "train", train=False)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_dataset("shapes", "x", "train", train=False, image_size=100)
+
+
+def test_sbd_train_aug_reads_its_own_masks(voc_root):
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    (voc / "SegmentationClassAug").mkdir()
+    ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    for i in ids:
+        w, h = Image.open(voc / "JPEGImages" / f"{i}.jpg").size
+        Image.fromarray(np.full((h, w), 5, np.uint8)).save(voc / "SegmentationClassAug" / f"{i}.png")
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(ids[:2]))
+    ds = build_dataset("voc", voc_root, "train_aug", train=False, image_size=32)
+    assert len(ds) == 2 and set(ds[0][1].unique().tolist()) == {5}
