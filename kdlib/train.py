@@ -296,10 +296,15 @@ def load_model(path, expect: str | None = None) -> nn.Module:
     return model.eval()
 
 
+def _numpy_state() -> list:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
 def rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1],
+        "numpy": _numpy_state(),
         "python": json.dumps(random.getstate()),
     }
     if torch.cuda.is_available():
@@ -309,8 +314,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.asarray(state["numpy"], dtype=np.uint32), *np_state[2:]))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -371,6 +376,10 @@ def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progres
         _check_finite(parts, epoch, step, "train")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if rt.world > 1 and with_features:  # DDP averages the student's gradients; these too
+            for p in teacher.projections.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= rt.world
         optimizer.step()
         n = x.shape[0]
         seen += n
@@ -455,8 +464,8 @@ def environment() -> dict:
     return {
         "kdlib": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -534,17 +543,12 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
         )
-        if teacher is not None and cfg.method in ("feature", "both"):
-            teacher.projections = nn.parallel.DistributedDataParallel(
-                teacher.projections, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-            )  # fmt: skip
-
     state = {"epoch": 0, "best_miou": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
     if cfg.resume and (out / "last.pt").is_file():
         ckpt = load_checkpoint(out / "last.pt")
         student.load_state_dict(ckpt["model"])
         if teacher is not None and ckpt.get("projections") is not None:
-            _unwrap(teacher.projections).load_state_dict(ckpt["projections"])
+            teacher.projections.load_state_dict(ckpt["projections"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
@@ -586,7 +590,7 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
         if rt.main:
             ckpt = {
                 "model": student.state_dict(),
-                "projections": _unwrap(teacher.projections).state_dict() if teacher is not None else None,
+                "projections": teacher.projections.state_dict() if teacher is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": state,
@@ -605,10 +609,6 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
     if rt.world > 1:
         dist.barrier()
     return json.loads((out / "metrics.json").read_text())
-
-
-def _unwrap(module):
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 def _summary(val: dict) -> dict:

@@ -1,0 +1,109 @@
+"""Evaluation of a checkpoint (student or teacher) on a whole split, and its predictions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import NUM_CLASSES, build_dataset, class_names
+from .metrics import SegmentationMetrics
+from .models import count_parameters
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict(model, dataset, device="cpu", batch_size: int = 16, keep_logits: bool = False):
+    """Run ``model`` over ``dataset`` in order: (predictions N×H×W uint8, targets N×H×W uint8,
+    softmax probabilities N×C×H×W float16 or None)."""
+    device = resolve_device(str(device))
+    model = model.to(device).eval()
+    preds, targets, probs = [], [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits = model(x.to(device).contiguous(memory_format=torch.channels_last))["out"].float()
+        preds.append(logits.argmax(1).to(torch.uint8).cpu())
+        targets.append(y.to(torch.uint8))
+        if keep_logits:
+            probs.append(logits.softmax(1).half().cpu())
+    return (
+        torch.cat(preds).numpy(),
+        torch.cat(targets).numpy(),
+        torch.cat(probs).numpy() if keep_logits else None,
+    )
+
+
+@torch.no_grad()
+def evaluate_model(model, dataset, device="cpu", batch_size: int = 16) -> dict:
+    device = resolve_device(str(device))
+    model = model.to(device).eval()
+    metrics = SegmentationMetrics(NUM_CLASSES, device)
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        metrics.update(model(x)["out"].float(), y.to(device))
+    return metrics.compute()
+
+
+def evaluate_checkpoint(
+    checkpoint=None,
+    *,
+    dataset: str = "shapes",
+    data_root: str = "data/shapes",
+    split: str = "val",
+    image_size: int | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    teacher: str | None = None,
+    teacher_weights: str | None = None,
+) -> dict:
+    """Metrics of a kdlib checkpoint, or of torchvision's FCN-ResNet50 (``teacher=...``)."""
+    from .train import Config, load_model
+
+    if teacher == "fcn_resnet50":
+        from .models import fcn_resnet50_teacher
+
+        model, name = fcn_resnet50_teacher(teacher_weights), "fcn_resnet50"
+    elif checkpoint is None:
+        raise ValueError("give --checkpoint PATH, or --teacher fcn_resnet50")
+    else:
+        model = load_model(checkpoint)
+        name = str(checkpoint)
+    size = image_size or Config(dataset=dataset, data_root=data_root).resolved().image_size
+    data = build_dataset(dataset, data_root, split, train=False, image_size=size)
+    result = evaluate_model(model, data, device, batch_size)
+    result.pop("confusion_matrix")
+    return {
+        "model": name,
+        "dataset": dataset,
+        "split": split,
+        "images": len(data),
+        "image_size": size,
+        "parameters": count_parameters(model),
+        "class_names": list(class_names(dataset)),
+        **result,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{result['model']} on {result['dataset']}/{result['split']} "
+        f"({result['images']} images, {result['image_size']}px, {result['parameters']:,} parameters)",
+        f"{'class':<28}{'IoU':>8}",
+    ]
+    for name, iou in zip(result["class_names"], result["per_class_iou"]):
+        lines.append(f"{name:<28}{'—' if math.isnan(iou) else f'{iou:.4f}':>8}")
+    lines += [f"{'mIoU':<28}{result['miou']:>8.4f}", f"{'pixel accuracy':<28}{result['pixel_accuracy']:>8.4f}"]
+    return "\n".join(lines)
+
+
+def confusion_from_predictions(pred: np.ndarray, target: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """C×C counts (rows ground truth, columns prediction) over non-void pixels."""
+    valid = target < num_classes
+    idx = target[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)

@@ -1,0 +1,88 @@
+"""The embedded benchmark's teacher: trained from scratch with the project's own trainer
+(``make teacher``), then shipped as an fp16 checkpoint with a JSON card.
+
+It plays the part that torchvision's COCO-pretrained FCN-ResNet50 plays for VOC: a larger
+torchvision segmentation network, trained on more data (``teacher_train``) than the students
+ever see (``train``), then frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import shapes
+from .train import SHAPES_TEACHER, Config, atomic_save, atomic_write_text, fit, load_checkpoint
+
+TEACHER_RECIPE = {
+    "model": "fcn_resnet18",
+    "method": "none",
+    "train_split": "teacher_train",
+    "epochs": 4,
+    "lr": 1e-3,
+    "early_stop": 30,
+}
+
+
+def card_path(checkpoint: Path = SHAPES_TEACHER) -> Path:
+    return Path(checkpoint).with_suffix(".json")
+
+
+def read_card(checkpoint: Path = SHAPES_TEACHER) -> dict:
+    path = card_path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the shipped teacher has no card (run `make teacher`)")
+    return json.loads(path.read_text())
+
+
+def export_teacher(best: Path, target: Path = SHAPES_TEACHER) -> Path:
+    """Write ``best``'s weights as fp16 (model + the config needed to rebuild it)."""
+    ckpt = load_checkpoint(best)
+    slim = {
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+        "config": {"model": ckpt["config"]["model"], "num_classes": ckpt["config"]["num_classes"]},
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(slim, target)
+    return target
+
+
+def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=None, device="auto",
+                         target: Path = SHAPES_TEACHER) -> dict:  # fmt: skip
+    """Generate the default benchmark if needed, train the teacher, export and evaluate it."""
+    from .evaluate import evaluate_checkpoint
+
+    root = shapes.generate(data_root)
+    card_bench = json.loads((Path(root) / "benchmark.json").read_text())
+    recipe = TEACHER_RECIPE | ({"epochs": epochs} if epochs else {})
+    start = time.perf_counter()
+    metrics = fit(Config(**recipe, dataset="shapes", data_root=str(root), out=str(out), device=device,
+                         overwrite=True))  # fmt: skip
+    seconds = time.perf_counter() - start
+    export_teacher(Path(out) / "best.pt", target)
+    result = evaluate_checkpoint(target, dataset="shapes", data_root=str(root), split="val", device=device)
+    card = {
+        "architecture": "torchvision FCN, ResNet-18 backbone with dilated layer3/layer4 (output stride 8)",
+        "model": recipe["model"],
+        "parameters": result["parameters"],
+        "weights_dtype": "float16",
+        "benchmark": {k: card_bench[k] for k in ("name", "version", "seed", "size", "splits")},
+        "recipe": recipe,
+        "command": "python -m kdlib " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "make teacher",
+        "device": str(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")),
+        "cpu_threads": torch.get_num_threads(),
+        "train_seconds": round(seconds, 1),
+        "epochs_run": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "val_miou": round(result["miou"], 4),
+        "val_pixel_accuracy": round(result["pixel_accuracy"], 4),
+        "val_per_class_iou": [round(v, 4) for v in result["per_class_iou"]],
+    }
+    atomic_write_text(json.dumps(card, indent=2) + "\n", card_path(target))
+    print(json.dumps({k: card[k] for k in ("val_miou", "train_seconds", "epochs_run")}))
+    return card

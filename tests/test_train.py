@@ -1,0 +1,192 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdlib.cli import main
+from kdlib.train import Config, RunFolderError, fit, load_checkpoint
+
+
+def _cfg(root, teacher, out, **kw):
+    base = dict(dataset="shapes", data_root=str(root), out=str(out), epochs=2, batch_size=4,
+                workers=0, teacher_weights=str(teacher), progress="none", seed=0)  # fmt: skip
+    return Config(**(base | kw))
+
+
+def _history(out):
+    with open(out / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["none", "response", "feature", "both"])
+def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, method):
+    out = tmp_path / method
+    metrics = fit(_cfg(tiny_shapes, tiny_teacher, out, method=method))
+    for name in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == method and config["lr"] == 1e-3 and config["alpha"] == 0.7
+    assert config["image_size"] == 64 and config["environment"]["torch"] == torch.__version__
+    rows = _history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for split in ("train", "val"):
+        assert rows[0][f"{split}_ce"] != ""
+        assert (rows[0][f"{split}_response"] != "") == (method in ("response", "both"))
+        assert (rows[0][f"{split}_feature"] != "") == (method in ("feature", "both"))
+    assert all(float(r["epoch_seconds"]) > 0 and float(r["train_images_per_s"]) > 0 for r in rows)
+    assert metrics["epochs_run"] == 2 and 1 <= metrics["best_epoch"] <= 2
+    assert len(metrics["per_class_iou"]) == 21 and 0 <= metrics["best_miou"] <= 1
+    assert metrics["parameters"] == 3_689_061 and metrics["total_seconds"] > 0
+    best = load_checkpoint(out / "best.pt")
+    assert set(best) >= {"model", "optimizer", "scheduler", "state", "rng", "config", "epoch"}
+    assert (best["projections"] is not None) == (method != "none")
+
+
+def test_method_none_never_builds_a_teacher(tiny_shapes, tmp_path):
+    fit(_cfg(tiny_shapes, tmp_path / "does-not-exist.pt", tmp_path / "run", method="none", epochs=1))
+
+
+def test_feature_kd_trains_the_projections(tiny_shapes, tiny_teacher, tmp_path):
+    from kdlib.models import TeacherWrapper
+    from kdlib.train import load_model
+
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "f", method="feature", epochs=1))
+    initial = TeacherWrapper(load_model(tiny_teacher)).projections.state_dict()
+    trained = load_checkpoint(tmp_path / "f" / "last.pt")["projections"]
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path):
+    full = tmp_path / "full"
+    fit(_cfg(tiny_shapes, tiny_teacher, full, method="both", epochs=3))
+    part = tmp_path / "part"
+    fit(_cfg(tiny_shapes, tiny_teacher, part, method="both", epochs=2))
+    fit(_cfg(tiny_shapes, tiny_teacher, part, method="both", epochs=3, resume=True))
+    a, b = _history(full), _history(part)
+    assert len(b) == 3
+    skip = {"train_seconds", "epoch_seconds", "train_images_per_s"}
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in skip} == {k: v for k, v in rb.items() if k not in skip}
+    wa = load_checkpoint(full / "last.pt")["model"]
+    wb = load_checkpoint(part / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_same_seed_same_run_and_workers_do_not_change_it(tiny_shapes, tiny_teacher, tmp_path):
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "a", method="response", epochs=1, workers=0))
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "b", method="response", epochs=1, workers=2))
+    ha, hb = _history(tmp_path / "a")[0], _history(tmp_path / "b")[0]
+    assert ha["train_total"] == hb["train_total"] and ha["val_miou"] == hb["val_miou"]
+
+
+def test_existing_run_folder_is_refused_without_resume_or_overwrite(tiny_shapes, tiny_teacher, tmp_path):
+    out = tmp_path / "run"
+    fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=1))
+    with pytest.raises(RunFolderError, match="--resume"):
+        fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=1))
+    fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=1, overwrite=True))
+
+
+def test_plateau_scheduler_and_early_stopping_follow_val_miou(tiny_shapes, tiny_teacher, tmp_path):
+    # lr 1e-7 can hardly move mIoU: with patience 0 the lr drops every epoch without improvement,
+    # and early stopping after 1 bad epoch ends the run long before 50 epochs.
+    out = tmp_path / "es"
+    metrics = fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=50, lr=1e-9, lr_patience=0,
+                       early_stop=1, max_batches=1))  # fmt: skip
+    assert metrics["epochs_run"] < 50 and metrics["early_stopped"]
+    rows = _history(out)
+    assert metrics["epochs_run"] == metrics["best_epoch"] + 1 == len(rows)
+    assert float(rows[-1]["lr"]) <= float(rows[0]["lr"])
+
+
+def test_cli_rejects_bad_settings_before_work(tmp_path, capsys):
+    cases = [
+        (["--method", "hint"], "invalid choice"),
+        (["--dataset", "coco"], "invalid choice"),
+        (["--temperature", "0"], "must be > 0"),
+        (["--alpha", "-1"], "must be >= 0"),
+        (["--image-size", "100"], "multiple of 32"),
+        (["--batch-size", "0"], "must be >= 1"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as err:
+            main(["train", "--out", str(tmp_path / "x")] + extra)
+        assert err.value.code == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+
+
+def test_cli_train_and_evaluate(tiny_shapes, tiny_teacher, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["train", "--method", "response", "--data-root", str(tiny_shapes), "--out", str(out),
+            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--teacher-weights", str(tiny_teacher)]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs_run"] == 1
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(tiny_shapes),
+                 "--json", str(tmp_path / "e.json")]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "pixel accuracy" in table and "red striped disk" in table
+    result = json.loads((tmp_path / "e.json").read_text())
+    best = json.loads((out / "metrics.json").read_text())
+    assert result["miou"] == pytest.approx(best["best_miou"], abs=1e-6)
+    # a teacher checkpoint evaluates the same way (the upper-bound row)
+    assert main(["evaluate", "--checkpoint", str(tiny_teacher), "--data-root", str(tiny_shapes)]) == 0
+    assert "11,769,301 parameters" in capsys.readouterr().out
+
+
+EVAL_SCRIPT = r"""
+import json, os, sys, torch
+from kdlib.train import Config, build_data, setup_runtime, evaluate, load_model
+cfg = Config(dataset="shapes", data_root=sys.argv[1], workers=0, batch_size=4, channels_last=False).resolved()
+rt = setup_runtime("cpu")
+_, val_loader, _ = build_data(cfg, rt)
+model = load_model(sys.argv[2])
+result = evaluate(cfg, model, None, val_loader, rt)
+if rt.rank == 0:
+    with open(sys.argv[3], "w") as f:
+        json.dump({"miou": result["val_miou"], "world": rt.world, "ce": result["val_ce"]}, f)
+"""
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_path):
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "run", epochs=1))
+    ckpt = tmp_path / "run" / "best.pt"
+    script = tmp_path / "eval.py"
+    script.write_text(EVAL_SCRIPT)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "one.json")],
+                   check=True, env=env)  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]  # fmt: skip
+    subprocess.run(torchrun + [str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "two.json")],
+                   check=True, env=env, timeout=300)  # fmt: skip
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert one["world"] == 1 and two["world"] == 2
+    assert two["miou"] == pytest.approx(one["miou"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "kdlib", "train",
+           "--method", "both", "--data-root", str(tiny_shapes), "--out", str(out), "--epochs", "1",
+           "--batch-size", "2", "--workers", "0", "--teacher-weights", str(tiny_teacher)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert len(_history(out)) == 1
