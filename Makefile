@@ -11,8 +11,9 @@ DATASET   ?= shapes
 DATA_ROOT ?= data/shapes
 DEVICE    ?= cpu
 PROFILE   ?= demo
+DEMO_ARGS  = --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 
-.PHONY: demo test lint teacher report clean-venv
+.PHONY: demo test report teacher notebooks lint clean-venv
 
 # The virtual environment: rebuilt only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -23,21 +24,27 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m kdlib demo --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
+	$(PY) -m kdlib demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check kdlib tests
-	$(PY) -m pytest
+	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+# Figures, tables and report/ again from the finished runs of `make demo` (no training).
+report: $(STAMP)
+	$(PY) -m kdlib report $(DEMO_ARGS)
+
+# Retrain the embedded benchmark's teacher (kdlib/teachers/), at most 15 minutes on 2 CPU cores.
+teacher: $(STAMP)
+	$(PY) -m kdlib teacher --data-root $(DATA_ROOT)
+
+# Re-execute the notebooks in place in the smoke profile: the outputs nbval compares.
+notebooks: $(STAMP)
+	$(PY) -m kdlib notebooks
 
 lint: $(STAMP)
 	$(PY) -m ruff check kdlib tests
-	$(PY) -m ruff format --check kdlib tests
-
-teacher: $(STAMP)
-	$(PY) -m kdlib teacher --data-root data/shapes
-
-report: $(STAMP)
-	$(PY) -m kdlib report
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,14 +18,16 @@ HELP = {
     "dataset": "voc (PASCAL VOC 2012 on disk) or shapes (the embedded benchmark)",
     "data_root": "data folder (VOC: VOC2012 or a folder above it; shapes: the generated folder)",
     "out": "run folder for config.json, history.csv, metrics.json, best.pt, last.pt",
-    "model": "network to train: student, or a teacher architecture (fcn_resnet18, fcn_resnet50)",
+    "model": "network to train: student, or a teacher architecture (lraspp_resnet18, fcn_resnet50)",
     "train_split": "split list used for training",
     "val_split": "split list used for validation",
     "image_size": "square input side, a multiple of 32 (default: 224 for VOC, the benchmark's size for shapes)",
+    "augment": "training augmentation: table2 (the report's Table 2), geometric (no colour jitter) or none",
     "epochs": "maximum number of epochs",
     "batch_size": "images per step (per process under torchrun)",
     "lr": "Adam learning rate",
     "weight_decay": "Adam weight decay (L2)",
+    "lr_schedule": "plateau (the report's ReduceLROnPlateau on val mIoU) or cosine (annealed to 0 at --epochs)",
     "lr_factor": "ReduceLROnPlateau factor (on val mIoU)",
     "lr_patience": "ReduceLROnPlateau patience, epochs",
     "min_lr": "ReduceLROnPlateau floor",
@@ -34,7 +36,7 @@ HELP = {
     "alpha": "weight of the cross entropy in KD methods",
     "beta": "weight of the distillation terms in KD methods",
     "scale_by_t2": "multiply the response term by T^2 (Hinton); off in the report",
-    "teacher": "teacher architecture (default: fcn_resnet50 for VOC, fcn_resnet18 for shapes)",
+    "teacher": "teacher architecture (default: fcn_resnet50 for VOC, lraspp_resnet18 for shapes)",
     "teacher_weights": "teacher weights file (default: torch hub cache for VOC, the shipped checkpoint for shapes)",
     "seed": "random seed (weights, shuffling, augmentation)",
     "device": "auto, cpu, cuda or cuda:N",
@@ -87,8 +89,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "method": {"choices": METHODS},
         "dataset": {"choices": DATASETS},
         "model": {"choices": ARCHITECTURES},
-        "teacher": {"choices": ("fcn_resnet50", "fcn_resnet18")},
+        "teacher": {"choices": ("fcn_resnet50", "lraspp_resnet18")},
         "progress": {"choices": ("auto", "bar", "lines", "none")},
+        "lr_schedule": {"choices": ("plateau", "cosine")},
+        "augment": {"choices": ("table2", "geometric", "none")},
         "image_size": {"type": _image_size},
         "batch_size": {"type": _positive_int},
         "epochs": {"type": _positive_int},
@@ -212,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("notebooks", help="re-execute the notebooks in place in the smoke profile (their committed outputs)")
+    p.add_argument("names", nargs="*", help="notebook file names (default: all)")
+
+    p = sub.add_parser("report", help="rebuild figures' report, tables and report/ from existing runs (no training)")
+    p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
+    p.add_argument("--data-root", default="data/shapes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--profile", default="demo")
+
     p = sub.add_parser("demo", help="run every notebook in order (make demo)")
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
     p.add_argument("--data-root", default="data/shapes")
@@ -234,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_teacher(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command == "notebooks":
+        from .demo import refresh_notebooks
+
+        return refresh_notebooks(args.names or None)
+    if args.command == "report":
+        from .demo import run_report
+
+        return run_report(args.dataset, args.data_root, args.device, args.profile)
     return 2
 
 

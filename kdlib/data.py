@@ -130,31 +130,40 @@ class SegmentationFolder(Dataset):
 # --------------------------------------------------------------------------- transforms
 
 
-def train_transforms(image_size: int = 224) -> v2.Compose:
-    """Table 2 of the report, image and mask together.
+AUGMENTATIONS = ("table2", "geometric", "none")
+
+
+def train_transforms(image_size: int = 224, augment: str = "table2") -> v2.Compose:
+    """Table 2 of the report, image and mask together (``augment="table2"``).
 
     Resize to ``image_size`` first (cheaper warps), then flip (p=0.5) and one affine warp
     holding the rotation (±10°), translation (±0.1), scale (0.9-1.1) and shear (±5°); pixels
     the warp exposes are 0 in the image and void (255) in the mask. Colour jitter
     (brightness/contrast/saturation 0.2, hue 0.1) touches the image only; masks always use
     nearest-neighbour interpolation (v2 does so for ``tv_tensors.Mask``).
+
+    Note that hue 0.1 shifts hues by up to ±36°. ``augment="geometric"`` keeps flip and
+    warp but no colour jitter (the embedded benchmark's teacher is trained so); ``"none"`` is
+    the evaluation transform.
     """
-    return v2.Compose(
-        [
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomAffine(
-                degrees=10,
-                translate=(0.1, 0.1),
-                scale=(0.9, 1.1),
-                shear=(-5, 5, -5, 5),
-                fill={tv_tensors.Image: 0, tv_tensors.Mask: VOID},
-            ),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
-        ]
-    )
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment={augment!r}: choose one of {AUGMENTATIONS}")
+    if augment == "none":
+        return eval_transforms(image_size)
+    steps = [
+        v2.Resize((image_size, image_size), antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomAffine(
+            degrees=10,
+            translate=(0.1, 0.1),
+            scale=(0.9, 1.1),
+            shear=(-5, 5, -5, 5),
+            fill={tv_tensors.Image: 0, tv_tensors.Mask: VOID},
+        ),
+    ]
+    if augment == "table2":
+        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1))
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
 def eval_transforms(image_size: int = 224) -> v2.Compose:
@@ -186,10 +195,12 @@ def build_dataset(
     train: bool,
     image_size: int = 224,
     download: bool = False,
+    augment: str = "table2",
 ) -> SegmentationFolder:
     """The one way to get a data set: ``name`` in ``voc | shapes``.
 
-    ``train`` picks Table 2's augmentation (else resize only). For ``voc``, ``root`` may be the
+    ``train`` picks the training augmentation (``augment``: Table 2 by default), else resize
+    only. For ``voc``, ``root`` may be the
     ``VOC2012`` folder or a folder above it; ``split`` is ``train``, ``val``, ``trainval`` or
     ``train_aug`` (SBD's 10,582 images, read from ``SegmentationClassAug/`` next to
     ``SegmentationClass/`` when the user has it). Downloads only with ``download=True``.
@@ -198,7 +209,7 @@ def build_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (the student's stride), got {image_size}")
-    transforms = train_transforms(image_size) if train else eval_transforms(image_size)
+    transforms = train_transforms(image_size, augment) if train else eval_transforms(image_size)
     if name == "shapes":
         return SegmentationFolder(root, split, transforms, name="shapes")
     voc_root = resolve_voc_root(root)
@@ -218,3 +229,32 @@ def class_names(name: str) -> tuple[str, ...]:
     from .shapes import CLASS_NAMES
 
     return CLASS_NAMES
+
+
+def split_sizes(root) -> dict[str, int]:
+    """Images per split list in a VOC-layout folder."""
+    folder = Path(root)
+    if not (folder / "ImageSets").is_dir():
+        folder = resolve_voc_root(root)
+    lists = sorted((folder / "ImageSets" / "Segmentation").glob("*.txt"))
+    return {p.stem: len([line for line in p.read_text().splitlines() if line.strip()]) for p in lists}
+
+
+def class_table(name: str):
+    """The classes of a data set as a DataFrame (for ``shapes``: shape, texture, colour and
+    the designed look-alikes of each class)."""
+    import pandas as pd
+
+    if name == "voc":
+        return pd.DataFrame({"class": VOC_CLASSES})
+    from .shapes import CLASSES, confusable_pairs
+
+    twins = {c.index: [] for c in CLASSES}
+    for a, b, kind in confusable_pairs():
+        twins[a].append(f"{CLASSES[b].name} ({kind})")
+        twins[b].append(f"{CLASSES[a].name} ({kind})")
+    return pd.DataFrame([
+        {"class": c.name, "shape": c.shape, "texture": c.texture, "colour": c.colour,
+         "look-alikes": ", ".join(twins[c.index])}
+        for c in CLASSES
+    ])  # fmt: skip

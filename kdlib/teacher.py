@@ -20,11 +20,13 @@ from . import shapes
 from .train import SHAPES_TEACHER, Config, atomic_save, atomic_write_text, fit, load_checkpoint
 
 TEACHER_RECIPE = {
-    "model": "fcn_resnet18",
+    "model": "lraspp_resnet18",
     "method": "none",
     "train_split": "teacher_train",
-    "epochs": 4,
-    "lr": 1e-3,
+    "epochs": 8,
+    "lr": 2e-3,
+    "lr_schedule": "cosine",
+    "augment": "geometric",
     "early_stop": 30,
 }
 
@@ -67,7 +69,7 @@ def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=Non
     export_teacher(Path(out) / "best.pt", target)
     result = evaluate_checkpoint(target, dataset="shapes", data_root=str(root), split="val", device=device)
     card = {
-        "architecture": "torchvision FCN, ResNet-18 backbone with dilated layer3/layer4 (output stride 8)",
+        "architecture": "torchvision LRASPP head on a ResNet-18 backbone (IntermediateLayerGetter; output stride 8)",
         "model": recipe["model"],
         "parameters": result["parameters"],
         "weights_dtype": "float16",

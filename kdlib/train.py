@@ -34,7 +34,7 @@ from .metrics import SegmentationMetrics
 from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_fcn_resnet18.pt"
+SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_lraspp_resnet18.pt"
 
 
 @dataclass
@@ -51,10 +51,12 @@ class Config:
     train_split: str = "train"
     val_split: str = "val"
     image_size: int | None = None
+    augment: str = "table2"  # table2 (the report's) | geometric (no colour jitter) | none
     epochs: int = 300
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    lr_schedule: str = "plateau"  # plateau (the report's) | cosine (per epoch, to 0 at `epochs`)
     lr_factor: float = 0.2  # ReduceLROnPlateau on val mIoU
     lr_patience: int = 10
     min_lr: float = 1e-7
@@ -63,7 +65,7 @@ class Config:
     alpha: float = 0.7
     beta: float = 0.3
     scale_by_t2: bool = False
-    teacher: str | None = None  # fcn_resnet50 | fcn_resnet18
+    teacher: str | None = None  # fcn_resnet50 | lraspp_resnet18
     teacher_weights: str | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -101,6 +103,10 @@ class Config:
             problems.append(f"lr={self.lr}: must be > 0")
         if self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
+        if self.augment not in ("table2", "geometric", "none"):
+            problems.append(f"augment={self.augment!r}: choose table2, geometric or none")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            problems.append(f"lr_schedule={self.lr_schedule!r}: choose plateau or cosine")
         if self.progress not in ("auto", "bar", "lines", "none"):
             problems.append(f"progress={self.progress!r}: choose auto, bar, lines or none")
         if problems:
@@ -112,8 +118,8 @@ class Config:
         if cfg.image_size is None:
             cfg.image_size = 224 if cfg.dataset == "voc" else _shapes_size(cfg.data_root)
         if cfg.teacher is None and cfg.method != "none":
-            cfg.teacher = "fcn_resnet50" if cfg.dataset == "voc" else "fcn_resnet18"
-        if cfg.teacher == "fcn_resnet18" and cfg.teacher_weights is None and cfg.method != "none":
+            cfg.teacher = "fcn_resnet50" if cfg.dataset == "voc" else "lraspp_resnet18"
+        if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and cfg.method != "none":
             cfg.teacher_weights = str(SHAPES_TEACHER)
         return cfg
 
@@ -211,7 +217,7 @@ class ShardSampler(torch.utils.data.Sampler):
 def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, SeededSampler]:
     train_set = SeededView(
         build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=True,
-                      image_size=cfg.image_size, download=cfg.download)
+                      image_size=cfg.image_size, download=cfg.download, augment=cfg.augment)
     )  # fmt: skip
     val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, train=False,
                             image_size=cfg.image_size)  # fmt: skip
@@ -534,10 +540,13 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
     if teacher is not None and cfg.method in ("feature", "both"):
         params += list(teacher.projections.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience,
-        threshold=0.0, min_lr=cfg.min_lr,
-    )  # fmt: skip
+    if cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience,
+            threshold=0.0, min_lr=cfg.min_lr,
+        )  # fmt: skip
     model = student
     if rt.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -574,7 +583,7 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
         val = evaluate(cfg, student, teacher, val_loader, rt, epoch)
         miou = val["val_miou"]
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(miou)
+        scheduler.step() if cfg.lr_schedule == "cosine" else scheduler.step(miou)
         improved = miou > state["best_miou"]
         if improved:
             state.update(best_miou=miou, best_epoch=epoch, bad_epochs=0)

@@ -14,9 +14,9 @@ def tiny_shapes(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
-    """A randomly initialised fcn_resnet18 teacher saved as a kdlib checkpoint."""
+    """A randomly initialised lraspp_resnet18 teacher saved as a kdlib checkpoint."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    model = build_model("fcn_resnet18")
-    torch.save({"model": model.state_dict(), "config": {"model": "fcn_resnet18", "num_classes": 21}}, path)
+    model = build_model("lraspp_resnet18")
+    torch.save({"model": model.state_dict(), "config": {"model": "lraspp_resnet18", "num_classes": 21}}, path)
     return path

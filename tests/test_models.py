@@ -65,7 +65,7 @@ def test_student_num_classes():
 @pytest.fixture(scope="module")
 def small_teacher():
     torch.manual_seed(0)
-    return build_model("fcn_resnet18")
+    return build_model("lraspp_resnet18")
 
 
 def test_shapes_teacher_is_three_times_the_student(small_teacher):

@@ -1,0 +1,244 @@
+"""Quantitative failure analysis (the report's Section 5, measured rather than looked at).
+
+Everything here works on arrays of predictions and ground truth (N×H×W, 255 = void) and,
+for ``shapes``, the per-object metadata the generator records. On VOC, "objects" are the
+(image, class) segments of the ground truth, and only their size is known.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .losses import VOID
+
+SIZE_BUCKETS = ((0.0, 0.01, "small (<1%)"), (0.01, 0.05, "medium (1-5%)"), (0.05, 1.01, "large (>5%)"))
+LIGHT_BUCKETS = ((0.0, 0.6, "dim (<0.6)"), (0.6, 1.0, "normal (0.6-1.0)"), (1.0, 9.9, "bright (>1.0)"))
+OCCLUSION_BUCKETS = ((0.0, 0.05, "none (<5%)"), (0.05, 0.3, "partial (5-30%)"), (0.3, 1.01, "heavy (>30%)"))
+FAIL_IOU = 0.5  # an object is "failed" when its IoU is below this
+
+
+def _bucket(value: float, buckets) -> str:
+    for lo, hi, name in buckets:
+        if lo <= value < hi:
+            return name
+    return buckets[-1][2]
+
+
+def objects_from_metadata(metas: list[dict]) -> pd.DataFrame:
+    """One row per object of a ``shapes`` split, with its buckets."""
+    rows = []
+    for image_index, meta in enumerate(metas):
+        for obj in meta["objects"]:
+            if obj["area"] == 0:
+                continue
+            rows.append({
+                "image": image_index, "class": obj["class"], "bbox": tuple(obj["bbox"]),
+                "area_fraction": obj["area_fraction"], "illumination": obj["illumination"],
+                "occluded_fraction": obj["occluded_fraction"],
+            })  # fmt: skip
+    return _with_buckets(pd.DataFrame(rows))
+
+
+def objects_from_masks(targets: np.ndarray) -> pd.DataFrame:
+    """VOC: one "object" per (image, foreground class) segment, sized from the mask."""
+    rows = []
+    n, h, w = targets.shape
+    for image_index in range(n):
+        for cls in np.unique(targets[image_index]):
+            if cls == 0 or cls == VOID:
+                continue
+            ys, xs = np.nonzero(targets[image_index] == cls)
+            rows.append({
+                "image": image_index, "class": int(cls),
+                "bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+                "area_fraction": len(ys) / (h * w), "illumination": math.nan, "occluded_fraction": math.nan,
+            })  # fmt: skip
+    return _with_buckets(pd.DataFrame(rows))
+
+
+def _with_buckets(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df.assign(size=[], light=[], occlusion=[])
+    df["size"] = [_bucket(v, SIZE_BUCKETS) for v in df["area_fraction"]]
+    df["light"] = [None if math.isnan(v) else _bucket(v, LIGHT_BUCKETS) for v in df["illumination"]]
+    df["occlusion"] = [None if math.isnan(v) else _bucket(v, OCCLUSION_BUCKETS) for v in df["occluded_fraction"]]
+    return df
+
+
+def object_ious(objects: pd.DataFrame, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """IoU of each object: prediction vs ground truth of its class inside its bounding box
+    (void pixels left out)."""
+    ious = np.empty(len(objects))
+    for i, (image, cls, (x0, y0, x1, y1)) in enumerate(zip(objects["image"], objects["class"], objects["bbox"])):
+        t = target[image, y0:y1, x0:x1]
+        p = pred[image, y0:y1, x0:x1]
+        valid = t != VOID
+        gt, pr = (t == cls) & valid, (p == cls) & valid
+        union = (gt | pr).sum()
+        ious[i] = (gt & pr).sum() / union if union else math.nan
+    return ious
+
+
+def iou_by_bucket(objects: pd.DataFrame, ious_by_model: dict[str, np.ndarray], by: str) -> pd.DataFrame:
+    """Mean object IoU per bucket of ``by`` (size, light or occlusion), one column per model,
+    with the number of objects per bucket."""
+    order = {"size": SIZE_BUCKETS, "light": LIGHT_BUCKETS, "occlusion": OCCLUSION_BUCKETS}[by]
+    df = objects[[by]].copy()
+    for name, ious in ious_by_model.items():
+        df[name] = ious
+    table = df.groupby(by).mean(numeric_only=True)
+    table.insert(0, "objects", df.groupby(by).size())
+    names = [b[2] for b in order if b[2] in table.index]
+    return table.loc[names]
+
+
+def most_confused_pairs(confmat, class_names, k: int = 8) -> pd.DataFrame:
+    """The k largest off-diagonal entries of the row-normalised confusion matrix: "x% of
+    class a's pixels are predicted as b"."""
+    cm = np.asarray(confmat, dtype=np.float64)
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    np.fill_diagonal(rates, 0)
+    flat = np.argsort(rates, axis=None)[::-1][:k]
+    rows = []
+    for idx in flat:
+        a, b = divmod(int(idx), cm.shape[0])
+        if rates[a, b] <= 0:
+            break
+        rows.append({"true class": class_names[a], "predicted as": class_names[b], "rate": rates[a, b],
+                     "pixels": int(cm[a, b])})  # fmt: skip
+    return pd.DataFrame(rows, columns=["true class", "predicted as", "rate", "pixels"])
+
+
+def teacher_dependency(student_ious: np.ndarray, teacher_ious: np.ndarray, fail_iou: float = FAIL_IOU) -> dict:
+    """How often the student fails where the teacher fails, against where it does not.
+
+    Returns P(student fails | teacher fails), P(student fails | teacher succeeds) and the
+    counts; a ratio well above 1 is the report's "teacher dependency"."""
+    ok = ~(np.isnan(student_ious) | np.isnan(teacher_ious))
+    s_fail = student_ious[ok] < fail_iou
+    t_fail = teacher_ious[ok] < fail_iou
+    p_tf = float(s_fail[t_fail].mean()) if t_fail.any() else math.nan
+    p_ts = float(s_fail[~t_fail].mean()) if (~t_fail).any() else math.nan
+    return {
+        "teacher_failures": int(t_fail.sum()),
+        "objects": int(ok.sum()),
+        "p_student_fails_given_teacher_fails": p_tf,
+        "p_student_fails_given_teacher_succeeds": p_ts,
+        "ratio": p_tf / p_ts if p_ts and not math.isnan(p_ts) and p_ts > 0 else math.nan,
+    }
+
+
+def per_image_miou(pred: np.ndarray, target: np.ndarray, num_classes: int = 21) -> np.ndarray:
+    """mIoU of each image over the classes present in its ground truth or prediction."""
+    scores = np.empty(len(pred))
+    for i in range(len(pred)):
+        valid = target[i] != VOID
+        p, t = pred[i][valid], target[i][valid]
+        ious = []
+        for c in np.union1d(np.unique(p), np.unique(t)):
+            inter = np.sum((p == c) & (t == c))
+            union = np.sum((p == c) | (t == c))
+            ious.append(inter / union)
+        scores[i] = np.mean(ious) if ious else math.nan
+    return scores
+
+
+def pick_examples(scores: np.ndarray, k: int = 2) -> tuple[list[int], list[int]]:
+    """The stated rule for qualitative figures: the k images with the highest per-image mIoU
+    (successes) and the k with the lowest (failures), ties broken by index."""
+    order = np.lexsort((np.arange(len(scores)), np.nan_to_num(scores, nan=-1.0)))
+    return [int(i) for i in order[::-1][:k]], [int(i) for i in order[:k]]
+
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+       2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+       2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = "miou") -> pd.DataFrame:
+    """Each method against ``baseline``, paired by seed: mean difference, its 95% confidence
+    interval (Student's t over the per-seed differences) and whether it excludes 0, i.e.
+    whether the difference is larger than seed noise. With one seed nothing can be said."""
+    base = runs[runs["method"] == baseline].set_index("seed")[metric]
+    rows = []
+    for method in runs["method"].unique():
+        if method == baseline:
+            continue
+        other = runs[runs["method"] == method].set_index("seed")[metric]
+        seeds = sorted(set(base.index) & set(other.index))
+        d = np.array([other[s] - base[s] for s in seeds])
+        n = len(d)
+        mean = float(d.mean()) if n else math.nan
+        if n >= 2:
+            half = T95[min(n - 1, len(T95)) - 1] * d.std(ddof=1) / math.sqrt(n)
+            verdict = "larger than seed noise" if abs(mean) > half else "within seed noise"
+        else:
+            half, verdict = math.nan, "one seed: no verdict"
+        rows.append({"method": method, "vs": baseline, "seeds": n, "mean_diff": mean,
+                     "ci95_low": mean - half, "ci95_high": mean + half, "verdict": verdict})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def summary_table(runs: pd.DataFrame, order=("none", "feature", "response", "both")) -> pd.DataFrame:
+    """Section 4's table: mIoU mean ± std over seeds, epochs, total training time."""
+    g = runs.groupby("method")
+    table = pd.DataFrame({
+        "seeds": g.size(),
+        "miou_mean": g["miou"].mean(),
+        "miou_std": g["miou"].std(ddof=1),
+        "epochs_mean": g["epochs"].mean(),
+        "seconds_mean": g["seconds"].mean(),
+    })  # fmt: skip
+    return table.loc[[m for m in order if m in table.index]]
+
+
+def predict_all(dataset: str, data_root, runs_dir, image_size: int, device: str = "cpu", seed=None):
+    """Predictions on the whole val split of the teacher and of each method's best checkpoint
+    (``seed``: that seed's run; default the lowest seed present). Returns
+    ``(images uint8 N×H×W×3, targets N×H×W, {name: predictions N×H×W})``."""
+    from .data import build_dataset
+    from .evaluate import predict
+    from .experiment import collect_runs, load_teacher
+    from .train import load_model
+
+    val = build_dataset(dataset, data_root, "val", train=False, image_size=image_size)
+    runs = collect_runs(runs_dir)
+    preds = {}
+    pred, targets, _ = predict(load_teacher(dataset), val, device)
+    preds["teacher"] = pred
+    for method in ("none", "feature", "response", "both"):
+        rows = runs[runs["method"] == method]
+        if rows.empty:
+            continue
+        row = rows.sort_values("seed").iloc[0] if seed is None else rows[rows["seed"] == seed].iloc[0]
+        preds[method] = predict(load_model(Path(row["run"]) / "best.pt"), val, device)[0]
+    images = np.stack([_raw_resized(val, i, image_size) for i in range(len(val))])
+    return images, targets, preds
+
+
+def _raw_resized(dataset, index: int, size: int) -> np.ndarray:
+    from PIL import Image
+
+    image, _ = dataset.read(index)
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    return np.asarray(pil.resize((size, size), Image.BILINEAR))
+
+
+def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> dict:
+    """Object IoU by size / illumination / occlusion bucket for every model, and teacher
+    dependency for every student method."""
+    ious = {name: object_ious(objects, p, targets) for name, p in preds.items()}
+    tables = {}
+    for by in ("size", "light", "occlusion"):
+        if objects[by].notna().any():
+            tables[by] = iou_by_bucket(objects[objects[by].notna()], {k: v[objects[by].notna().to_numpy()] for k, v in ious.items()}, by)
+    if "teacher" in ious:
+        tables["teacher_dependency"] = pd.DataFrame(
+            [{"method": m, **teacher_dependency(ious[m], ious["teacher"])} for m in ious if m != "teacher"]
+        )
+    return tables

@@ -1,0 +1,188 @@
+"""Figures: each function returns a matplotlib ``Figure`` with an explicit size;
+:func:`save_figure` writes it as a deterministic PNG (no software or date metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Patch
+
+from .data import denormalize, voc_palette
+from .losses import VOID
+
+VOID_COLOUR = (1.0, 1.0, 1.0)
+
+
+def class_colours(num_classes: int = 21) -> np.ndarray:
+    """num_classes×3 colours in [0, 1]: the VOC palette, as in the masks' PNGs."""
+    return np.asarray(voc_palette()[: 3 * num_classes], dtype=np.float32).reshape(-1, 3) / 255.0
+
+
+def colorize(mask, num_classes: int = 21) -> np.ndarray:
+    """H×W class indices (255 void) → H×W×3 RGB in [0, 1]; void is white."""
+    mask = np.asarray(mask)
+    lut = np.concatenate([class_colours(num_classes), np.zeros((256 - num_classes, 3), np.float32)])
+    lut[VOID] = VOID_COLOUR
+    return lut[mask.astype(np.int64)]
+
+
+def to_rgb(image) -> np.ndarray:
+    """A normalised 3×H×W tensor (or H×W×3 uint8 array) → H×W×3 floats in [0, 1]."""
+    if hasattr(image, "detach"):
+        return denormalize(image.detach().cpu()).permute(1, 2, 0).numpy()
+    image = np.asarray(image)
+    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+
+
+def class_legend(fig, class_names, present=None, ncol: int = 7) -> None:
+    colours = class_colours(len(class_names))
+    idx = range(len(class_names)) if present is None else sorted(present)
+    handles = [Patch(facecolor=colours[i], edgecolor="0.5", label=class_names[i]) for i in idx]
+    handles.append(Patch(facecolor=VOID_COLOUR, edgecolor="0.5", label="void"))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+
+
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Write a PNG whose bytes depend only on the figure (no Software/date metadata)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    return path
+
+
+def augmentation_grid(eval_set, train_set, indices, views: int = 3, class_names=None, seed: int = 0):
+    """Rows: samples. Columns: image, its mask, then ``views`` augmented (image, mask) pairs
+    drawn from Table 2's transforms with fixed seeds."""
+    import torch
+
+    cols = 2 + 2 * views
+    fig, axes = plt.subplots(len(indices), cols, figsize=(1.6 * cols, 1.6 * len(indices) + 0.9), squeeze=False)
+    for row, index in enumerate(indices):
+        image, mask = eval_set[index]
+        panels = [(to_rgb(image), "image"), (colorize(mask.numpy()), "mask")]
+        for v in range(views):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1000 + index * 10 + v)
+                aug_image, aug_mask = train_set[index]
+            panels += [(to_rgb(aug_image), f"aug {v + 1}"), (colorize(aug_mask.numpy()), f"mask {v + 1}")]
+        for col, (panel, title) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+    if class_names is not None:
+        class_legend(fig, class_names)
+        fig.subplots_adjust(bottom=0.2)
+    return fig
+
+
+def loss_curves(history, title: str = ""):
+    """Train and validation curves of every loss component in ``history`` (a DataFrame of
+    history.csv), plus validation mIoU: the report's Figures 3-6."""
+    components = [c for c in ("total", "ce", "response", "feature")
+                  if f"train_{c}" in history and history[f"train_{c}"].notna().any()]  # fmt: skip
+    panels = len(components) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), squeeze=False)
+    axes = axes[0]
+    for ax, comp in zip(axes, components):
+        ax.plot(history["epoch"], history[f"train_{comp}"], label="train", color="C0")
+        ax.plot(history["epoch"], history[f"val_{comp}"], label="val", color="C1")
+        ax.set_title({"total": "total loss", "ce": "cross entropy", "response": "response KD",
+                      "feature": "feature KD"}[comp], fontsize=10)  # fmt: skip
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    axes[-1].plot(history["epoch"], history["val_miou"], color="C2")
+    axes[-1].set_title("val mIoU", fontsize=10)
+    axes[-1].set_xlabel("epoch")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def qualitative_grid(images, columns: dict, class_names, row_labels=None, scores: dict | None = None):
+    """One row per example: the image, then one mask per entry of ``columns`` (e.g. ground
+    truth, teacher, each method), with per-image mIoU under each prediction when ``scores``
+    (same keys, one value per row) is given, and a legend of the classes shown."""
+    names = list(columns)
+    cols = 1 + len(names)
+    rows = len(images)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.75 * rows + 1.0), squeeze=False)
+    present = set()
+    for r in range(rows):
+        axes[r, 0].imshow(to_rgb(images[r]), interpolation="nearest")
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
+        for c, name in enumerate(names, 1):
+            mask = np.asarray(columns[name][r])
+            present |= set(np.unique(mask).tolist()) - {VOID}
+            axes[r, c].imshow(colorize(mask, len(class_names)), interpolation="nearest")
+            if scores is not None and name in scores:
+                axes[r, c].set_xlabel(f"mIoU {scores[name][r]:.2f}", fontsize=7)
+        for c in range(cols):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+    axes[0, 0].set_title("image", fontsize=9)
+    for c, name in enumerate(names, 1):
+        axes[0, c].set_title(name, fontsize=9)
+    class_legend(fig, class_names, present=present, ncol=4)
+    fig.subplots_adjust(bottom=0.08 + 0.025 * (len(present) // 4 + 1), wspace=0.05, hspace=0.35)
+    return fig
+
+
+def per_class_heatmap(table, title: str = "per-class IoU"):
+    """Classes × models heatmap of IoU (a DataFrame indexed by class name)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 3.2, 0.32 * table.shape[0] + 1.2))
+    sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False,
+                annot_kws={"fontsize": 7}, ax=ax)  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bucket_bars(tables: dict, title: str = "object IoU by condition"):
+    """One panel per bucket table (from ``analysis.iou_by_bucket``): mean object IoU per
+    bucket, one bar per model."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.2), squeeze=False)
+    for ax, (by, table) in zip(axes[0], tables.items()):
+        data = table.drop(columns=["objects"])
+        data.index = [f"{i}\n(n={n})" for i, n in zip(table.index, table["objects"])]
+        data.plot.bar(ax=ax, rot=0, width=0.8, legend=ax is axes[0, 0])
+        ax.set_title(by, fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        if ax is axes[0, 0]:
+            ax.set_ylabel("mean object IoU")
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def architecture_figure(student_rows, teacher_rows, student_name="student", teacher_name="teacher"):
+    """Parameters per stage of student and teacher, each bar labelled with the stage's output
+    shape: Section 1 (Figures 1-2) as a readable summary."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, rows, name in ((axes[0], student_rows, student_name), (axes[1], teacher_rows, teacher_name)):
+        labels = [r["stage"] for r in rows]
+        params = [r["parameters"] / 1e6 for r in rows]
+        ax.barh(range(len(rows)), params, color="C0" if ax is axes[0] else "C1")
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        for i, r in enumerate(rows):
+            ax.text(params[i], i, "  " + "×".join(map(str, r["output"])), va="center", fontsize=7)
+        total = sum(r["parameters"] for r in rows)
+        ax.set_title(f"{name}: {total / 1e6:.2f}M parameters", fontsize=10)
+        ax.set_xlabel("parameters (millions); label: output C×H×W")
+        ax.set_xlim(0, max(params) * 1.45 + 1e-9)
+    fig.tight_layout()
+    return fig

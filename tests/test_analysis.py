@@ -1,0 +1,97 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlib import analysis
+from kdlib.evaluate import confusion_from_predictions
+from kdlib.losses import VOID
+from kdlib.metrics import SegmentationMetrics, iou_from_confusion
+
+
+def test_object_iou_and_buckets():
+    target = np.zeros((1, 10, 10), np.uint8)
+    target[0, 2:6, 2:6] = 3  # 16 px
+    pred = np.zeros_like(target)
+    pred[0, 2:6, 2:4] = 3  # 8 px right
+    objects = analysis.objects_from_masks(target)
+    assert list(objects["class"]) == [3] and objects["size"].iloc[0] == "large (>5%)"
+    assert analysis.object_ious(objects, pred, target)[0] == pytest.approx(0.5)
+    table = analysis.iou_by_bucket(objects, {"m": analysis.object_ious(objects, pred, target)}, "size")
+    assert table.loc["large (>5%)", "objects"] == 1 and table.loc["large (>5%)", "m"] == pytest.approx(0.5)
+
+
+def test_object_iou_ignores_void():
+    target = np.full((1, 4, 4), 2, np.uint8)
+    target[0, :, 2:] = VOID
+    pred = np.full_like(target, 5)
+    pred[0, :, :2] = 2
+    objects = analysis.objects_from_masks(target)
+    assert analysis.object_ious(objects, pred, target)[0] == 1.0
+
+
+def test_most_confused_pairs():
+    cm = np.zeros((3, 3))
+    cm[1, 1], cm[1, 2], cm[2, 2], cm[2, 0] = 60, 40, 90, 10
+    pairs = analysis.most_confused_pairs(cm, ["bg", "a", "b"], k=5)
+    assert list(pairs["true class"]) == ["a", "b"] and pairs["rate"].iloc[0] == pytest.approx(0.4)
+
+
+def test_teacher_dependency():
+    teacher = np.array([0.1, 0.2, 0.9, 0.9, 0.9, 0.9])
+    student = np.array([0.1, 0.3, 0.8, 0.2, 0.9, 0.9])
+    d = analysis.teacher_dependency(student, teacher)
+    assert d["p_student_fails_given_teacher_fails"] == 1.0
+    assert d["p_student_fails_given_teacher_succeeds"] == 0.25
+    assert d["ratio"] == 4.0 and d["teacher_failures"] == 2
+
+
+def test_per_image_miou_and_pick_examples():
+    target = np.array([[[0, 1], [1, 1]], [[0, 0], [0, 0]]], np.uint8)
+    pred = np.array([[[0, 1], [1, 1]], [[1, 1], [0, 0]]], np.uint8)
+    scores = analysis.per_image_miou(pred, target)
+    assert scores[0] == 1.0 and scores[1] == pytest.approx(0.25)
+    assert analysis.pick_examples(scores, k=1) == ([0], [1])
+
+
+def test_paired_comparison_says_when_differences_exceed_seed_noise():
+    runs = pd.DataFrame({
+        "method": ["none"] * 3 + ["response"] * 3 + ["feature"] * 3,
+        "seed": [0, 1, 2] * 3,
+        "miou": [0.30, 0.32, 0.31, 0.40, 0.42, 0.41, 0.30, 0.35, 0.27],
+    })  # fmt: skip
+    table = analysis.paired_comparison(runs).set_index("method")
+    assert table.loc["response", "mean_diff"] == pytest.approx(0.10)
+    assert table.loc["response", "verdict"] == "larger than seed noise"
+    assert table.loc["feature", "verdict"] == "within seed noise"
+    one = analysis.paired_comparison(runs[runs["seed"] == 0]).set_index("method")
+    assert one.loc["response", "verdict"] == "one seed: no verdict"
+
+
+def test_confusion_and_torchmetrics_agree():
+    import torch
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 5, (3, 8, 8)).astype(np.uint8)
+    target[0, 0] = VOID
+    pred = rng.integers(0, 5, (3, 8, 8)).astype(np.uint8)
+    miou, per_class = iou_from_confusion(confusion_from_predictions(pred, target, 21))
+    m = SegmentationMetrics(21)
+    m.update(torch.from_numpy(pred).long(), torch.from_numpy(target).long())
+    result = m.compute()
+    assert result["miou"] == pytest.approx(miou)
+    assert all(math.isnan(a) and math.isnan(b) or a == pytest.approx(b)
+               for a, b in zip(result["per_class_iou"], per_class))  # fmt: skip
+
+
+def test_metrics_accumulate_over_the_split_not_per_batch():
+    import torch
+
+    m = SegmentationMetrics(3)
+    # batch 1: class 1 perfect on 1 px; batch 2: class 1 wrong on 3 px
+    m.update(torch.tensor([[[1]]]), torch.tensor([[[1]]]))
+    m.update(torch.tensor([[[0, 0, 0]]]), torch.tensor([[[1, 1, 1]]]))
+    r = m.compute()
+    assert r["per_class_iou"][1] == pytest.approx(0.25)  # 1 / (1 + 3), not mean(1, 0)
+    assert r["pixel_accuracy"] == pytest.approx(0.25)

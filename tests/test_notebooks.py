@@ -1,0 +1,86 @@
+"""House rules of the notebooks, the demo runner's parameter check, and the committed figures."""
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from kdlib.demo import NOTEBOOKS, UnknownParameterError, check_parameters, notebook_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED = ["00_data", "01_architecture", "02_train_none", "03_train_feature", "04_train_response",
+            "05_train_both", "06_failure_analysis", "07_results"]  # fmt: skip
+PARAMETERS = {"dataset", "data_root", "image_size", "epochs", "seeds", "device", "profile", "runs_dir",
+              "figures_dir", "report_dir"}  # fmt: skip
+
+
+def test_numbered_chapters_exist():
+    assert [p.stem for p in notebook_paths()] == EXPECTED
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_house_rules(path):
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] <= 3, "one parameters cell near the top"
+    tree = ast.parse(nb.cells[tagged[0]].source)
+    for node in tree.body:  # literal assignments only
+        assert isinstance(node, ast.Assign), ast.dump(node)
+        ast.literal_eval(node.value)
+    assert {t.id for node in tree.body for t in node.targets} == PARAMETERS
+    assert nb.cells[0].cell_type == "markdown"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in ast.walk(ast.parse(cell.source))), \
+                "logic belongs in kdlib, not in a notebook"
+            assert "papermill" not in cell.metadata and "execution" not in cell.metadata
+    assert "papermill" not in nb.metadata
+    assert '"duration"' not in path.read_text()
+
+
+def test_unknown_notebook_parameter_is_refused():
+    nb = NOTEBOOKS / "02_train_none.ipynb"
+    assert check_parameters(nb, {"profile": "demo"}) == {"profile": "demo"}
+    with pytest.raises(UnknownParameterError, match="epoch"):
+        check_parameters(nb, {"epoch": 3})  # a typo of `epochs`
+
+
+# The committed figures come from `make demo`; each must be a PNG of the size its function sets.
+FIGURES = {
+    "architecture.png": (1200, 420),
+    "data_augmentation.png": (1280, 730),
+    "loss_none.png": (960, 300),
+    "loss_feature.png": (1280, 300),
+    "loss_response.png": (1280, 300),
+    "loss_both.png": (1600, 300),
+    "qualitative_none.png": (1190, 800),
+    "qualitative_feature.png": (1190, 800),
+    "qualitative_response.png": (1190, 800),
+    "qualitative_both.png": (1190, 800),
+    "failure_buckets.png": (1260, 320),
+    "per_class_iou.png": (870, 792),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_committed_figures_are_images_of_the_expected_size(name):
+    path = ROOT / "figures" / name
+    assert path.is_file() and path.stat().st_size > 5000, f"{path} missing or empty: run `make demo`"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == FIGURES[name]
+        assert image.convert("L").getextrema()[0] < 200  # not a blank canvas
+
+
+def test_committed_report_reads_its_numbers_from_runs():
+    report = (ROOT / "report" / "report.md").read_text()
+    metrics = sorted((ROOT / "report" / "runs").glob("*/seed*/metrics.json"))
+    assert {p.parent.parent.name for p in metrics} == {"none", "feature", "response", "both"}
+    for path in metrics:
+        m = json.loads(path.read_text())
+        assert m["method"] == path.parent.parent.name and 0 <= m["best_miou"] <= 1
+    html = (ROOT / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    assert "Evaluation protocol" in report and "Teacher" in report
