@@ -364,6 +364,11 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def _objective(cfg: Config, student_out, teacher_out, target):
+    return distillation_loss(cfg.method, student_out, teacher_out, target, cfg.alpha, cfg.beta,
+                             cfg.temperature, cfg.scale_by_t2)  # fmt: skip
+
+
 def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progress) -> dict:
     student.train()
     if teacher is not None:
@@ -375,10 +380,7 @@ def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progres
         with _autocast(cfg, rt.device):
             teacher_out = teacher(x, with_features) if teacher is not None else None
             student_out = student(x)
-            loss, parts = distillation_loss(
-                cfg.method, student_out, teacher_out, y, cfg.alpha, cfg.beta,
-                cfg.temperature, cfg.scale_by_t2,
-            )  # fmt: skip
+            loss, parts = _objective(cfg, student_out, teacher_out, y)
         _check_finite(parts, epoch, step, "train")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -413,8 +415,30 @@ def _reduce(values: dict, rt: Runtime) -> dict:
     return dict(zip(keys, t.tolist()))
 
 
+class ValTeacherCache:
+    """The frozen teacher's raw outputs on the validation split, kept in memory after the
+    first epoch. Validation has no augmentation and the teacher never changes, so this is
+    exact (the trainable projections are still applied every epoch). Disabled when the
+    outputs would exceed ``limit_bytes`` (VOC at 224 px: tens of GB)."""
+
+    def __init__(self, num_batches: int, limit_bytes: int = 1 << 30):
+        self.num_batches, self.limit, self.batches, self.enabled = num_batches, limit_bytes, [], True
+
+    def get(self, step):
+        return self.batches[step] if self.enabled and step < len(self.batches) else None
+
+    def put(self, step, raw):
+        if not self.enabled or step != len(self.batches):
+            return
+        size = sum(t.numel() * t.element_size() for t in [raw["out"], *raw["features"]])
+        if size * self.num_batches > self.limit:
+            self.enabled, self.batches = False, []
+            return
+        self.batches.append(raw)
+
+
 @torch.no_grad()
-def evaluate(cfg, student, teacher, loader, rt, epoch=0) -> dict:
+def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeacherCache | None = None) -> dict:
     """Whole-split metrics (confusion matrix over every pixel) and every loss component."""
     student.eval()
     if teacher is not None:
@@ -425,12 +449,16 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0) -> dict:
     for step, batch in enumerate(loader):
         x, y = _to(batch, rt.device, cfg.channels_last)
         with _autocast(cfg, rt.device):
-            teacher_out = teacher(x, with_features) if teacher is not None else None
+            teacher_out = None
+            if teacher is not None:
+                raw = teacher_cache.get(step) if teacher_cache is not None else None
+                if raw is None:
+                    raw = teacher.teacher_forward(x, with_features)
+                    if teacher_cache is not None:
+                        teacher_cache.put(step, raw)
+                teacher_out = {"out": raw["out"], "features": teacher.project(raw["features"])}
             student_out = student(x)
-            _, parts = distillation_loss(
-                cfg.method, student_out, teacher_out, y, cfg.alpha, cfg.beta,
-                cfg.temperature, cfg.scale_by_t2,
-            )  # fmt: skip
+            _, parts = _objective(cfg, student_out, teacher_out, y)
         _check_finite(parts, epoch, step, "val")
         metrics.update(student_out["out"].float(), y)
         n = x.shape[0]
@@ -574,13 +602,14 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
         atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
 
     progress = _progress_factory(cfg, rt, len(train_loader))
+    val_cache = ValTeacherCache(len(val_loader)) if teacher is not None else None
     stop = state["bad_epochs"] >= cfg.early_stop
     while state["epoch"] < cfg.epochs and not stop:
         epoch = state["epoch"] + 1
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         train = train_one_epoch(cfg, model, teacher, optimizer, train_loader, rt, epoch, progress)
-        val = evaluate(cfg, student, teacher, val_loader, rt, epoch)
+        val = evaluate(cfg, student, teacher, val_loader, rt, epoch, val_cache)
         miou = val["val_miou"]
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step() if cfg.lr_schedule == "cosine" else scheduler.step(miou)

@@ -84,3 +84,32 @@ def test_committed_report_reads_its_numbers_from_runs():
     html = (ROOT / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     assert "Evaluation protocol" in report and "Teacher" in report
+
+
+@pytest.mark.slow
+def test_training_and_results_notebooks_run_on_voc_with_the_fcn_resnet50_teacher(tmp_path, monkeypatch):
+    """The VOC path of the notebooks, end to end: a VOC-layout fixture, a stand-in for
+    torchvision's FCN-ResNet50 checkpoint (random weights; the real file cannot be fetched
+    here), the smoke profile."""
+    import torch
+    from test_data import write_voc
+
+    from kdlib.demo import run_notebook
+    from kdlib.models import build_model
+
+    write_voc(tmp_path / "voc")
+    weights = tmp_path / "fcn_resnet50_coco-1167a1af.pth"
+    torch.manual_seed(0)
+    torch.save(build_model("fcn_resnet50").state_dict(), weights)
+    monkeypatch.setenv("KDLIB_TEACHER_WEIGHTS", str(weights))
+    params = {"dataset": "voc", "data_root": str(tmp_path / "voc"), "image_size": 64, "profile": "smoke",
+              "runs_dir": str(tmp_path / "runs"), "figures_dir": str(tmp_path / "figures"),
+              "report_dir": str(tmp_path / "report")}  # fmt: skip
+    for name in ("02_train_none.ipynb", "04_train_response.ipynb", "07_results.ipynb"):
+        run_notebook(NOTEBOOKS / name, params, tmp_path / "executed", timeout=600)
+    config = json.loads((tmp_path / "runs" / "response" / "seed0" / "config.json").read_text())
+    assert config["dataset"] == "voc" and config["teacher"] == "fcn_resnet50" and config["image_size"] == 64
+    teacher = json.loads((tmp_path / "report" / "teacher_eval.json").read_text())
+    assert teacher["model"] == "fcn_resnet50" and len(teacher["per_class_iou"]) == 21
+    assert "Teacher (fcn_resnet50" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "figures" / "loss_response.png").is_file()

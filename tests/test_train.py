@@ -190,3 +190,27 @@ def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
     assert len(_history(out)) == 1
+
+
+def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypatch):
+    from kdlib.models import CustomSegmentationModel
+    from kdlib.train import ValTeacherCache, build_data, build_teacher, evaluate, setup_runtime
+
+    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both").resolved()
+    rt = setup_runtime("cpu")
+    _, val_loader, _ = build_data(cfg, rt)
+    torch.manual_seed(0)
+    student, teacher = CustomSegmentationModel(21), build_teacher(cfg, rt.device)
+    plain = evaluate(cfg, student, teacher, val_loader, rt)
+    cache = ValTeacherCache(len(val_loader))
+    first = evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=cache)
+    calls = []
+    original = teacher.teacher_forward
+    monkeypatch.setattr(teacher, "teacher_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    second = evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=cache)
+    assert not calls and len(cache.batches) == len(val_loader)
+    for key in ("val_total", "val_response", "val_feature", "val_miou"):
+        assert plain[key] == first[key] == second[key]
+    tiny = ValTeacherCache(len(val_loader), limit_bytes=1000)
+    evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=tiny)
+    assert not tiny.enabled and tiny.batches == []
