@@ -123,12 +123,14 @@ def refresh_notebooks(notebooks=None) -> int:
 
 
 def run_report(dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu",
-               profile: str = "demo") -> int:  # fmt: skip
+               profile: str = "demo", runs_dir=None) -> int:  # fmt: skip
     """``make report``: every figure, table and the report again from finished runs. The
     notebooks reuse finished runs, so nothing trains; missing runs are an error, not a job."""
     from .experiment import collect_runs, is_finished, profile_settings, run_dir
 
     params = demo_parameters(dataset, data_root, device, profile)
+    if runs_dir is not None:
+        params["runs_dir"] = str(runs_dir)
     settings = profile_settings(profile)
     missing = [str(run_dir(params["runs_dir"], m, s)) for m in ("none", "feature", "response", "both")
                for s in settings["seeds"] if not is_finished(run_dir(params["runs_dir"], m, s), settings["epochs"])]  # fmt: skip

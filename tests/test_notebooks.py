@@ -113,3 +113,12 @@ def test_training_and_results_notebooks_run_on_voc_with_the_fcn_resnet50_teacher
     assert teacher["model"] == "fcn_resnet50" and len(teacher["per_class_iou"]) == 21
     assert "Teacher (fcn_resnet50" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "figures" / "loss_response.png").is_file()
+
+
+def test_make_report_refuses_to_train(tmp_path, capsys):
+    from kdlib.demo import run_report
+
+    assert run_report("shapes", str(tmp_path / "data"), "cpu", "smoke", runs_dir=tmp_path / "runs") == 1
+    err = capsys.readouterr().err
+    assert "Run `make demo`" in err and str(tmp_path / "runs" / "none" / "seed0") in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
