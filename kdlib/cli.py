@@ -48,6 +48,7 @@ HELP = {
     "resume": "continue the run in --out from its last.pt",
     "overwrite": "start over in an --out that already holds a run",
     "download": "let torchvision download VOC 2012 if it is missing",
+    "skip_bad": "leave broken samples out with a warning (counted in metrics.json) instead of failing",
 }
 
 
@@ -140,12 +141,16 @@ def cmd_shapes(args) -> int:
 
 
 def cmd_train(args, parser) -> int:
+    from .data import DataError
     from .train import RunFolderError, fit
 
     cfg = config_from_args(args)
     try:
         cfg.validate()
         metrics = fit(cfg)
+    except DataError as exc:
+        print(f"python -m kdlib train: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, RunFolderError) as exc:
         parser.error(str(exc))
     print(json.dumps({k: metrics[k] for k in ("best_epoch", "best_miou", "epochs_run", "total_seconds")}))

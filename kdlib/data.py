@@ -82,14 +82,24 @@ def resolve_voc_root(root: str | os.PathLike) -> Path:
     return root / "VOCdevkit" / "VOC2012"
 
 
+class DataError(ValueError):
+    """A broken sample; the message names the file and what is wrong with it."""
+
+
 class SegmentationFolder(Dataset):
     """(image, mask) pairs from a VOC-layout folder; the same code reads VOC and ``shapes``.
 
     ``mask_dir`` is ``SegmentationClass`` (VOC's own) or ``SegmentationClassAug`` (SBD's
-    ``train_aug``). Images decode to uint8 tensors, masks from palette PNGs to class indices.
+    ``train_aug``). Images decode to uint8 tensors, masks from palette (or grayscale) PNGs to
+    class indices. Every read checks the pair: a file that cannot be decoded, image and mask
+    of different sizes, a colour (non-index) mask or labels outside 0..20 and 255 raise
+    :class:`DataError` naming the file. With ``skip_bad=True`` the whole split is checked
+    up front instead, broken pairs are left out with a warning, and ``self.skipped`` lists
+    them (the trainer counts them in the run's metrics).
     """
 
-    def __init__(self, root, split, transforms=None, mask_dir="SegmentationClass", name="voc"):
+    def __init__(self, root, split, transforms=None, mask_dir="SegmentationClass", name="voc",
+                 skip_bad: bool = False):  # fmt: skip
         self.root, self.split, self.transforms = Path(root), split, transforms
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         problems = [
@@ -107,17 +117,71 @@ class SegmentationFolder(Dataset):
             raise DatasetNotFoundError(f"{list_file} lists no image ids; the split is empty.")
         self.images = [self.root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
         self.masks = [self.root / mask_dir / f"{i}.png" for i in self.ids]
+        self.skipped: list[tuple[str, str]] = []
+        missing = [(i, f"{p} is missing") for i, im, m in zip(self.ids, self.images, self.masks)
+                   for p in (im, m) if not p.is_file()]  # fmt: skip
+        if missing and not skip_bad:
+            shown = "\n  ".join(reason for _, reason in missing[:5])
+            raise DataError(
+                f"{len(missing)} file(s) of split {split!r} ({list_file}) are missing, e.g.:\n  {shown}\n"
+                "Fix the folder, or pass --skip-bad to leave those samples out."
+            )
+        if skip_bad:
+            self._drop_bad(missing)
+
+    def _drop_bad(self, missing) -> None:
+        import warnings
+
+        bad = dict(missing)
+        for index, sample_id in enumerate(self.ids):
+            if sample_id in bad:
+                continue
+            try:
+                self.read(index)
+            except DataError as exc:
+                bad[sample_id] = str(exc)
+        if bad:
+            keep = [i for i, sample_id in enumerate(self.ids) if sample_id not in bad]
+            self.ids = [self.ids[i] for i in keep]
+            self.images = [self.images[i] for i in keep]
+            self.masks = [self.masks[i] for i in keep]
+            self.skipped = sorted(bad.items())
+            warnings.warn(f"skipped {len(bad)} broken sample(s) of {self.root}, e.g. {self.skipped[0][1]}",
+                          stacklevel=3)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The raw pair: uint8 image 3×H×W and uint8 mask H×W (class indices, 255 void)."""
-        with Image.open(self.images[index]) as jpeg:
-            image = torch.from_numpy(np.array(jpeg.convert("RGB"))).permute(2, 0, 1).contiguous()
-        with Image.open(self.masks[index]) as png:
-            mask = torch.from_numpy(np.array(png, dtype=np.uint8))
-        return image, mask
+        image_path, mask_path = self.images[index], self.masks[index]
+        try:
+            with Image.open(image_path) as jpeg:
+                image = np.array(jpeg.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{image_path}: cannot read the image ({exc})") from exc
+        try:
+            with Image.open(mask_path) as png:
+                mode = png.mode
+                mask = np.array(png)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{mask_path}: cannot read the mask ({exc})") from exc
+        if mode not in ("P", "L"):
+            raise DataError(
+                f"{mask_path}: mask is a {mode} image; expected a palette (P) or grayscale (L) PNG "
+                "whose pixel values are class indices (a colour-coded mask would be read as wrong labels)"
+            )
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{image_path} is {image.shape[1]}×{image.shape[0]} but its mask {mask_path} is "
+                f"{mask.shape[1]}×{mask.shape[0]}"
+            )
+        bad = np.unique(mask[(mask >= NUM_CLASSES) & (mask != VOID)])
+        if bad.size:
+            raise DataError(
+                f"{mask_path}: label value(s) {bad[:8].tolist()} outside 0..{NUM_CLASSES - 1} and {VOID} (void)"
+            )
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.uint8))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
@@ -196,6 +260,7 @@ def build_dataset(
     image_size: int = 224,
     download: bool = False,
     augment: str = "table2",
+    skip_bad: bool = False,
 ) -> SegmentationFolder:
     """The one way to get a data set: ``name`` in ``voc | shapes``.
 
@@ -211,7 +276,7 @@ def build_dataset(
         raise ValueError(f"image_size must be a multiple of 32 (the student's stride), got {image_size}")
     transforms = train_transforms(image_size, augment) if train else eval_transforms(image_size)
     if name == "shapes":
-        return SegmentationFolder(root, split, transforms, name="shapes")
+        return SegmentationFolder(root, split, transforms, name="shapes", skip_bad=skip_bad)
     voc_root = resolve_voc_root(root)
     if download and not (voc_root / "JPEGImages").is_dir():
         from torchvision.datasets import VOCSegmentation
@@ -219,7 +284,7 @@ def build_dataset(
         VOCSegmentation(str(root), year="2012", image_set="trainval", download=True)
         voc_root = resolve_voc_root(root)
     mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
-    return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc")
+    return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc", skip_bad=skip_bad)
 
 
 def class_names(name: str) -> tuple[str, ...]:

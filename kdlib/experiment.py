@@ -22,7 +22,7 @@ PROFILES = {
     "smoke": {"epochs": 1, "seeds": [0], "max_batches": 2, "batch_size": 8, "workers": 0,
               "benchmark": {"teacher_train": 4, "train": 16, "val": 12}},
     # workers 0: measured faster than 1 or 2 on a 2-core CPU (the augmentation competes with compute)
-    "demo": {"epochs": 8, "seeds": [0, 1], "max_batches": None, "batch_size": 16, "workers": 0,
+    "demo": {"epochs": 7, "seeds": [0, 1], "max_batches": None, "batch_size": 16, "workers": 0,
              "benchmark": {}},
     "full": {"epochs": 300, "seeds": [0, 1, 2], "max_batches": None, "batch_size": 16, "workers": 4,
              "benchmark": {}},

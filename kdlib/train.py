@@ -77,6 +77,7 @@ class Config:
     resume: bool = False
     overwrite: bool = False
     download: bool = False
+    skip_bad: bool = False  # leave broken samples out (counted in metrics.json) instead of failing
 
     def validate(self) -> None:
         """Refuse bad settings before any work starts; each message names the setting."""
@@ -217,10 +218,11 @@ class ShardSampler(torch.utils.data.Sampler):
 def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, SeededSampler]:
     train_set = SeededView(
         build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=True,
-                      image_size=cfg.image_size, download=cfg.download, augment=cfg.augment)
+                      image_size=cfg.image_size, download=cfg.download, augment=cfg.augment,
+                      skip_bad=cfg.skip_bad)
     )  # fmt: skip
     val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, train=False,
-                            image_size=cfg.image_size)  # fmt: skip
+                            image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
     sampler = SeededSampler(train_set, num_replicas=rt.world, rank=rt.rank, shuffle=True,
                             seed=cfg.seed, drop_last=False)  # fmt: skip
     common = {
@@ -592,6 +594,10 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
         set_rng_state(ckpt["rng"])
         _log(cfg, rt, f"resumed {out} after epoch {state['epoch']}")
     run_config = dataclasses.asdict(cfg) | {
+        "skipped_samples": {
+            "train": [sample_id for sample_id, _ in train_loader.dataset.dataset.skipped],
+            "val": [sample_id for sample_id, _ in val_loader.dataset.skipped],
+        },
         "num_classes": NUM_CLASSES,
         "world_size": rt.world,
         "device_name": str(rt.device),
@@ -638,7 +644,7 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
             }
             if improved:
                 atomic_save(ckpt | {"val": _summary(val)}, out / "best.pt")
-                atomic_write_text(json.dumps(_metrics(cfg, state, val, student), indent=2) + "\n",
+                atomic_write_text(json.dumps(_metrics(cfg, state, val, student, run_config["skipped_samples"]), indent=2) + "\n",
                                   out / "metrics.json")  # fmt: skip
             atomic_save(ckpt, out / "last.pt")
             write_history(state["history"], out / "history.csv")
@@ -653,7 +659,7 @@ def _summary(val: dict) -> dict:
     return {k: v for k, v in val.items() if k != "confusion_matrix"}
 
 
-def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module) -> dict:
+def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module, skipped: dict) -> dict:
     return {
         "method": cfg.method,
         "model": cfg.model,
@@ -665,6 +671,7 @@ def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module) -> dict:
         "per_class_iou": val["per_class_iou"],
         "confusion_matrix": val["confusion_matrix"],
         "parameters": count_parameters(student),
+        "skipped_samples": {k: len(v) for k, v in skipped.items()},
     }
 
 
