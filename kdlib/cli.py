@@ -140,15 +140,26 @@ def cmd_shapes(args) -> int:
     return 0
 
 
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_train(args, parser) -> int:
+    import signal
+
     from .data import DataError
-    from .train import RunFolderError, fit
+    from .train import NonFiniteLossError, RunFolderError, fit
 
     cfg = config_from_args(args)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
         cfg.validate()
         metrics = fit(cfg)
-    except DataError as exc:
+    except KeyboardInterrupt:
+        print(f"python -m kdlib train: interrupted; {cfg.out}/last.pt holds the last finished epoch. "
+              "Continue with the same command plus --resume.", file=sys.stderr)  # fmt: skip
+        return 130
+    except (DataError, NonFiniteLossError) as exc:
         print(f"python -m kdlib train: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, RunFolderError) as exc:

@@ -214,3 +214,34 @@ def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypa
     tiny = ValTeacherCache(len(val_loader), limit_bytes=1000)
     evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=tiny)
     assert not tiny.enabled and tiny.batches == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path, sig):
+    """A real subprocess killed after its first epoch: SIGTERM exits cleanly (130) with advice,
+    SIGKILL leaves last.pt intact (atomic writes); --resume then finishes all epochs."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kdlib", "train", "--method", "response", "--data-root", str(tiny_shapes),
+           "--out", str(out), "--epochs", "4", "--batch-size", "2", "--workers", "0",
+           "--teacher-weights", str(tiny_teacher)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "history.csv").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    if sig == "SIGTERM":
+        assert proc.returncode == 130 and "--resume" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done = load_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= done < 4
+    subprocess.run(cmd + ["--resume"], check=True, capture_output=True, timeout=300)
+    rows = _history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
