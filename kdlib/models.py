@@ -314,11 +314,6 @@ def build_model(name: str, num_classes: int = 21) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; choose one of {ARCHITECTURES}")
 
 
-def segmentation_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits at the input size from any model here (student dict or torchvision dict)."""
-    return model(x)["out"]
-
-
 def describe(model: nn.Module, image_size: int = 224) -> list[dict]:
     """The shape of every stage of a student (or a wrapped teacher) for one input of
     ``image_size``², with each stage's parameter count: Section 1 as a table."""

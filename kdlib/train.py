@@ -400,12 +400,8 @@ def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progres
     n = max(stats.pop("_n"), 1)
     return {f"train_{k}": v / n for k, v in stats.items()} | {
         "train_seconds": seconds,
-        "train_images_per_s": stats_images(seen, seconds, rt),
+        "train_images_per_s": seen * rt.world / seconds if seconds > 0 else math.nan,
     }
-
-
-def stats_images(seen, seconds, rt):
-    return seen * rt.world / seconds if seconds > 0 else math.nan
 
 
 def _reduce(values: dict, rt: Runtime) -> dict:
