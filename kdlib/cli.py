@@ -201,6 +201,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kdlib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.subcommands = sub.choices
 
     from .shapes import DEFAULTS
 
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # for errors in context
+    sub = parser.subcommands[args.command]  # so errors name the subcommand
     if args.command == "shapes":
         return cmd_shapes(args)
     if args.command == "train":
