@@ -148,6 +148,7 @@ def cmd_train(args, parser) -> int:
     import signal
 
     from .data import DataError
+    from .files import DiskWriteError
     from .train import NonFiniteLossError, RunFolderError, fit
 
     cfg = config_from_args(args)
@@ -159,7 +160,7 @@ def cmd_train(args, parser) -> int:
         print(f"python -m kdlib train: interrupted; {cfg.out}/last.pt holds the last finished epoch. "
               "Continue with the same command plus --resume.", file=sys.stderr)  # fmt: skip
         return 130
-    except (DataError, NonFiniteLossError) as exc:
+    except (DataError, NonFiniteLossError, DiskWriteError) as exc:
         print(f"python -m kdlib train: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, RunFolderError) as exc:
@@ -181,7 +182,9 @@ def cmd_evaluate(args, parser) -> int:
         parser.error(str(exc))
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        from .files import atomic_write_text
+
+        atomic_write_text(json.dumps(result, indent=2) + "\n", Path(args.json))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .files import atomic_write_text
 from .losses import METHODS
 from .train import Config, fit
 
@@ -128,7 +129,7 @@ def evaluate_teacher(dataset: str, data_root, image_size=None, device: str = "cp
     out = {"model": teacher_arch(dataset), "parameters": count_parameters(model), **result}
     if report_dir is not None:
         Path(report_dir).mkdir(parents=True, exist_ok=True)
-        (Path(report_dir) / "teacher_eval.json").write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_text(json.dumps(out, indent=2) + "\n", Path(report_dir) / "teacher_eval.json")
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from .data import denormalize, voc_palette
+from .files import save_figure_bytes
 from .losses import VOID
 
 VOID_COLOUR = (1.0, 1.0, 1.0)
@@ -45,11 +46,11 @@ def class_legend(fig, class_names, present=None, ncol: int = 7) -> None:
 
 
 def save_figure(fig, path, dpi: int = 100) -> Path:
-    """Write a PNG whose bytes depend only on the figure (no Software/date metadata)."""
+    """Write a PNG whose bytes depend only on the figure (no Software/date metadata), atomically:
+    a full or read-only disk raises DiskWriteError and leaves the previous PNG as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    return path
+    return save_figure_bytes(fig, path, dpi=dpi, metadata={"Software": None})
 
 
 def augmentation_grid(eval_set, train_set, indices, views: int = 3, class_names=None, seed: int = 0):

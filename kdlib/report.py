@@ -15,6 +15,7 @@ import pandas as pd
 
 from .analysis import paired_comparison, summary_table
 from .experiment import collect_runs
+from .files import atomic_write_text
 
 METHOD_NAMES = {"none": "None", "feature": "Feature", "response": "Response", "both": "Feature & Response"}
 FIGURES = {  # file name in figures/ -> caption
@@ -142,8 +143,8 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
                                                "qualitative_feature.png", "qualitative_response.png",
                                                "qualitative_both.png"])  # fmt: skip
     text = "\n".join(md) + "\n"
-    (report_dir / "report.md").write_text(text)
-    (report_dir / "report.html").write_text(to_html(text, report_dir))
+    atomic_write_text(text, report_dir / "report.md")
+    atomic_write_text(to_html(text, report_dir), report_dir / "report.html")
     return report_dir / "report.md"
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import shapes
-from .train import SHAPES_TEACHER, Config, atomic_save, atomic_write_text, fit, load_checkpoint
+from .files import atomic_save, atomic_write_text
+from .train import SHAPES_TEACHER, Config, fit, load_checkpoint
 
 TEACHER_RECIPE = {
     "model": "lraspp_resnet18",

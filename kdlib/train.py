@@ -10,6 +10,7 @@ Artifacts in ``config.out``: ``config.json``, ``history.csv`` (a row per epoch),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
 from .data import DATASETS, NUM_CLASSES, build_dataset
+from .files import RunFolderError, RunLock, atomic_save, atomic_write_text
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
 from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters
@@ -249,29 +251,6 @@ def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path) -> dict:
@@ -504,10 +483,6 @@ def environment() -> dict:
     }
 
 
-class RunFolderError(RuntimeError):
-    pass
-
-
 def _prepare_out(cfg: Config, rt: Runtime) -> Path:
     out = Path(cfg.out)
     if rt.main:
@@ -552,6 +527,11 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
     cfg.validate()
     cfg = cfg.resolved()
     rt = setup_runtime(cfg.device)
+    with RunLock(cfg.out) if rt.main else contextlib.nullcontext():  # one writer per run folder
+        return _fit(cfg, rt)
+
+
+def _fit(cfg: Config, rt: Runtime) -> dict:
     out = _prepare_out(cfg, rt)
     seed_everything(cfg.seed)
 
