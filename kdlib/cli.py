@@ -149,7 +149,7 @@ def cmd_train(args, parser) -> int:
 
     from .data import DataError
     from .files import DiskWriteError
-    from .train import NonFiniteLossError, RunFolderError, fit
+    from .train import CheckpointError, NonFiniteLossError, RunFolderError, fit
 
     cfg = config_from_args(args)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run like Ctrl-C
@@ -160,7 +160,7 @@ def cmd_train(args, parser) -> int:
         print(f"python -m kdlib train: interrupted; {cfg.out}/last.pt holds the last finished epoch. "
               "Continue with the same command plus --resume.", file=sys.stderr)  # fmt: skip
         return 130
-    except (DataError, NonFiniteLossError, DiskWriteError) as exc:
+    except (DataError, NonFiniteLossError, DiskWriteError, CheckpointError, FileNotFoundError) as exc:
         print(f"python -m kdlib train: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, RunFolderError) as exc:

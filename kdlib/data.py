@@ -183,15 +183,65 @@ class SegmentationFolder(Dataset):
             )
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.uint8))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    teacher_maps = None  # set by attach_teacher_maps
+
+    def attach_teacher_maps(self, maps) -> None:
+        """Serve a cached teacher map with every sample: ``maps[index]`` is the frozen
+        teacher's C×h×w logits of sample ``index`` at its output stride (see
+        :mod:`kdlib.teacher_cache`). Samples become (image, mask, teacher logits), the logits
+        upsampled to the image size and warped by the same flip and affine as image and mask."""
+        if maps is not None and len(maps) != len(self):
+            raise ValueError(f"teacher maps hold {len(maps)} samples, the {self.split!r} split {len(self)}")
+        self.teacher_maps = maps
+
+    def __getitem__(self, index: int):
         image, mask = self.read(index)
-        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        sample = [tv_tensors.Image(image), tv_tensors.Mask(mask)]
+        if self.teacher_maps is not None:
+            from .models import upsample_logits
+
+            logits = torch.as_tensor(self.teacher_maps[index]).float()
+            sample.append(TeacherLogits(upsample_logits(logits[None], image.shape[-2:])[0]))
         if self.transforms is not None:
-            image, mask = self.transforms(image, mask)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+            sample = self.transforms(*sample)
+        image, mask, *rest = (t.as_subclass(torch.Tensor) for t in sample)
+        return (image, mask.long(), *rest)
 
 
 # --------------------------------------------------------------------------- transforms
+
+
+class TeacherLogits(tv_tensors.TVTensor):
+    """A C×H×W map of teacher logits that travels through ``transforms.v2`` with its image:
+    resized, flipped and warped like the image (bilinear, exposed pixels 0, where the mask
+    is void anyway), and left alone by photometric transforms and normalisation (which have
+    no kernel for it and pass it through): colour jitter changes the student's input, not
+    the teacher's target."""
+
+    def __new__(cls, data):
+        return torch.as_tensor(data, dtype=torch.float32).as_subclass(cls)
+
+
+@v2.functional.register_kernel(v2.functional.resize, TeacherLogits)
+def _resize_logits(logits, size, interpolation=None, max_size=None, antialias=True):
+    if list(logits.shape[-2:]) == list(size):
+        return logits
+    return v2.functional.resize_image(logits.as_subclass(torch.Tensor), size, antialias=False).as_subclass(TeacherLogits)
+
+
+@v2.functional.register_kernel(v2.functional.horizontal_flip, TeacherLogits)
+def _flip_logits(logits):
+    return logits.as_subclass(torch.Tensor).flip(-1).as_subclass(TeacherLogits)
+
+
+@v2.functional.register_kernel(v2.functional.affine, TeacherLogits)
+def _affine_logits(logits, angle, translate, scale, shear, interpolation=None, fill=None, center=None):
+    out = v2.functional.affine_image(
+        logits.as_subclass(torch.Tensor), angle=angle, translate=translate, scale=scale, shear=shear,
+        interpolation=v2.InterpolationMode.BILINEAR, fill=0.0, center=center,
+    )  # fmt: skip
+    return out.as_subclass(TeacherLogits)
+
 
 
 AUGMENTATIONS = ("table2", "geometric", "none")
@@ -222,7 +272,7 @@ def train_transforms(image_size: int = 224, augment: str = "table2") -> v2.Compo
             translate=(0.1, 0.1),
             scale=(0.9, 1.1),
             shear=(-5, 5, -5, 5),
-            fill={tv_tensors.Image: 0, tv_tensors.Mask: VOID},
+            fill={tv_tensors.Image: 0, tv_tensors.Mask: VOID, TeacherLogits: 0},
         ),
     ]
     if augment == "table2":

@@ -216,12 +216,17 @@ class TeacherWrapper(nn.Module):
         """
         with torch.inference_mode():
             returned, features = self._backbone(x)
-            logits = self._head(returned)
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            logits = upsample_logits(self._head(returned), x.shape[-2:])
         return {
             "out": logits.clone(),
             "features": [f.clone() for f in features] if with_features else [],
         }
+
+    @torch.inference_mode()
+    def native_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits at its own output stride (8 for FCN and LR-ASPP), before the
+        upsampling to the input size: what the teacher-output cache stores."""
+        return self._head(self._backbone(x)[0])
 
     def project(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return [proj(f) for proj, f in zip(self.projections, features)]
@@ -230,6 +235,12 @@ class TeacherWrapper(nn.Module):
         out = self.teacher_forward(x, with_features)
         out["features"] = self.project(out["features"]) if with_features else []
         return out
+
+
+def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
+    """Logits at a network's output stride → input size, as torchvision's segmentation
+    models do it (bilinear, ``align_corners=False``)."""
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 # The torchvision checkpoint of the report's teacher, and where we look for it.

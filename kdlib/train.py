@@ -253,33 +253,51 @@ def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
 # --------------------------------------------------------------------------- checkpoints
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot serve: unreadable, not a kdlib file, or another network."""
+
+
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {exc}") from exc
     missing = [k for k in ("model", "config") if k not in ckpt] if isinstance(ckpt, dict) else ["model"]
     if missing:
-        raise RuntimeError(f"checkpoint {path} lacks the key(s) {missing}: not a kdlib checkpoint")
+        raise CheckpointError(f"checkpoint {path} lacks the key(s) {missing}: not a kdlib checkpoint")
     return ckpt
+
+
+def load_weights(module: nn.Module, state: dict, path, what: str) -> None:
+    """``load_state_dict`` with a message that names the file instead of a page of size
+    mismatches."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1:2] or [str(exc)[:200]]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {what} (another architecture or class count?): {first[0].strip()}"
+        ) from None
 
 
 def load_model(path, expect: str | None = None) -> nn.Module:
     """A model (student or teacher architecture) from a kdlib checkpoint, in eval mode."""
     if path is None:
-        raise FileNotFoundError(f"no weights given for the {expect} teacher (--teacher-weights)")
+        raise CheckpointError(f"no weights given for the {expect} teacher (--teacher-weights)")
     ckpt = load_checkpoint(path)
     arch = ckpt["config"].get("model", "student")
     if expect is not None and arch != expect:
-        raise RuntimeError(f"checkpoint {path} holds a {arch!r}, not the expected {expect!r}")
-    model = build_model(arch, ckpt["config"].get("num_classes", NUM_CLASSES))
-    try:
-        model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
-    except RuntimeError as exc:
-        raise RuntimeError(f"checkpoint {path} does not fit a {arch!r} with {NUM_CLASSES} classes: {str(exc)[:300]}") from exc
+        raise CheckpointError(f"checkpoint {path} holds a {arch!r}, not the expected {expect!r}")
+    classes = ckpt["config"].get("num_classes", NUM_CLASSES)
+    if classes != NUM_CLASSES:
+        raise CheckpointError(f"checkpoint {path} predicts {classes} classes; this project uses {NUM_CLASSES}")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"checkpoint {path} holds an unknown architecture {arch!r}")
+    model = build_model(arch, NUM_CLASSES)
+    load_weights(model, {k: v.float() for k, v in ckpt["model"].items()}, path, f"{arch!r} with {NUM_CLASSES} classes")
     return model.eval()
 
 
@@ -561,9 +579,9 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     state = {"epoch": 0, "best_miou": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
     if cfg.resume and (out / "last.pt").is_file():
         ckpt = load_checkpoint(out / "last.pt")
-        student.load_state_dict(ckpt["model"])
+        load_weights(student, ckpt["model"], out / "last.pt", f"{cfg.model!r} of this run")
         if teacher is not None and ckpt.get("projections") is not None:
-            teacher.projections.load_state_dict(ckpt["projections"])
+            load_weights(teacher.projections, ckpt["projections"], out / "last.pt", "teacher projections")
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]

@@ -134,3 +134,85 @@ def test_failed_figure_write_keeps_the_previous_png(tmp_path, monkeypatch):
         plots.save_figure(fig, path)
     plt.close(fig)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_with_the_component_and_keeps_checkpoints(tiny_shapes, tmp_path, monkeypatch, capsys, bad):
+    from kdlib import train
+
+    out = tmp_path / "run"
+    fit(_cfg(tiny_shapes, out))
+    before = _snapshot(out)
+    real = train._objective
+    calls = {"n": 0}
+
+    def poisoned(cfg, student_out, teacher_out, target):  # the 2nd training step of epoch 2 blows up
+        loss, parts = real(cfg, student_out, teacher_out, target)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            parts = parts | {"ce": parts["ce"] * bad}
+        return loss, parts
+
+    monkeypatch.setattr(train, "_objective", poisoned)
+    args = ["train", "--method", "none", "--data-root", str(tiny_shapes), "--out", str(out), "--epochs", "2",
+            "--batch-size", "4", "--workers", "0", "--progress", "none", "--resume"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "train loss component(s) ['ce']" in err and "non-finite at epoch 2, step 1" in err and "last.pt and best.pt" in err
+    after = _snapshot(out)
+    for name in ("last.pt", "best.pt", "history.csv", "metrics.json"):
+        assert after[name] == before[name], name
+
+
+def _student_ckpt(tmp_path, tiny_shapes):
+    out = tmp_path / "student"
+    fit(_cfg(tiny_shapes, out))
+    return out / "best.pt"
+
+
+def test_broken_checkpoints_get_a_clear_error(tiny_shapes, tmp_path, capsys):
+    from kdlib.models import build_model
+
+    good = _student_ckpt(tmp_path, tiny_shapes)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    no_keys = tmp_path / "no_keys.pt"
+    torch.save({"weights": {}}, no_keys)
+    ten_classes = tmp_path / "ten.pt"
+    torch.save({"model": build_model("student", 10).state_dict(), "config": {"model": "student", "num_classes": 10}},
+               ten_classes)  # fmt: skip
+    mislabelled = tmp_path / "mislabelled.pt"  # says 21 classes, holds a 10-class head
+    torch.save({"model": build_model("student", 10).state_dict(), "config": {"model": "student"}}, mislabelled)
+    cases = {
+        truncated: "cannot be read (truncated",
+        no_keys: "lacks the key(s) ['model', 'config']",
+        ten_classes: "predicts 10 classes; this project uses 21",
+        mislabelled: "does not fit the 'student' with 21 classes",
+    }
+    for path, message in cases.items():
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--checkpoint", str(path), "--data-root", str(tiny_shapes)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and str(path) in err and message in err, err
+        assert "size mismatch for" not in err or err.count("size mismatch") == 1
+    # a student checkpoint given as the teacher: another architecture
+    args = ["train", "--method", "response", "--data-root", str(tiny_shapes), "--out", str(tmp_path / "kd"),
+            "--epochs", "1", "--workers", "0", "--teacher-weights", str(good)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(good) in err and "holds a 'student', not the expected 'lraspp_resnet18'" in err
+
+
+def test_resume_from_another_architecture_is_refused(tiny_shapes, tmp_path, capsys):
+    from kdlib.models import build_model
+
+    out = tmp_path / "run"
+    fit(_cfg(tiny_shapes, out))
+    foreign = build_model("lraspp_resnet18").state_dict()
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    torch.save(ckpt | {"model": foreign}, out / "last.pt")
+    args = ["train", "--method", "none", "--data-root", str(tiny_shapes), "--out", str(out), "--epochs", "2",
+            "--workers", "0", "--batch-size", "4", "--resume"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {out / 'last.pt'} does not fit the 'student' of this run" in err and "Traceback" not in err
