@@ -13,7 +13,7 @@ DEVICE    ?= cpu
 PROFILE   ?= demo
 DEMO_ARGS  = --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 
-.PHONY: demo test report teacher notebooks lint clean-venv
+.PHONY: demo test bench report teacher notebooks lint clean-venv
 
 # The virtual environment: rebuilt only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -30,6 +30,10 @@ test: $(STAMP)
 	$(PY) -m ruff check kdlib tests
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+# Time every KD method on this device (report and embedded settings): a table and bench.json.
+bench: $(STAMP)
+	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out bench.json
 
 # Figures, tables and report/ again from the finished runs of `make demo` (no training).
 report: $(STAMP)

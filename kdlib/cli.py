@@ -38,6 +38,7 @@ HELP = {
     "scale_by_t2": "multiply the response term by T^2 (Hinton); off in the report",
     "teacher": "teacher architecture (default: fcn_resnet50 for VOC, lraspp_resnet18 for shapes)",
     "teacher_weights": "teacher weights file (default: torch hub cache for VOC, the shipped checkpoint for shapes)",
+    "teacher_cache": "folder for the teacher's cached logits: response KD offline, the teacher runs once per image",
     "seed": "random seed (weights, shuffling, augmentation)",
     "device": "auto, cpu, cuda or cuda:N",
     "workers": "DataLoader worker processes",
@@ -195,6 +196,15 @@ def cmd_teacher(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import SETTINGS, run_bench
+
+    settings = tuple(SETTINGS) if args.setting == "all" else (args.setting,)
+    run_bench(settings, dataset=args.dataset, data_root=args.data_root, out=args.out, batch_size=args.batch_size,
+              device=args.device, workers=args.workers, repeats=args.repeats, teacher_weights=args.teacher_weights)  # fmt: skip
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -245,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", default="demo")
 
+    p = sub.add_parser("bench", help="time each KD method on this device and write bench.json (make bench)")
+    p.add_argument("--setting", choices=("all", "report", "shapes"), default="all",
+                   help="report (224 px, FCN-ResNet50), shapes (the embedded benchmark) or all (default)")
+    p.add_argument("--dataset", choices=("voc", "shapes"), default="shapes", help="images for the end-to-end timings")
+    p.add_argument("--data-root", default="data/shapes")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the trainer's)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats (default: per device)")
+    p.add_argument("--teacher-weights", default=None, help="the shapes teacher (default: the shipped one)")
+    p.add_argument("--out", default="bench.json")
+
     p = sub.add_parser("demo", help="run every notebook in order (make demo)")
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
     p.add_argument("--data-root", default="data/shapes")
@@ -267,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_teacher(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command == "bench":
+        return cmd_bench(args)
     if args.command == "notebooks":
         from .demo import refresh_notebooks
 

@@ -100,7 +100,7 @@ class SegmentationFolder(Dataset):
 
     def __init__(self, root, split, transforms=None, mask_dir="SegmentationClass", name="voc",
                  skip_bad: bool = False):  # fmt: skip
-        self.root, self.split, self.transforms = Path(root), split, transforms
+        self.root, self.split, self.transforms, self.name = Path(root), split, transforms, name
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         problems = [
             str(p)

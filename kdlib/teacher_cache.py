@@ -48,7 +48,7 @@ def teacher_fingerprint(teacher) -> str:
     digest = hashlib.sha256(type(teacher.model).__name__.encode())
     for name, tensor in teacher.model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -69,6 +69,7 @@ class Config:
     scale_by_t2: bool = False
     teacher: str | None = None  # fcn_resnet50 | lraspp_resnet18
     teacher_weights: str | None = None
+    teacher_cache: str | None = None  # folder of cached teacher logits (response KD offline)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 2
@@ -110,6 +111,11 @@ class Config:
             problems.append(f"augment={self.augment!r}: choose table2, geometric or none")
         if self.lr_schedule not in ("plateau", "cosine"):
             problems.append(f"lr_schedule={self.lr_schedule!r}: choose plateau or cosine")
+        if self.teacher_cache and self.method != "response":
+            problems.append(
+                f"teacher_cache={self.teacher_cache!r} serves method='response' only (got {self.method!r}): "
+                "feature KD needs the teacher's features of every augmented image, see kdlib/teacher_cache.py"
+            )
         if self.progress not in ("auto", "bar", "lines", "none"):
             problems.append(f"progress={self.progress!r}: choose auto, bar, lines or none")
         if problems:
@@ -237,6 +243,24 @@ def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, Seeded
     return train_loader, val_loader, sampler
 
 
+def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, datasets) -> dict:
+    """Build (rank 0) or reuse the teacher-logit cache of each split and attach it to the
+    data sets, which then serve (image, mask, warped teacher logits)."""
+    from .teacher_cache import ensure_cache
+
+    cards = {}
+    for ranks_turn in ("main", "others"):
+        if (ranks_turn == "main") == rt.main:
+            for ds in datasets:
+                maps, card = ensure_cache(teacher, ds, cfg.teacher_cache, cfg.image_size, device=rt.device,
+                                          batch_size=cfg.batch_size, log=lambda m: _log(cfg, rt, m))  # fmt: skip
+                ds.attach_teacher_maps(maps)
+                cards[ds.split] = {k: card[k] for k in ("shape", "bytes_per_image", "seconds", "built")}
+        if rt.world > 1:
+            dist.barrier()
+    return cards
+
+
 def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
     """The frozen teacher behind its wrapper, or None for ``method=none`` (never built)."""
     if cfg.method == "none":
@@ -338,11 +362,13 @@ def _batches(loader, cap):
 
 
 def _to(batch, device, channels_last):
-    x, y = batch
+    """(images, masks[, cached teacher logits]) on ``device``; the third is None online."""
+    x, y, *cached = batch
     x = x.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
+    t = cached[0].to(device, non_blocking=True) if cached else None
+    return x, y.to(device, non_blocking=True), t
 
 
 class NonFiniteLossError(RuntimeError):
@@ -368,26 +394,40 @@ def _objective(cfg: Config, student_out, teacher_out, target):
                              cfg.temperature, cfg.scale_by_t2)  # fmt: skip
 
 
+def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None,
+               where: tuple[int, int] | None = None) -> dict:  # fmt: skip
+    """One optimisation step on a batch already on the device: the frozen teacher (online,
+    or its ``cached`` logits), the student, the method's loss, backward, Adam. Returns the
+    loss components (detached). With ``where=(epoch, step)`` a non-finite component stops
+    the run before the step touches the weights."""
+    with_features = cfg.method in ("feature", "both")
+    with _autocast(cfg, x.device):
+        if cached is not None:
+            teacher_out = {"out": cached, "features": []}
+        else:
+            teacher_out = teacher(x, with_features) if teacher is not None else None
+        student_out = student(x)
+        loss, parts = _objective(cfg, student_out, teacher_out, y)
+    if where is not None:
+        _check_finite(parts, *where, "train")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if rt is not None and rt.world > 1 and with_features:  # DDP averages the student's gradients; these too
+        for p in teacher.projections.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= rt.world
+    optimizer.step()
+    return parts
+
+
 def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progress) -> dict:
     student.train()
     if teacher is not None:
         teacher.train()
     sums, seen, start = {}, 0, time.perf_counter()
-    with_features = cfg.method in ("feature", "both")
     for step, batch in enumerate(progress(_batches(loader, cfg.max_batches), epoch)):
-        x, y = _to(batch, rt.device, cfg.channels_last)
-        with _autocast(cfg, rt.device):
-            teacher_out = teacher(x, with_features) if teacher is not None else None
-            student_out = student(x)
-            loss, parts = _objective(cfg, student_out, teacher_out, y)
-        _check_finite(parts, epoch, step, "train")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if rt.world > 1 and with_features:  # DDP averages the student's gradients; these too
-            for p in teacher.projections.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= rt.world
-        optimizer.step()
+        x, y, cached = _to(batch, rt.device, cfg.channels_last)
+        parts = train_step(cfg, student, teacher, optimizer, x, y, cached, rt, where=(epoch, step))
         n = x.shape[0]
         seen += n
         for k, v in parts.items():
@@ -442,10 +482,10 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
     sums, seen = {}, 0
     with_features = cfg.method in ("feature", "both")
     for step, batch in enumerate(loader):
-        x, y = _to(batch, rt.device, cfg.channels_last)
+        x, y, cached = _to(batch, rt.device, cfg.channels_last)
         with _autocast(cfg, rt.device):
-            teacher_out = None
-            if teacher is not None:
+            teacher_out = {"out": cached, "features": []} if cached is not None else None
+            if teacher is not None and cached is None:
                 raw = teacher_cache.get(step) if teacher_cache is not None else None
                 if raw is None:
                     raw = teacher.teacher_forward(x, with_features)
@@ -556,6 +596,10 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     train_loader, val_loader, sampler = build_data(cfg, rt)
     student = build_model(cfg.model, NUM_CLASSES).to(rt.device)
     teacher = build_teacher(cfg, rt.device)
+    cache_cards = None
+    if cfg.teacher_cache:  # offline response KD: the teacher runs once per image, then goes
+        cache_cards = attach_teacher_cache(cfg, rt, teacher, [train_loader.dataset.dataset, val_loader.dataset])
+        teacher = None
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -597,6 +641,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         "device_name": str(rt.device),
         "environment": environment(),
         "student_parameters": count_parameters(student),
+        "teacher_cache_cards": cache_cards,
     }
     if rt.main:
         atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
