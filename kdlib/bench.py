@@ -101,6 +101,7 @@ def _subset(dataset, n: int | None):
         return dataset
     part = copy.copy(dataset)
     part.ids, part.images, part.masks = dataset.ids[:n], dataset.images[:n], dataset.masks[:n]
+    part._decoded = None
     return part
 
 
@@ -115,12 +116,13 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
     size = spec["image_size"]
     base = Config(dataset=dataset, data_root=data_root, image_size=size, batch_size=batch_size, device=device,
                   amp=dev.type == "cuda", progress="none")  # fmt: skip
-    workers = base.workers if workers is None else workers
+    workers = base.resolved().workers if workers is None else workers
     log(f"[bench {setting}] {size}² px, batch {batch_size}, {spec['teacher']} teacher, {dev}, workers {workers}")
     cl = torch.channels_last
     student = build_model("student").to(dev, memory_format=cl)
     teacher = _teacher(setting, teacher_weights).to(dev, memory_format=cl)
     train_set = _subset(build_dataset(dataset, data_root, "train", train=True, image_size=size), spec["images"])
+    train_set.preload()  # as the trainer does: steady state, images decoded once
     x, y = next(iter(torch.utils.data.DataLoader(train_set, batch_size, shuffle=False)))
     if len(x) < batch_size:
         raise ValueError(f"the {dataset} train split at {data_root} has fewer than {batch_size} images")
@@ -185,6 +187,7 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
     cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="kdlib-bench-cache-"))
     for method in methods:
         ds = copy.copy(train_set)
+        ds.defer_augmentation = True  # as the trainer does: augmented per batch in _to
         if method == "response_cached":
             from .teacher_cache import ensure_cache
 

@@ -7,8 +7,10 @@ Both live on disk in the VOC layout::
         SegmentationClass/<id>.png          palette PNG: class index per pixel, 255 = void
         ImageSets/Segmentation/<split>.txt  one <id> per line
 
-and are read by :class:`SegmentationFolder`. Transforms follow the report's Table 2 with
-``torchvision.transforms.v2``, image and mask travelling together (masks: nearest, void fill).
+and are read by :class:`SegmentationFolder`, resized with ``torchvision.transforms.v2``
+(masks: nearest). Training samples carry the parameters of the report's Table 2
+augmentation, which :mod:`kdlib.augment` applies to image and mask together (masks: nearest,
+void fill), per batch on the training device or per sample when indexed directly.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from .augment import MEAN, STD, augment_batch, sample_params
 from .losses import VOID
 
 NUM_CLASSES = 21
-# The teacher's input normalisation (torchvision's ImageNet statistics); the student shares it.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+# MEAN, STD: the teacher's input normalisation (ImageNet statistics, kdlib.augment); the student shares it.
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -99,8 +100,11 @@ class SegmentationFolder(Dataset):
     """
 
     def __init__(self, root, split, transforms=None, mask_dir="SegmentationClass", name="voc",
-                 skip_bad: bool = False):  # fmt: skip
+                 skip_bad: bool = False, augment: str | None = None, image_size=None):  # fmt: skip
         self.root, self.split, self.transforms, self.name = Path(root), split, transforms, name
+        self.augment = augment  # None, or a mode of kdlib.augment (transforms then only resize)
+        self.image_size = image_size  # (H, W) the transforms resize to
+        self.defer_augmentation = False  # the trainer augments whole batches on its device
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         problems = [
             str(p)
@@ -188,96 +192,77 @@ class SegmentationFolder(Dataset):
     def attach_teacher_maps(self, maps) -> None:
         """Serve a cached teacher map with every sample: ``maps[index]`` is the frozen
         teacher's C×h×w logits of sample ``index`` at its output stride (see
-        :mod:`kdlib.teacher_cache`). Samples become (image, mask, teacher logits), the logits
-        upsampled to the image size and warped by the same flip and affine as image and mask."""
+        :mod:`kdlib.teacher_cache`). With augmentation they are warped by the image's own
+        flip and affine (:func:`kdlib.augment.augment_batch`) and upsampled to its size."""
         if maps is not None and len(maps) != len(self):
             raise ValueError(f"teacher maps hold {len(maps)} samples, the {self.split!r} split {len(self)}")
         self.teacher_maps = maps
 
-    def __getitem__(self, index: int):
-        image, mask = self.read(index)
-        sample = [tv_tensors.Image(image), tv_tensors.Mask(mask)]
-        if self.teacher_maps is not None:
-            from .models import upsample_logits
+    # training images are decoded and resized once, then kept (uint8) while they fit this
+    DECODED_CACHE_BYTES = 2 << 30
 
-            logits = torch.as_tensor(self.teacher_maps[index]).float()
-            sample.append(TeacherLogits(upsample_logits(logits[None], image.shape[-2:])[0]))
-        if self.transforms is not None:
-            sample = self.transforms(*sample)
-        image, mask, *rest = (t.as_subclass(torch.Tensor) for t in sample)
-        return (image, mask.long(), *rest)
+    def _resized(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample after the transforms: uint8 image and long mask at the training size
+        (kept in memory after the first read), or the normalised evaluation pair."""
+        if self.augment is not None:
+            if getattr(self, "_decoded", None) is None or len(self._decoded) != len(self):
+                h, w = self.image_size
+                fits = len(self) * 4 * h * w <= self.DECODED_CACHE_BYTES
+                self._decoded = [None] * len(self) if fits else []
+            if self._decoded and self._decoded[index] is not None:
+                image, mask = self._decoded[index]
+                return image, mask.long()
+        image, mask = self.read(index)
+        if self.augment is None or tuple(image.shape[-2:]) != tuple(self.image_size):
+            pair = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            image, mask = (t.as_subclass(torch.Tensor) for t in pair)
+        if self.augment is not None and self._decoded:
+            self._decoded[index] = (image, mask.to(torch.uint8))
+        return image, mask.long()
+
+    def preload(self) -> bool:
+        """Decode and resize every training image now (DataLoader workers then inherit them
+        instead of each decoding its own copy). False when they would not fit in memory."""
+        if self.augment is None:
+            return False
+        for index in range(len(self)):
+            self._resized(index)
+            if not self._decoded:
+                return False
+        return True
+
+    def __getitem__(self, key):
+        """(image, mask[, teacher logits]): a normalised float image and a long mask.
+
+        ``key`` is an index, or ``(index, seed)``: with ``augment`` set, the sample's
+        augmentation parameters are drawn here from a generator seeded with ``seed`` (from
+        torch's global generator for a plain index). ``defer_augmentation`` then returns the
+        uint8 image, the mask and the parameters as a dict, for
+        :func:`kdlib.augment.augment_batch` to apply to the whole batch."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, mask = self._resized(index)
+        teacher = self.teacher_maps[index].float() if self.teacher_maps is not None else None
+        if self.augment is None:
+            return (image, mask) if teacher is None else (image, mask, teacher)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        params = sample_params(self.augment, *image.shape[-2:], generator)
+        if self.defer_augmentation:
+            sample = {"image": image, "mask": mask, "params": params}
+            return sample if teacher is None else sample | {"teacher": teacher}
+        x, y, t = augment_batch(image[None], mask[None], params[None], None if teacher is None else teacher[None])
+        return (x[0], y[0]) if t is None else (x[0], y[0], t[0])
 
 
 # --------------------------------------------------------------------------- transforms
 
 
-class TeacherLogits(tv_tensors.TVTensor):
-    """A C×H×W map of teacher logits that travels through ``transforms.v2`` with its image:
-    resized, flipped and warped like the image (bilinear, exposed pixels 0, where the mask
-    is void anyway), and left alone by photometric transforms and normalisation (which have
-    no kernel for it and pass it through): colour jitter changes the student's input, not
-    the teacher's target."""
-
-    def __new__(cls, data):
-        return torch.as_tensor(data, dtype=torch.float32).as_subclass(cls)
-
-
-@v2.functional.register_kernel(v2.functional.resize, TeacherLogits)
-def _resize_logits(logits, size, interpolation=None, max_size=None, antialias=True):
-    if list(logits.shape[-2:]) == list(size):
-        return logits
-    return v2.functional.resize_image(logits.as_subclass(torch.Tensor), size, antialias=False).as_subclass(TeacherLogits)
-
-
-@v2.functional.register_kernel(v2.functional.horizontal_flip, TeacherLogits)
-def _flip_logits(logits):
-    return logits.as_subclass(torch.Tensor).flip(-1).as_subclass(TeacherLogits)
-
-
-@v2.functional.register_kernel(v2.functional.affine, TeacherLogits)
-def _affine_logits(logits, angle, translate, scale, shear, interpolation=None, fill=None, center=None):
-    out = v2.functional.affine_image(
-        logits.as_subclass(torch.Tensor), angle=angle, translate=translate, scale=scale, shear=shear,
-        interpolation=v2.InterpolationMode.BILINEAR, fill=0.0, center=center,
-    )  # fmt: skip
-    return out.as_subclass(TeacherLogits)
-
-
-
 AUGMENTATIONS = ("table2", "geometric", "none")
 
 
-def train_transforms(image_size: int = 224, augment: str = "table2") -> v2.Compose:
-    """Table 2 of the report, image and mask together (``augment="table2"``).
-
-    Resize to ``image_size`` first (cheaper warps), then flip (p=0.5) and one affine warp
-    holding the rotation (±10°), translation (±0.1), scale (0.9-1.1) and shear (±5°); pixels
-    the warp exposes are 0 in the image and void (255) in the mask. Colour jitter
-    (brightness/contrast/saturation 0.2, hue 0.1) touches the image only; masks always use
-    nearest-neighbour interpolation (v2 does so for ``tv_tensors.Mask``).
-
-    Note that hue 0.1 shifts hues by up to ±36°. ``augment="geometric"`` keeps flip and
-    warp but no colour jitter (the embedded benchmark's teacher is trained so); ``"none"`` is
-    the evaluation transform.
-    """
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment={augment!r}: choose one of {AUGMENTATIONS}")
-    if augment == "none":
-        return eval_transforms(image_size)
-    steps = [
-        v2.Resize((image_size, image_size), antialias=True),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomAffine(
-            degrees=10,
-            translate=(0.1, 0.1),
-            scale=(0.9, 1.1),
-            shear=(-5, 5, -5, 5),
-            fill={tv_tensors.Image: 0, tv_tensors.Mask: VOID, TeacherLogits: 0},
-        ),
-    ]
-    if augment == "table2":
-        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1))
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+def resize_transforms(image_size: int = 224) -> v2.Compose:
+    """The training images before augmentation: resized (nearest for the mask), still uint8.
+    The augmentation itself runs batched on the training device (:mod:`kdlib.augment`)."""
+    return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])
 
 
 def eval_transforms(image_size: int = 224) -> v2.Compose:
@@ -324,9 +309,13 @@ def build_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (the student's stride), got {image_size}")
-    transforms = train_transforms(image_size, augment) if train else eval_transforms(image_size)
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment={augment!r}: choose one of {AUGMENTATIONS}")
+    augmented = train and augment != "none"
+    transforms = resize_transforms(image_size) if augmented else eval_transforms(image_size)
+    options = {"skip_bad": skip_bad, "augment": augment if augmented else None, "image_size": (image_size, image_size)}
     if name == "shapes":
-        return SegmentationFolder(root, split, transforms, name="shapes", skip_bad=skip_bad)
+        return SegmentationFolder(root, split, transforms, name="shapes", **options)
     voc_root = resolve_voc_root(root)
     if download and not (voc_root / "JPEGImages").is_dir():
         from torchvision.datasets import VOCSegmentation
@@ -334,7 +323,7 @@ def build_dataset(
         VOCSegmentation(str(root), year="2012", image_set="trainval", download=True)
         voc_root = resolve_voc_root(root)
     mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
-    return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc", skip_bad=skip_bad)
+    return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc", **options)
 
 
 def class_names(name: str) -> tuple[str, ...]:

@@ -141,7 +141,7 @@ def build_cache(teacher, dataset, data_path: Path, image_size: int, *, device="c
     native-stride logits as float16 into ``data_path`` (temporary file, then rename)."""
     start = time.perf_counter()
     plain = copy.copy(dataset)
-    plain.transforms, plain.teacher_maps = eval_transforms(image_size), None
+    plain.transforms, plain.teacher_maps, plain.augment = eval_transforms(image_size), None, None
     loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False)
     teacher = teacher.to(device).eval()
     data_path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
+from .augment import augment_batch
 from .data import DATASETS, NUM_CLASSES, build_dataset
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
-from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters
+from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters, upsample_logits
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_lraspp_resnet18.pt"
@@ -72,7 +73,7 @@ class Config:
     teacher_cache: str | None = None  # folder of cached teacher logits (response KD offline)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int = 2
+    workers: int | None = None  # DataLoader workers; None: default_workers() of this machine
     amp: bool = False  # bf16 autocast on CUDA
     channels_last: bool = True
     max_batches: int | None = None  # cap batches per epoch (smoke runs)
@@ -105,7 +106,7 @@ class Config:
             problems.append(f"epochs={self.epochs}: must be >= 1")
         if self.lr <= 0:
             problems.append(f"lr={self.lr}: must be > 0")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
         if self.augment not in ("table2", "geometric", "none"):
             problems.append(f"augment={self.augment!r}: choose table2, geometric or none")
@@ -124,6 +125,8 @@ class Config:
     def resolved(self) -> Config:
         """A copy with the data-set-dependent defaults filled in."""
         cfg = dataclasses.replace(self)
+        if cfg.workers is None:
+            cfg.workers = default_workers()
         if cfg.image_size is None:
             cfg.image_size = 224 if cfg.dataset == "voc" else _shapes_size(cfg.data_root)
         if cfg.teacher is None and cfg.method != "none":
@@ -131,6 +134,15 @@ class Config:
         if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and cfg.method != "none":
             cfg.teacher_weights = str(SHAPES_TEACHER)
         return cfg
+
+
+def default_workers() -> int:
+    """DataLoader workers that help rather than compete: none on a machine with 2 cores or
+    fewer (measured by ``make bench``: a worker there takes a core from the training step's
+    threads, and the batched augmentation leaves workers little to do), else up to 4 while
+    leaving 2 cores to the main process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 2))
 
 
 def _shapes_size(root: str) -> int:
@@ -191,17 +203,20 @@ class SeededSampler(DistributedSampler):
 
 
 class SeededView(torch.utils.data.Dataset):
-    """A dataset indexed by ``(index, seed)``: the sample's random augmentation is drawn from
-    a generator seeded with ``seed``. Plain ints index it without reseeding."""
+    """A dataset indexed by ``(index, seed)``: the sample's random augmentation depends on
+    ``seed`` only. A :class:`~kdlib.data.SegmentationFolder` takes such keys itself (a
+    seeded generator per sample); any other dataset runs under torch's global generator
+    seeded with ``seed``. Plain ints index it without reseeding."""
 
     def __init__(self, dataset):
         self.dataset = dataset
+        self.takes_seeds = hasattr(dataset, "defer_augmentation")
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        if isinstance(key, tuple):
+        if isinstance(key, tuple) and not self.takes_seeds:
             index, seed = key
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -229,6 +244,8 @@ def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, Seeded
                       image_size=cfg.image_size, download=cfg.download, augment=cfg.augment,
                       skip_bad=cfg.skip_bad)
     )  # fmt: skip
+    train_set.dataset.defer_augmentation = True  # augmented per batch, on the device, in _to
+    train_set.dataset.preload()  # decoded once, in memory (when it fits), shared with the workers
     val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, train=False,
                             image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
     sampler = SeededSampler(train_set, num_replicas=rt.world, rank=rt.rank, shuffle=True,
@@ -362,13 +379,27 @@ def _batches(loader, cap):
 
 
 def _to(batch, device, channels_last):
-    """(images, masks[, cached teacher logits]) on ``device``; the third is None online."""
-    x, y, *cached = batch
-    x = x.to(device, non_blocking=True)
+    """A loader's batch on ``device`` as (images, masks, teacher logits or None).
+
+    Training batches arrive unaugmented (uint8 images, masks and each sample's parameters,
+    see ``SegmentationFolder.defer_augmentation``) and are augmented here, on the device, in
+    one pass (:func:`kdlib.augment.augment_batch`); cached teacher logits are warped with them.
+    Evaluation batches are (images, masks[, logits at the teacher's stride]).
+    """
+    if isinstance(batch, dict):
+        teacher = batch.get("teacher")
+        x, y, t = augment_batch(batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
+                                batch["params"].to(device, non_blocking=True),
+                                None if teacher is None else teacher.to(device, non_blocking=True))  # fmt: skip
+    else:
+        x, y, *cached = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        t = cached[0].to(device, non_blocking=True) if cached else None
+        if t is not None and t.shape[-2:] != x.shape[-2:]:
+            t = upsample_logits(t.float(), x.shape[-2:])
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    t = cached[0].to(device, non_blocking=True) if cached else None
-    return x, y.to(device, non_blocking=True), t
+    return x, y, t
 
 
 class NonFiniteLossError(RuntimeError):
