@@ -241,10 +241,10 @@ def run_bench(settings=("report", "shapes"), *, dataset: str = "shapes", data_ro
               out="bench.json", log=print, **kwargs) -> dict:  # fmt: skip
     """Measure every setting, print the table, write ``out`` (bench.json)."""
     start = time.perf_counter()
-    if dataset == "shapes":
+    if dataset == "shapes" and not (Path(data_root) / "benchmark.json").is_file():
         from .shapes import generate
 
-        generate(data_root, progress=False)
+        generate(data_root, progress=False)  # the default benchmark, when absent
     results = {s: bench_setting(s, dataset=dataset, data_root=data_root, log=log, **kwargs) for s in settings}
     report = {
         "machine": environment() | {"processor": platform.processor() or platform.machine()},

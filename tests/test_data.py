@@ -128,24 +128,27 @@ def test_augmentation_is_random_but_reproducible(voc_root):
 
 
 def test_colour_jitter_leaves_mask_alone(voc_root):
-    """Geometry aside, the mask never depends on the photometric draw: with the same
-    geometric parameters, two samples differ in the image only."""
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
+    """Same geometry, with and without the photometric draw: the masks are identical, the
+    images are not. And Table 2's ranges are the report's."""
+    from kdlib.augment import TABLE2, augment_batch, sample_params
 
-    ds = build_dataset("voc", voc_root, "train", train=False, image_size=64)
-    image, mask = ds.read(0)
-    jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
-    out_image, out_mask = jitter(tv_tensors.Image(image), tv_tensors.Mask(mask))
-    assert torch.equal(out_mask, mask) and not torch.equal(out_image, image)
-    from kdlib.data import train_transforms
-
-    names = [type(t).__name__ for t in train_transforms(64).transforms]
-    assert names == ["Resize", "RandomHorizontalFlip", "RandomAffine", "ColorJitter", "ToDtype", "Normalize"]
-    affine = train_transforms(64).transforms[2]
-    assert affine.degrees == [-10.0, 10.0] and affine.translate == (0.1, 0.1)
-    assert affine.scale == (0.9, 1.1) and affine.shear == [-5.0, 5.0, -5.0, 5.0]
-    assert affine.fill[tv_tensors.Mask] == VOID
+    ds = build_dataset("voc", voc_root, "train", train=True, image_size=64)
+    ds.defer_augmentation = True
+    sample = ds[(0, 7)]
+    jittered = sample["params"]
+    plain = jittered.clone()
+    plain[7:11] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    a = augment_batch(sample["image"][None], sample["mask"][None], jittered[None])
+    b = augment_batch(sample["image"][None], sample["mask"][None], plain[None])
+    assert torch.equal(a[1], b[1]) and not torch.equal(a[0], b[0])
+    assert TABLE2 == {"flip_p": 0.5, "degrees": 10.0, "translate": 0.1, "scale": (0.9, 1.1), "shear": 5.0,
+                      "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.1}  # fmt: skip
+    draws = torch.stack([sample_params("table2", 64, 64, torch.Generator().manual_seed(i)) for i in range(400)])
+    assert draws[:, 1].abs().max() <= 10 and draws[:, 2:4].abs().max() <= 6.4 and draws[:, 2].eq(draws[:, 2].round()).all()
+    assert 0.9 <= draws[:, 4].min() and draws[:, 4].max() <= 1.1 and draws[:, 5:7].abs().max() <= 5
+    assert 0.3 < draws[:, 0].mean() < 0.7 and draws[:, 10].abs().max() <= 0.1
+    geometric = sample_params("geometric", 64, 64, torch.Generator().manual_seed(0))
+    assert geometric[7:].tolist() == [1, 1, 1, 0, 0, 1, 2, 3]
 
 
 def test_missing_or_incomplete_folder_explains_layout(tmp_path):

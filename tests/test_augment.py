@@ -1,0 +1,120 @@
+"""The batched Table 2 augmentation against torchvision's own transforms, sample by sample,
+and the geometric consistency of teacher maps warped with their images."""
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from kdlib.augment import IDENTITY, MEAN, STD, augment_batch, color_jitter, sample_params
+from kdlib.data import build_dataset
+from kdlib.losses import VOID
+from kdlib.models import TeacherWrapper, upsample_logits
+from kdlib.train import SHAPES_TEACHER, load_model
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_shapes):
+    ds = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
+    pairs = [ds.read(i) for i in range(len(ds))]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]).long()
+
+
+def _params(mode, n, seed=0, **fixed):
+    p = torch.stack([sample_params(mode, 64, 64, torch.Generator().manual_seed(seed * 1000 + i)) for i in range(n)])
+    for column, value in fixed.items():
+        p[:, ["flip", "angle", "tx", "ty", "scale", "shear_x", "shear_y"].index(column)] = value
+    return p
+
+
+def _torchvision(image, mask, p):
+    """The v2 functional calls of the old per-sample pipeline, for one sample."""
+    if p[0] > 0.5:
+        image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
+    kw = dict(angle=float(p[1]), translate=[float(p[2]), float(p[3])], scale=float(p[4]), shear=[float(p[5]), float(p[6])])
+    return TF.affine(image, **kw, fill=0), TF.affine(mask[None], **kw, fill=VOID)[0]
+
+
+def _unnormalise(x):
+    return x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+
+
+def test_geometry_equals_torchvision_per_sample(batch):
+    images, masks = batch
+    for seed in range(3):
+        params = _params("geometric", len(images), seed)
+        x, y, _ = augment_batch(images, masks, params)
+        for i in range(len(images)):
+            ref_image, ref_mask = _torchvision(images[i], masks[i], params[i])
+            mine = (_unnormalise(x[i : i + 1])[0] * 255).round().to(torch.uint8)
+            # nearest-neighbour: a pixel centre landing within float rounding of a boundary
+            # may pick the neighbour; anything more is a wrong map
+            assert (mine == ref_image).all(0).float().mean() > 0.995
+            assert (y[i] == ref_mask).float().mean() > 0.995
+        assert (y == VOID).any()  # the warps expose borders, and they are void
+
+
+def test_colour_jitter_equals_torchvision_in_each_sampled_order(batch):
+    images = batch[0].float() / 255
+    params = _params("table2", len(images), 5)
+    assert len({tuple(p[11:].tolist()) for p in params}) > 1  # several orders in one batch
+    out = color_jitter(images.clone(), params)
+    for i, p in enumerate(params):
+        ref = images[i]
+        ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        for k in range(4):
+            op = int(p[11 + k])
+            ref = ops[op](ref, float(p[7 + op]))
+        assert torch.allclose(out[i], ref, atol=1e-5)
+
+
+def test_same_seed_same_sample_and_identity_is_the_eval_transform(tiny_shapes, batch):
+    train = build_dataset("shapes", tiny_shapes, "train", train=True, image_size=64)
+    a, b, c = train[(0, 11)], train[(0, 11)], train[(0, 12)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    evaluation = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
+    images, masks = batch
+    x, y, _ = augment_batch(images, masks, IDENTITY.expand(len(images), -1).clone())
+    assert torch.allclose(x, torch.stack([evaluation[i][0] for i in range(len(images))]), atol=1e-5)
+    assert torch.equal(y, masks)
+
+
+@pytest.fixture(scope="module")
+def shipped_teacher():
+    return TeacherWrapper(load_model(SHAPES_TEACHER))
+
+
+def test_cached_map_warped_like_its_image(batch, shipped_teacher):
+    """The teacher's stride-8 logits of the *plain* image, warped by augment_batch, against
+    the teacher run on the *warped* image: the same up to rounding for identity and flips
+    (the warp upsamples exactly as the teacher does); close for affine warps (a CNN is not
+    exactly equivariant, and the image warp is nearest-neighbour); and far apart when the
+    map is deliberately warped the wrong way, so the comparison can fail."""
+    images, masks = batch
+    plain = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    native = shipped_teacher.native_logits(plain)
+
+    def agreement(params, teacher_map_params=None):
+        x, y, warped = augment_batch(images, masks, params, native)
+        if teacher_map_params is not None:
+            warped = augment_batch(images, masks, teacher_map_params, native)[2]
+        online = shipped_teacher.teacher_forward(x, with_features=False)["out"]
+        valid = y != VOID
+        return warped, online, (warped.argmax(1) == online.argmax(1))[valid].float().mean().item()
+
+    identity = IDENTITY.expand(len(images), -1).clone()
+    warped, online, _ = agreement(identity)
+    assert torch.allclose(warped, upsample_logits(native, (64, 64)), atol=1e-5)
+    assert torch.allclose(warped, online, atol=1e-4)
+
+    flips = identity.clone()
+    flips[:, 0] = 1
+    warped, _, _ = agreement(flips)
+    assert torch.allclose(warped, upsample_logits(native, (64, 64)).flip(-1), atol=1e-5)
+
+    affine = _params("geometric", len(images), 3)
+    _, _, right = agreement(affine)
+    wrong_way = affine.clone()
+    wrong_way[:, 0] = 1 - wrong_way[:, 0]  # flip the map when the image is not, and vice versa
+    _, _, wrong = agreement(affine, wrong_way)
+    print(f"argmax agreement, cached warp vs online teacher: {right:.3f}; wrong-way warp: {wrong:.3f}")
+    assert right > 0.85 and wrong < right - 0.15, (right, wrong)
