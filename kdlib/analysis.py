@@ -184,7 +184,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
     return pd.DataFrame(rows)
 
 
-def summary_table(runs: pd.DataFrame, order=("none", "feature", "response", "both")) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, order=("none", "feature", "response", "both", "response_cached")) -> pd.DataFrame:
     """Section 4's table: mIoU mean ± std over seeds, epochs, total training time."""
     g = runs.groupby("method")
     table = pd.DataFrame({

@@ -17,6 +17,12 @@ from .files import atomic_write_text
 from .losses import METHODS
 from .train import Config, fit
 
+# Run names: the four methods, and response KD distilled from the teacher-output cache
+# (kdlib/teacher_cache.py), the offline variant whose accuracy the report compares.
+VARIANTS = {"response_cached": {"method": "response"}}
+RUN_NAMES = (*METHODS, *VARIANTS)
+
+
 # Settings per profile. `full` is the report's Table 1; `demo` fits the 20-minute budget of
 # `make demo` on a 2-core CPU; `smoke` exercises every code path in seconds (tests, nbval).
 PROFILES = {
@@ -61,8 +67,12 @@ def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, pr
                  seeds=None, epochs=None, image_size=None, device: str = "cpu", **overrides) -> pd.DataFrame:  # fmt: skip
     """Train ``method`` once per seed (skipping finished runs, resuming interrupted ones) and
     return one row per seed from each run's ``metrics.json``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in RUN_NAMES:
+        raise ValueError(f"unknown method {method!r}; choose one of {RUN_NAMES}")
+    name = method
+    if method in VARIANTS:  # e.g. response_cached: method response, teacher logits from the cache
+        overrides = {"teacher_cache": str(Path(runs_dir) / "teacher_cache"), **overrides}
+        method = VARIANTS[name]["method"]
     settings = profile_settings(profile)
     seeds = settings["seeds"] if seeds is None else list(seeds)
     epochs = settings["epochs"] if epochs is None else epochs
@@ -71,16 +81,16 @@ def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, pr
                   workers=settings["workers"], max_batches=settings["max_batches"], progress="lines")  # fmt: skip
     base = dataclasses.replace(base, **overrides)
     for seed in seeds:
-        out = run_dir(runs_dir, method, seed)
+        out = run_dir(runs_dir, name, seed)
         if is_finished(out, epochs):
-            print(f"[{method}] seed {seed}: finished run in {out}, reused")
+            print(f"[{name}] seed {seed}: finished run in {out}, reused")
             continue
         resume = (out / "last.pt").is_file()
         fit(dataclasses.replace(base, seed=seed, out=str(out), resume=resume, overwrite=not resume))
-    return collect_runs(runs_dir, methods=[method])
+    return collect_runs(runs_dir, methods=[name])
 
 
-def collect_runs(runs_dir, methods=METHODS) -> pd.DataFrame:
+def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
     """One row per finished run under ``runs_dir``: method, seed, best mIoU, epochs, seconds."""
     rows = []
     for method in methods:

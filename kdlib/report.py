@@ -17,7 +17,8 @@ from .analysis import paired_comparison, summary_table
 from .experiment import collect_runs
 from .files import atomic_write_text
 
-METHOD_NAMES = {"none": "None", "feature": "Feature", "response": "Response", "both": "Feature & Response"}
+METHOD_NAMES = {"none": "None", "feature": "Feature", "response": "Response", "both": "Feature & Response",
+                "response_cached": "Response, cached teacher (offline)"}  # fmt: skip
 FIGURES = {  # file name in figures/ -> caption
     "architecture.png": "Student and teacher: every stage's output shape and parameters (Section 1).",
     "data_augmentation.png": "Samples, masks and Table 2's augmentation.",
@@ -74,6 +75,20 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cached_vs_online(runs: pd.DataFrame) -> list[str]:
+    """Markdown lines comparing response KD from the teacher-output cache with online
+    response KD, paired by seed (empty when either is missing)."""
+    pair = runs[runs["method"].isin(["response", "response_cached"])]
+    if set(pair["method"]) != {"response", "response_cached"}:
+        return []
+    diff = paired_comparison(pair, baseline="response").drop(columns=["vs"])
+    seconds = summary_table(pair)["seconds_mean"]
+    return ["Offline response KD (teacher logits cached once per image, warped with each augmented "
+            "image; colour jitter does not reach the cached target) against online response KD, "
+            f"paired by seed; training time {seconds['response_cached']:.0f}s against "
+            f"{seconds['response']:.0f}s per run:", "", _md_table(diff), ""]  # fmt: skip
+
+
 def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> Path:
     runs_dir, figures_dir, report_dir = Path(runs_dir), Path(figures_dir), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +139,9 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     if not paired.empty:
         md += ["Paired by seed, each method against no KD (95% confidence interval of the mean "
                "difference, Student's t):", "", _md_table(paired.drop(columns=["vs"])), ""]  # fmt: skip
+    offline = cached_vs_online(runs)
+    if offline:
+        md += offline
     gap = gap_closed(runs, teacher)
     if not gap.empty:
         md += ["Share of the no-KD student's gap to the teacher that each method closes:", "",
