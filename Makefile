@@ -31,9 +31,9 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
-# Time every KD method on this device (report and embedded settings): a table and bench.json.
+# Time every KD method on this device (report and embedded settings): a table and report/bench.json.
 bench: $(STAMP)
-	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out bench.json
+	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out report/bench.json
 
 # Figures, tables and report/ again from the finished runs of `make demo` (no training).
 report: $(STAMP)
