@@ -57,7 +57,7 @@ SETTINGS = {
     "report": {"image_size": 224, "teacher": "fcn_resnet50", "images": 32,
                "cpu": {"repeats": 2, "e2e_batches": 1}, "cuda": {"repeats": 20, "e2e_batches": 20}},
     "shapes": {"image_size": 64, "teacher": "lraspp_resnet18", "images": None,
-               "cpu": {"repeats": 7, "e2e_batches": 10}, "cuda": {"repeats": 50, "e2e_batches": 50}},
+               "cpu": {"repeats": 5, "e2e_batches": 8}, "cuda": {"repeats": 50, "e2e_batches": 50}},
 }  # fmt: skip
 TARGETS = {"kd_overhead_ratio": ("<=", 1.10), "input_pipeline_ratio": (">=", 0.85), "cached_kd_epoch_ratio": ("<=", 1.2)}
 VOC_TRAIN, VOC_VAL = 1464, 1449  # images per epoch in the report (train + val passes)

@@ -121,7 +121,9 @@ class CustomSegmentationModel(nn.Module):
         skips = [features[2], features[1], features[0], stem]
         for up, skip in zip(self.decoder, skips):
             y = up(y, skip)
-        logits = F.interpolate(self.classifier(y), size=size, mode="bilinear", align_corners=False)
+        # contiguous (NCHW) before upsampling: the full-size logits then sit channel-planar,
+        # the layout in which the per-pixel losses over 21 classes run fastest on a CPU
+        logits = F.interpolate(self.classifier(y).contiguous(), size=size, mode="bilinear", align_corners=False)
         return {"out": logits, "features": features}
 
 
@@ -240,7 +242,7 @@ class TeacherWrapper(nn.Module):
 def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
     """Logits at a network's output stride → input size, as torchvision's segmentation
     models do it (bilinear, ``align_corners=False``)."""
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(logits.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 # The torchvision checkpoint of the report's teacher, and where we look for it.
