@@ -40,6 +40,7 @@ from .data import build_dataset
 from .files import atomic_write_text
 from .losses import METHODS
 from .models import TeacherWrapper, build_model, count_parameters, upsample_logits
+from .teacher_cache import ensure_cache, feature_bytes_per_image
 from .train import (
     SHAPES_TEACHER,
     Config,
@@ -101,7 +102,6 @@ def _subset(dataset, n: int | None):
         return dataset
     part = copy.copy(dataset)
     part.ids, part.images, part.masks = dataset.ids[:n], dataset.images[:n], dataset.masks[:n]
-    part._decoded = None
     return part
 
 
@@ -197,8 +197,6 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
         ds = copy.copy(train_set)
         ds.defer_augmentation = True  # as the trainer does: augmented per batch in _to
         if method == "response_cached":
-            from .teacher_cache import ensure_cache
-
             maps, card = ensure_cache(teacher, ds, cache_dir, size, device=dev, batch_size=batch_size, log=log)
             ds.attach_teacher_maps(maps)
             result["cache"] = {"bytes_per_image": card["bytes_per_image"], "build_seconds": card["seconds"]}
@@ -235,14 +233,8 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
     if setting == "report":  # the report's epoch: 1,464 training + 1,449 validation images
         val_s = VOC_VAL / inference["student"]["images_per_s"]
         result["projected_voc_epoch_seconds"] = {m: VOC_TRAIN / e2e[m] + val_s for m in methods}
-        result["teacher_cache_feature_bytes_per_image"] = _feature_bytes(teacher, size)
+        result["teacher_cache_feature_bytes_per_image"] = feature_bytes_per_image(teacher, size)
     return result
-
-
-def _feature_bytes(teacher, size: int) -> int:
-    from .teacher_cache import feature_bytes_per_image
-
-    return feature_bytes_per_image(teacher, size)
 
 
 def run_bench(settings=("report", "shapes"), *, dataset: str = "shapes", data_root: str = "data/shapes",

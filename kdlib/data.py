@@ -105,6 +105,7 @@ class SegmentationFolder(Dataset):
         self.augment = augment  # None, or a mode of kdlib.augment (transforms then only resize)
         self.image_size = image_size  # (H, W) the transforms resize to
         self.defer_augmentation = False  # the trainer augments whole batches on its device
+        self._decoded = None  # training pairs kept after their first read (see _resized)
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         problems = [
             str(p)
@@ -202,23 +203,23 @@ class SegmentationFolder(Dataset):
     DECODED_CACHE_BYTES = 2 << 30
 
     def _resized(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sample after the transforms: uint8 image and long mask at the training size
-        (kept in memory after the first read), or the normalised evaluation pair."""
+        """The sample after the transforms, mask still uint8: the training pair at the
+        training size (kept in memory after the first read), or the normalised evaluation
+        pair."""
         if self.augment is not None:
-            if getattr(self, "_decoded", None) is None or len(self._decoded) != len(self):
+            if self._decoded is None or self._decoded and len(self._decoded) != len(self):  # first use, a subset
                 h, w = self.image_size
                 fits = len(self) * 4 * h * w <= self.DECODED_CACHE_BYTES
                 self._decoded = [None] * len(self) if fits else []
             if self._decoded and self._decoded[index] is not None:
-                image, mask = self._decoded[index]
-                return image, mask.long()
+                return self._decoded[index]
         image, mask = self.read(index)
         if self.augment is None or tuple(image.shape[-2:]) != tuple(self.image_size):
             pair = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
             image, mask = (t.as_subclass(torch.Tensor) for t in pair)
         if self.augment is not None and self._decoded:
-            self._decoded[index] = (image, mask.to(torch.uint8))
-        return image, mask.long()
+            self._decoded[index] = (image, mask)
+        return image, mask
 
     def preload(self) -> bool:
         """Decode and resize every training image now (DataLoader workers then inherit them
@@ -243,7 +244,7 @@ class SegmentationFolder(Dataset):
         image, mask = self._resized(index)
         teacher = self.teacher_maps[index].float() if self.teacher_maps is not None else None
         if self.augment is None:
-            return (image, mask) if teacher is None else (image, mask, teacher)
+            return (image, mask.long()) if teacher is None else (image, mask.long(), teacher)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         params = sample_params(self.augment, *image.shape[-2:], generator)
         if self.defer_augmentation:

@@ -87,7 +87,7 @@ class TeacherMaps:
 
 
 def cache_paths(folder, dataset, image_size: int) -> tuple[Path, Path]:
-    stem = f"{getattr(dataset, 'name', 'data')}-{dataset.split}-{image_size}"
+    stem = f"{dataset.name}-{dataset.split}-{image_size}"
     return Path(folder) / f"{stem}.f16", Path(folder) / f"{stem}.json"
 
 

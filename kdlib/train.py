@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
 from .augment import augment_batch
-from .data import DATASETS, NUM_CLASSES, build_dataset
+from .data import DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
@@ -210,7 +210,7 @@ class SeededView(torch.utils.data.Dataset):
 
     def __init__(self, dataset):
         self.dataset = dataset
-        self.takes_seeds = hasattr(dataset, "defer_augmentation")
+        self.takes_seeds = isinstance(dataset, SegmentationFolder)
 
     def __len__(self):
         return len(self.dataset)
@@ -265,16 +265,16 @@ def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, data
     data sets, which then serve (image, mask, warped teacher logits)."""
     from .teacher_cache import ensure_cache
 
+    if rt.world > 1 and not rt.main:
+        dist.barrier()  # rank 0 builds; the others then find the cache fresh
     cards = {}
-    for ranks_turn in ("main", "others"):
-        if (ranks_turn == "main") == rt.main:
-            for ds in datasets:
-                maps, card = ensure_cache(teacher, ds, cfg.teacher_cache, cfg.image_size, device=rt.device,
-                                          batch_size=cfg.batch_size, log=lambda m: _log(cfg, rt, m))  # fmt: skip
-                ds.attach_teacher_maps(maps)
-                cards[ds.split] = {k: card[k] for k in ("shape", "bytes_per_image", "seconds", "built")}
-        if rt.world > 1:
-            dist.barrier()
+    for ds in datasets:
+        maps, card = ensure_cache(teacher, ds, cfg.teacher_cache, cfg.image_size, device=rt.device,
+                                  batch_size=cfg.batch_size, log=lambda m: _log(cfg, rt, m))  # fmt: skip
+        ds.attach_teacher_maps(maps)
+        cards[ds.split] = {k: card[k] for k in ("shape", "bytes_per_image", "seconds", "built")}
+    if rt.world > 1 and rt.main:
+        dist.barrier()
     return cards
 
 
