@@ -47,7 +47,7 @@ TABLE2 = {
     "saturation": 0.2,
     "hue": 0.1,
 }
-MODES = ("table2", "geometric")  # geometric: flip and warp, no colour jitter
+MODES = ("table2", "geometric", "none")  # geometric: flip and warp, no colour jitter; none: identity
 # one row of parameters per sample
 FIELDS = ("flip", "angle", "tx", "ty", "scale", "shear_x", "shear_y",
           "brightness", "contrast", "saturation", "hue", "op0", "op1", "op2", "op3")  # fmt: skip
@@ -58,7 +58,9 @@ def sample_params(mode: str, height: int, width: int, generator: torch.Generator
     """One sample's parameters (a row of ``FIELDS``), drawn from ``generator`` (the trainer
     seeds one per sample and epoch) or from torch's global generator."""
     if mode not in MODES:
-        raise ValueError(f"augment={mode!r}: choose one of {MODES} (or no augmentation)")
+        raise ValueError(f"augment={mode!r}: choose one of {MODES}")
+    if mode == "none":  # no draw at all: the batch is only normalised
+        return IDENTITY.clone()
     t = TABLE2
     u = torch.rand(11, generator=generator).tolist()  # uniform [0, 1) draws, mapped onto each range
     p = IDENTITY.tolist()
@@ -178,20 +180,25 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params: torch.Tenso
     → normalised float images, long masks (255 where the warp exposed pixels), and the
     teacher's logits warped and upsampled to H×W."""
     n, _, height, width = images.shape
-    grid = warp_grid(params, height, width).to(images.device)
-    ones = torch.ones_like(masks, dtype=torch.float32)[:, None]
-    stacked = torch.cat([images.float() / 255, masks[:, None].float(), ones], 1)
-    warped = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    inside = warped[:, 4:5] > 0.5
-    img = torch.where(inside, warped[:, :3], torch.zeros(()))
-    mask = torch.where(inside[:, 0], warped[:, 3], torch.full((), float(VOID))).round().long()
+    if (params[:, :7] == IDENTITY[:7].to(params.device)).all():  # no flip, no warp: nothing to resample
+        grid, img, mask = None, images.float() / 255, masks.long()
+    else:
+        grid = warp_grid(params, height, width).to(images.device)
+        ones = torch.ones_like(masks, dtype=torch.float32)[:, None]
+        stacked = torch.cat([images.float() / 255, masks[:, None].float(), ones], 1)
+        warped = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        inside = warped[:, 4:5] > 0.5
+        img = torch.where(inside, warped[:, :3], torch.zeros(()))
+        mask = torch.where(inside[:, 0], warped[:, 3], torch.full((), float(VOID))).round().long()
     if (params[:, 7:11] != IDENTITY[7:11].to(params.device)).any():
         img = color_jitter(img, params.to(img.device))
     mean = torch.tensor(MEAN, device=img.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=img.device).view(1, 3, 1, 1)
     img = (img - mean) / std
     warped_teacher = None
-    if teacher is not None:
+    if teacher is not None and grid is None:  # the identity warp is the teacher's own upsampling
+        warped_teacher = F.interpolate(teacher.float(), size=(height, width), mode="bilinear", align_corners=False)
+    elif teacher is not None:
         warped_teacher = F.grid_sample(teacher.float(), grid, mode="bilinear", padding_mode="border",
                                        align_corners=False)  # fmt: skip
     return img, mask, warped_teacher

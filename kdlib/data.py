@@ -312,9 +312,10 @@ def build_dataset(
         raise ValueError(f"image_size must be a multiple of 32 (the student's stride), got {image_size}")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment={augment!r}: choose one of {AUGMENTATIONS}")
-    augmented = train and augment != "none"
-    transforms = resize_transforms(image_size) if augmented else eval_transforms(image_size)
-    options = {"skip_bad": skip_bad, "augment": augment if augmented else None, "image_size": (image_size, image_size)}
+    # training sets keep their decoded uint8 images in memory and are normalised per batch, on the
+    # device, by kdlib.augment (augment="none" there is the identity); evaluation sets are not cached
+    transforms = resize_transforms(image_size) if train else eval_transforms(image_size)
+    options = {"skip_bad": skip_bad, "augment": augment if train else None, "image_size": (image_size, image_size)}
     if name == "shapes":
         return SegmentationFolder(root, split, transforms, name="shapes", **options)
     voc_root = resolve_voc_root(root)

@@ -20,14 +20,20 @@ from . import shapes
 from .files import atomic_save, atomic_write_text
 from .train import SHAPES_TEACHER, Config, fit, load_checkpoint
 
+# Chosen within the 15-minute budget (runs of this session, val mIoU at the end): a cosine
+# schedule over all epochs; no augmentation, since 3,000 generated images are not overfitted
+# in 11 epochs and augmentation slows convergence; batch 32 and NCHW, the fastest on a CPU
+# (43 vs 34 img/s at batch 16 in channels-last).
 TEACHER_RECIPE = {
     "model": "lraspp_resnet18",
     "method": "none",
     "train_split": "teacher_train",
-    "epochs": 8,
-    "lr": 2e-3,
+    "epochs": 11,
+    "batch_size": 32,
+    "lr": 3e-3,
     "lr_schedule": "cosine",
-    "augment": "geometric",
+    "augment": "none",
+    "channels_last": False,
     "early_stop": 30,
 }
 
@@ -70,7 +76,8 @@ def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=Non
     export_teacher(Path(out) / "best.pt", target)
     result = evaluate_checkpoint(target, dataset="shapes", data_root=str(root), split="val", device=device)
     card = {
-        "architecture": "torchvision LRASPP head on a ResNet-18 backbone (IntermediateLayerGetter; output stride 8)",
+        "architecture": "torchvision LRASPP head on a ResNet-18 backbone (IntermediateLayerGetter; low = layer1, "
+                        "high = layer4; output stride 4)",
         "model": recipe["model"],
         "parameters": result["parameters"],
         "weights_dtype": "float16",

@@ -7,8 +7,8 @@ passes. ``--teacher-cache DIR`` runs it once per image instead and stores, per s
     DIR/<dataset>-<split>-<image size>.f16    N × C × h × w float16 logits, memory-mapped
     DIR/<dataset>-<split>-<image size>.json   what they were computed from (the cache's key)
 
-The logits are kept at the teacher's own output stride (h = w = image size / 8 for FCN and
-LR-ASPP: 21 × 28 × 28 × 2 B = 33 kB per VOC image at 224 px, 2.7 kB per ``shapes`` image)
+The logits are kept at the teacher's own output stride (image size / 8 for FCN-ResNet50:
+21 × 28 × 28 × 2 B = 33 kB per VOC image at 224 px; / 4 for the ``shapes`` LR-ASPP: 10.8 kB)
 and, at training time, upsampled like the teacher does it and warped by the *same* flip and
 affine as the image and mask (:class:`kdlib.data.TeacherLogits`). Colour jitter changes the
 student's input but not the cached target; that is the one difference to online distillation,

@@ -95,3 +95,15 @@ def test_metrics_accumulate_over_the_split_not_per_batch():
     r = m.compute()
     assert r["per_class_iou"][1] == pytest.approx(0.25)  # 1 / (1 + 3), not mean(1, 0)
     assert r["pixel_accuracy"] == pytest.approx(0.25)
+
+
+def test_output_stride_ceiling_loses_small_objects_at_coarse_strides():
+    """Ground truth scored through a coarse logit map: exact at stride 1, a 3×3 object survives
+    stride 2 but not stride 8, and the ceiling never rises with the stride."""
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[:, 8:40, 8:40] = 1  # a large square
+    masks[:, 50:53, 50:53] = 2  # a small one
+    masks[1, 0, :] = VOID
+    ceilings = [analysis.output_stride_ceiling(masks, s, num_classes=3) for s in (1, 2, 4, 8)]
+    assert ceilings[0] == pytest.approx(1.0)
+    assert ceilings == sorted(ceilings, reverse=True) and ceilings[3] < 0.7 < ceilings[1]

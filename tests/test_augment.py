@@ -3,9 +3,10 @@ and the geometric consistency of teacher maps warped with their images."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from kdlib.augment import IDENTITY, MEAN, STD, augment_batch, color_jitter, sample_params
+from kdlib.augment import IDENTITY, MEAN, STD, augment_batch, color_jitter, sample_params, warp_grid
 from kdlib.data import build_dataset
 from kdlib.losses import VOID
 from kdlib.models import TeacherWrapper, upsample_logits
@@ -76,6 +77,22 @@ def test_same_seed_same_sample_and_identity_is_the_eval_transform(tiny_shapes, b
     x, y, _ = augment_batch(images, masks, IDENTITY.expand(len(images), -1).clone())
     assert torch.allclose(x, torch.stack([evaluation[i][0] for i in range(len(images))]), atol=1e-5)
     assert torch.equal(y, masks)
+
+
+def test_no_augmentation_is_the_eval_transform_kept_in_memory(tiny_shapes, batch):
+    """augment="none": training images are decoded once and only normalised per batch; the
+    identity shortcut (no resampling) equals the general warp with an identity grid."""
+    train = build_dataset("shapes", tiny_shapes, "train", train=True, image_size=64, augment="none")
+    evaluation = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
+    assert train.preload() and all(pair is not None for pair in train._decoded)
+    for i in range(len(train)):
+        (x, y), (ex, ey) = train[(i, 7)], evaluation[i]
+        assert torch.allclose(x, ex, atol=1e-5) and torch.equal(y, ey)
+    images, masks = batch
+    identity = IDENTITY.expand(len(images), -1).clone()
+    logits = torch.randn(len(images), 21, 8, 8)
+    general = F.grid_sample(logits, warp_grid(identity, 64, 64), mode="bilinear", padding_mode="border", align_corners=False)
+    assert torch.allclose(augment_batch(images, masks, identity, logits)[2], general, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

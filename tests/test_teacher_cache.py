@@ -22,7 +22,7 @@ def test_cache_holds_the_teachers_native_logits_and_is_reused(tiny_shapes, tiny_
     ds = build_dataset("shapes", tiny_shapes, "train", train=True, image_size=64)
     messages = []
     maps, card = ensure_cache(teacher, ds, tmp_path, 64, log=messages.append)
-    assert card["built"] and card["shape"] == [len(ds), 21, 8, 8] and card["bytes_per_image"] == 21 * 8 * 8 * 2
+    assert card["built"] and card["shape"] == [len(ds), 21, 16, 16] and card["bytes_per_image"] == 21 * 16 * 16 * 2  # stride 4
     plain = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
     expected = teacher.native_logits(torch.stack([plain[i][0] for i in range(len(plain))]))
     got = torch.stack([maps[i] for i in range(len(maps))]).float()

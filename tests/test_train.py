@@ -135,7 +135,7 @@ def test_cli_train_and_evaluate(tiny_shapes, tiny_teacher, tmp_path, capsys):
     assert result["miou"] == pytest.approx(best["best_miou"], abs=1e-6)
     # a teacher checkpoint evaluates the same way (the upper-bound row)
     assert main(["evaluate", "--checkpoint", str(tiny_teacher), "--data-root", str(tiny_shapes)]) == 0
-    assert "11,313,258 parameters" in capsys.readouterr().out
+    assert "11,311,914 parameters" in capsys.readouterr().out
 
 
 EVAL_SCRIPT = r"""
