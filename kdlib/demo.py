@@ -126,16 +126,22 @@ def run_report(dataset: str = "shapes", data_root: str = "data/shapes", device: 
                profile: str = "demo", runs_dir=None) -> int:  # fmt: skip
     """``make report``: every figure, table and the report again from finished runs. The
     notebooks reuse finished runs, so nothing trains; missing runs are an error, not a job."""
-    from .experiment import collect_runs, is_finished, profile_settings, run_dir
+    from .experiment import collect_runs, is_finished, profile_settings, run_dir, stale_reason
+    from .train import Config
 
     params = demo_parameters(dataset, data_root, device, profile)
     if runs_dir is not None:
         params["runs_dir"] = str(runs_dir)
     settings = profile_settings(profile)
-    missing = [str(run_dir(params["runs_dir"], m, s)) for m in ("none", "feature", "response", "both")
-               for s in settings["seeds"] if not is_finished(run_dir(params["runs_dir"], m, s), settings["epochs"])]  # fmt: skip
+    missing = []
+    for method in ("none", "feature", "response", "both"):
+        for seed in settings["seeds"]:
+            out = run_dir(params["runs_dir"], method, seed)
+            stale = stale_reason(out, Config(method=method, dataset=dataset, data_root=str(data_root)))
+            if stale or not is_finished(out, settings["epochs"]):
+                missing.append(f"{out}: {stale}" if stale else str(out))
     if missing or collect_runs(params["runs_dir"]).empty:
-        print("make report rebuilds from finished runs, and these are missing or unfinished:\n  "
+        print("make report rebuilds from finished runs, and these are missing, unfinished or stale:\n  "
               + "\n  ".join(missing) + "\nRun `make demo` (same DATASET/PROFILE) first.", file=sys.stderr)  # fmt: skip
         return 1
     return run_demo(dataset, data_root, device, profile)

@@ -2,7 +2,8 @@
 
 Runs live at ``<runs_dir>/<method>/seed<k>/`` (one ``fit`` each). A run whose
 ``metrics.json`` says it finished is reused, so notebooks and ``make report`` can be re-run
-without training again.
+without training again, unless it is stale: distilled from other teacher weights than the
+ones it would use now (:func:`stale_reason`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 
 from .files import atomic_write_text
 from .losses import METHODS
-from .train import Config, fit
+from .train import Config, fit, teacher_fingerprint
 
 # Run names: the four methods, and response KD distilled from the teacher-output cache
 # (kdlib/teacher_cache.py), the offline variant whose accuracy the report compares.
@@ -63,6 +64,22 @@ def is_finished(out: Path, epochs: int) -> bool:
     return m.get("epochs_run", 0) >= epochs or m.get("early_stopped", False)
 
 
+def stale_reason(out: Path, cfg: Config) -> str | None:
+    """Why a finished run no longer answers ``cfg`` (None when it still does): it distilled
+    from another teacher than the one ``cfg`` would use now (the shipped teacher retrained,
+    or other ``--teacher-weights``)."""
+    resolved = cfg.resolved()
+    current = teacher_fingerprint(resolved)
+    if current is None:
+        return None
+    path = Path(out) / "config.json"
+    recorded = json.loads(path.read_text()).get("teacher_sha256") if path.is_file() else None
+    if recorded == current:
+        return None
+    now = f"{Path(resolved.teacher_weights).name} (sha256 {current[:12]})"
+    return f"it was trained with {'unrecorded' if recorded is None else 'other'} teacher weights, not {now}"
+
+
 def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, profile: str = "demo",
                  seeds=None, epochs=None, image_size=None, device: str = "cpu", **overrides) -> pd.DataFrame:  # fmt: skip
     """Train ``method`` once per seed (skipping finished runs, resuming interrupted ones) and
@@ -82,11 +99,15 @@ def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, pr
     base = dataclasses.replace(base, **overrides)
     for seed in seeds:
         out = run_dir(runs_dir, name, seed)
-        if is_finished(out, epochs):
+        cfg = dataclasses.replace(base, seed=seed, out=str(out))
+        stale = stale_reason(out, cfg) if (out / "config.json").is_file() else None
+        if stale:
+            print(f"[{name}] seed {seed}: {out} is stale, {stale}; training it again")
+        elif is_finished(out, epochs):
             print(f"[{name}] seed {seed}: finished run in {out}, reused")
             continue
-        resume = (out / "last.pt").is_file()
-        fit(dataclasses.replace(base, seed=seed, out=str(out), resume=resume, overwrite=not resume))
+        resume = not stale and (out / "last.pt").is_file()
+        fit(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
     return collect_runs(runs_dir, methods=[name])
 
 

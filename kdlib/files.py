@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import sys
@@ -92,6 +93,15 @@ def save_figure_bytes(fig, path, **savefig_kwargs) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", **savefig_kwargs)
     return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class RunFolderError(RuntimeError):

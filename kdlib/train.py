@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import __version__
 from .augment import augment_batch
 from .data import DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
-from .files import RunFolderError, RunLock, atomic_save, atomic_write_text
+from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
 from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters, upsample_logits
@@ -558,6 +558,15 @@ def _log(cfg: Config, rt: Runtime, text: str) -> None:
         print(text, flush=True)
 
 
+def teacher_fingerprint(cfg: Config) -> str | None:
+    """SHA-256 of the teacher's weights file a (resolved) config distils from; None without
+    one (no KD, or torchvision's hub checkpoint found elsewhere). Saved in ``config.json`` so
+    that a finished run trained with another teacher is recognised as stale."""
+    if cfg.method == "none" or not cfg.teacher_weights or not Path(cfg.teacher_weights).is_file():
+        return None
+    return file_sha256(cfg.teacher_weights)
+
+
 def environment() -> dict:
     import torchvision
 
@@ -672,6 +681,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         "device_name": str(rt.device),
         "environment": environment(),
         "student_parameters": count_parameters(student),
+        "teacher_sha256": teacher_fingerprint(cfg),
         "teacher_cache_cards": cache_cards,
     }
     if rt.main:

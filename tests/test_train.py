@@ -245,3 +245,32 @@ def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path,
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
+
+
+def test_finished_run_of_another_teacher_is_trained_again(tiny_shapes, tiny_teacher, tmp_path, capsys):
+    """A finished KD run is reused only while its teacher's weights are the ones it recorded;
+    after the teacher changes (``make teacher``, other --teacher-weights) it is trained again,
+    and ``make report`` refuses to build from it."""
+    from kdlib.demo import run_report
+    from kdlib.experiment import train_method
+
+    runs = tmp_path / "runs"
+    kw = dict(dataset="shapes", data_root=str(tiny_shapes), runs_dir=str(runs), profile="smoke")
+    train_method("response", teacher_weights=str(tiny_teacher), **kw)
+    config = json.loads((runs / "response" / "seed0" / "config.json").read_text())
+    assert len(config["teacher_sha256"]) == 64
+    train_method("response", teacher_weights=str(tiny_teacher), **kw)
+    assert "reused" in capsys.readouterr().out
+
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(tiny_teacher, weights_only=True)
+    ckpt["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, other)
+    train_method("response", teacher_weights=str(other), **kw)
+    out = capsys.readouterr().out
+    assert "is stale, it was trained with other teacher weights, not other.pt" in out and "reused" not in out
+    assert json.loads((runs / "response" / "seed0" / "config.json").read_text())["teacher_sha256"] != config["teacher_sha256"]
+
+    # make report checks against the shipped teacher, which trained none of these runs
+    assert run_report("shapes", str(tiny_shapes), profile="smoke", runs_dir=runs) == 1
+    assert "stale" in capsys.readouterr().err
