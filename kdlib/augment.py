@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import VOID
+from .models import upsample_logits
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -197,7 +198,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params: torch.Tenso
     img = (img - mean) / std
     warped_teacher = None
     if teacher is not None and grid is None:  # the identity warp is the teacher's own upsampling
-        warped_teacher = F.interpolate(teacher.float(), size=(height, width), mode="bilinear", align_corners=False)
+        warped_teacher = upsample_logits(teacher.float(), (height, width))
     elif teacher is not None:
         warped_teacher = F.grid_sample(teacher.float(), grid, mode="bilinear", padding_mode="border",
                                        align_corners=False)  # fmt: skip

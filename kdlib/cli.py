@@ -82,7 +82,7 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
+    from .data import AUGMENTATIONS, DATASETS
     from .losses import METHODS
     from .models import ARCHITECTURES
     from .train import Config
@@ -94,7 +94,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "teacher": {"choices": ("fcn_resnet50", "lraspp_resnet18")},
         "progress": {"choices": ("auto", "bar", "lines", "none")},
         "lr_schedule": {"choices": ("plateau", "cosine")},
-        "augment": {"choices": ("table2", "geometric", "none")},
+        "augment": {"choices": AUGMENTATIONS},
         "image_size": {"type": _image_size},
         "batch_size": {"type": _positive_int},
         "epochs": {"type": _positive_int},

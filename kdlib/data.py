@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .augment import MEAN, STD, augment_batch, sample_params
+from .augment import MEAN, MODES, STD, augment_batch, sample_params
 from .losses import VOID
 
 NUM_CLASSES = 21
@@ -257,7 +257,7 @@ class SegmentationFolder(Dataset):
 # --------------------------------------------------------------------------- transforms
 
 
-AUGMENTATIONS = ("table2", "geometric", "none")
+AUGMENTATIONS = MODES  # table2 (the report's), geometric (no colour jitter), none
 
 
 def resize_transforms(image_size: int = 224) -> v2.Compose:

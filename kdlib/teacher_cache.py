@@ -10,7 +10,7 @@ passes. ``--teacher-cache DIR`` runs it once per image instead and stores, per s
 The logits are kept at the teacher's own output stride (image size / 8 for FCN-ResNet50:
 21 × 28 × 28 × 2 B = 33 kB per VOC image at 224 px; / 4 for the ``shapes`` LR-ASPP: 10.8 kB)
 and, at training time, upsampled like the teacher does it and warped by the *same* flip and
-affine as the image and mask (:class:`kdlib.data.TeacherLogits`). Colour jitter changes the
+affine as the image and mask (:func:`kdlib.augment.augment_batch`). Colour jitter changes the
 student's input but not the cached target; that is the one difference to online distillation,
 and the accuracy study in the report measures what it costs.
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
 from .augment import augment_batch
-from .data import DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
+from .data import AUGMENTATIONS, DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
@@ -108,8 +108,8 @@ class Config:
             problems.append(f"lr={self.lr}: must be > 0")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
-        if self.augment not in ("table2", "geometric", "none"):
-            problems.append(f"augment={self.augment!r}: choose table2, geometric or none")
+        if self.augment not in AUGMENTATIONS:
+            problems.append(f"augment={self.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
         if self.lr_schedule not in ("plateau", "cosine"):
             problems.append(f"lr_schedule={self.lr_schedule!r}: choose plateau or cosine")
         if self.teacher_cache and self.method != "response":
