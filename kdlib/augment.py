@@ -48,7 +48,8 @@ TABLE2 = {
     "saturation": 0.2,
     "hue": 0.1,
 }
-MODES = ("table2", "geometric", "none")  # geometric: flip and warp, no colour jitter; none: identity
+# geometric: flip and warp, no colour jitter; color: colour jitter, no flip or warp; none: identity
+MODES = ("table2", "geometric", "color", "none")
 # one row of parameters per sample
 FIELDS = ("flip", "angle", "tx", "ty", "scale", "shear_x", "shear_y",
           "brightness", "contrast", "saturation", "hue", "op0", "op1", "op2", "op3")  # fmt: skip
@@ -65,14 +66,15 @@ def sample_params(mode: str, height: int, width: int, generator: torch.Generator
     t = TABLE2
     u = torch.rand(11, generator=generator).tolist()  # uniform [0, 1) draws, mapped onto each range
     p = IDENTITY.tolist()
-    p[0] = float(u[0] < t["flip_p"])
-    p[1] = t["degrees"] * (2 * u[1] - 1)
-    p[2] = float(round(t["translate"] * width * (2 * u[2] - 1)))
-    p[3] = float(round(t["translate"] * height * (2 * u[3] - 1)))
-    p[4] = t["scale"][0] + (t["scale"][1] - t["scale"][0]) * u[4]
-    p[5] = t["shear"] * (2 * u[5] - 1)
-    p[6] = t["shear"] * (2 * u[6] - 1)
-    if mode == "table2":
+    if mode in ("table2", "geometric"):
+        p[0] = float(u[0] < t["flip_p"])
+        p[1] = t["degrees"] * (2 * u[1] - 1)
+        p[2] = float(round(t["translate"] * width * (2 * u[2] - 1)))
+        p[3] = float(round(t["translate"] * height * (2 * u[3] - 1)))
+        p[4] = t["scale"][0] + (t["scale"][1] - t["scale"][0]) * u[4]
+        p[5] = t["shear"] * (2 * u[5] - 1)
+        p[6] = t["shear"] * (2 * u[6] - 1)
+    if mode in ("table2", "color"):
         for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
             p[7 + i] += t[name] * (2 * u[7 + i] - 1)
         p[11:15] = torch.randperm(4, generator=generator).tolist()

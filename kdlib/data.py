@@ -257,7 +257,7 @@ class SegmentationFolder(Dataset):
 # --------------------------------------------------------------------------- transforms
 
 
-AUGMENTATIONS = MODES  # table2 (the report's), geometric (no colour jitter), none
+AUGMENTATIONS = MODES  # table2 (the report's), geometric, color, none: see kdlib/augment.py
 
 
 def resize_transforms(image_size: int = 224) -> v2.Compose:

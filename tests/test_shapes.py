@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from kdlib import shapes
+from kdlib.augment import TABLE2
 from kdlib.cli import main
 from kdlib.data import build_dataset, class_names
 from kdlib.losses import VOID
@@ -17,19 +18,28 @@ def test_classes_cover_shape_texture_colour_with_confusable_pairs():
     assert len(set(shapes.CLASS_NAMES)) == 21
     triples = {(c.shape, c.texture, c.colour) for c in shapes.CLASSES[1:]}
     assert len(triples) == 20
+    assert len({(c.colour, c.texture) for c in shapes.CLASSES[1:]}) == 20  # colour and texture name the class
     pairs = shapes.confusable_pairs()
     kinds = [k for _, _, k in pairs]
-    assert kinds.count("near hue") >= 5 and kinds.count("texture") >= 5
+    assert kinds.count("colour") >= 5 and kinds.count("texture") >= 5
     for a, b, kind in pairs:
         ca, cb = shapes.CLASSES[a], shapes.CLASSES[b]
         assert ca.shape == cb.shape
-        if kind == "near hue":
-            assert ca.texture == cb.texture
-            hue_gap = abs(shapes.HUES[ca.colour] - shapes.HUES[cb.colour]) % 360
-            assert min(hue_gap, 360 - hue_gap) <= 40
+        if kind == "colour":
+            assert ca.texture == cb.texture and ca.colour != cb.colour
         else:
             assert ca.colour == cb.colour and ca.texture != cb.texture
     assert class_names("shapes") == shapes.CLASS_NAMES
+
+
+def test_colour_families_are_further_apart_than_the_students_hue_jitter_can_move_an_object():
+    # an object's hue lies within HUE_SPREAD of its family's; Table 2 shifts every hue by up to
+    # ±hue turns; two families must stay apart even when both objects stray towards each other
+    # and the jitter moves one of them all the way
+    jitter = TABLE2["hue"] * 360
+    hues = sorted(shapes.HUES.values())
+    gaps = [(b - a) % 360 for a, b in zip(hues, hues[1:] + hues[:1])]
+    assert min(gaps) > 2 * (jitter + shapes.HUE_SPREAD)
 
 
 def test_sample_is_a_pure_function_of_seed_split_index():
