@@ -50,6 +50,32 @@ def evaluate_model(model, dataset, device="cpu", batch_size: int = 16) -> dict:
     return metrics.compute()
 
 
+class _SeededAugmented(torch.utils.data.Dataset):
+    """A training-mode data set read with fixed augmentation seeds (sample i: seed + i)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[(index, self.seed + index)]
+
+
+def evaluate_augmented(model, dataset: str, root, split: str = "val", augment: str = "color",
+                       image_size: int | None = None, device="cpu", seed: int = 0) -> dict:
+    """Metrics of ``model`` on ``split`` passed through the students' training augmentation
+    (``augment``: one of :data:`kdlib.augment.MODES`; each image's parameters from a fixed
+    seed). Next to :func:`evaluate_model` on the clean split it says whether an augmentation
+    preserves the labels, and how good a teacher's targets are on augmented batches."""
+    from .train import Config
+
+    size = image_size or Config(dataset=dataset, data_root=str(root)).resolved().image_size
+    data = build_dataset(dataset, root, split, train=True, image_size=size, augment=augment)
+    return evaluate_model(model, _SeededAugmented(data, seed), device)
+
+
 def evaluate_checkpoint(
     checkpoint=None,
     *,

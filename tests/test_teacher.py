@@ -3,7 +3,8 @@
 import pytest
 
 from kdlib import shapes
-from kdlib.evaluate import evaluate_checkpoint
+from kdlib.data import build_dataset
+from kdlib.evaluate import evaluate_augmented, evaluate_checkpoint, evaluate_model
 from kdlib.models import CustomSegmentationModel, count_parameters
 from kdlib.teacher import read_card
 from kdlib.train import SHAPES_TEACHER, load_model
@@ -30,3 +31,20 @@ def test_shipped_teacher_reaches_its_card_on_a_regenerated_val_split(tmp_path):
     result = evaluate_checkpoint(SHAPES_TEACHER, dataset="shapes", data_root=str(root), device="cpu")
     assert result["images"] == bench["splits"]["val"]
     assert result["miou"] >= card["val_miou"] - 0.01
+
+
+@pytest.mark.slow
+def test_the_students_colour_jitter_preserves_labels(tmp_path):
+    """The shipped teacher scores the same on val images through the students' colour jitter
+    (Table 2: brightness, contrast, saturation ±20 %, hue ±36°) as on clean ones: the jitter
+    moves no object into another class."""
+    card = read_card()
+    bench = card["benchmark"]
+    root = shapes.generate(tmp_path, teacher_train=1, train=1, val=bench["splits"]["val"], size=bench["size"],
+                           seed=bench["seed"], progress=False)
+    model = load_model(SHAPES_TEACHER)
+    clean = evaluate_model(model, build_dataset("shapes", root, "val", train=False, image_size=bench["size"]))
+    jittered = evaluate_augmented(model, "shapes", root, "val", augment="color")
+    assert abs(jittered["miou"] - clean["miou"]) <= 0.02
+    assert jittered["miou"] == pytest.approx(card["val_miou_color_jitter"], abs=0.01)
+    assert clean["miou"] >= 0.85
