@@ -24,6 +24,8 @@ HELP = {
     "image_size": "square input side, a multiple of 32 (default: 224 for VOC, the benchmark's size for shapes)",
     "augment": "training augmentation: table2 (the report's Table 2), geometric (no colour jitter) or none",
     "epochs": "maximum number of epochs",
+    "train_repeats": "passes over the training split per epoch, each shuffled and augmented anew",
+    "train_miou": "score the whole training split (eval mode, unaugmented) after each epoch",
     "batch_size": "images per step (per process under torchrun)",
     "lr": "Adam learning rate",
     "weight_decay": "Adam weight decay (L2)",
@@ -98,6 +100,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "image_size": {"type": _image_size},
         "batch_size": {"type": _positive_int},
         "epochs": {"type": _positive_int},
+        "train_repeats": {"type": _positive_int},
         "max_batches": {"type": _positive_int},
         "workers": {"type": int},
         "temperature": {"type": _positive_float},
@@ -247,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("notebooks", help="re-execute the notebooks in place in the smoke profile (their committed outputs)")
-    p.add_argument("names", nargs="*", help="notebook file names (default: all)")
+    p = sub.add_parser("smoke-notebooks", help="copies of the notebooks set to the smoke profile, for nbval (make test)")
+    p.add_argument("--out", default="runs/nbval", help="folder for the copies and everything they write")
 
     p = sub.add_parser("report", help="rebuild figures' report, tables and report/ from existing runs (no training)")
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
@@ -292,10 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_demo(args)
     if args.command == "bench":
         return cmd_bench(args)
-    if args.command == "notebooks":
-        from .demo import refresh_notebooks
+    if args.command == "smoke-notebooks":
+        import shutil
 
-        return refresh_notebooks(args.names or None)
+        from .demo import write_smoke_copies
+
+        shutil.rmtree(args.out, ignore_errors=True)  # a fresh smoke run each time
+        for path in write_smoke_copies(args.out):
+            print(path)
+        return 0
     if args.command == "report":
         from .demo import run_report
 

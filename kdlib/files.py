@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -146,3 +147,16 @@ class RunLock:
         if self.handle is not None:
             self.handle.close()  # closing the file releases the flock
             self.handle = None
+
+
+@contextlib.contextmanager
+def waiting_lock(path):
+    """``with waiting_lock(path):`` — hold ``path`` exclusively, waiting for any other holder
+    (for work that several processes may start at once and only one should do, such as
+    building a shared cache). Without fcntl (Windows) it does not lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield

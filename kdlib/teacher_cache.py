@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .data import eval_transforms
-from .files import atomic_write_text
+from .files import atomic_write_text, waiting_lock
 
 FORMAT_VERSION = 1
 
@@ -122,6 +122,11 @@ def ensure_cache(teacher, dataset, folder, image_size: int, *, device="cpu", bat
     built or rebuilt when missing or stale. Returns the maps and the cache's card."""
     data_path, card_path = cache_paths(folder, dataset, image_size)
     key = cache_key(teacher, dataset, image_size)
+    with waiting_lock(data_path.with_name(f".{data_path.name}.lock")):  # runs started together build it once
+        return _ensure(teacher, dataset, data_path, card_path, key, image_size, device, batch_size, log)
+
+
+def _ensure(teacher, dataset, data_path, card_path, key, image_size, device, batch_size, log):
     reason = _stale_reason(card_path, data_path, key)
     if reason is None:
         card = json.loads(card_path.read_text())

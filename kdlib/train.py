@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import __version__
 from .augment import augment_batch
 from .data import AUGMENTATIONS, DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
+from .evaluate import evaluate_model
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
@@ -56,6 +57,7 @@ class Config:
     image_size: int | None = None
     augment: str = "table2"  # table2 (the report's) | geometric (no colour jitter) | none
     epochs: int = 300
+    train_repeats: int = 1  # passes over the training split per epoch (a small split's epoch is short)
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -82,6 +84,7 @@ class Config:
     overwrite: bool = False
     download: bool = False
     skip_bad: bool = False  # leave broken samples out (counted in metrics.json) instead of failing
+    train_miou: bool = True  # also score the whole training split (eval mode, unaugmented) each epoch
 
     def validate(self) -> None:
         """Refuse bad settings before any work starts; each message names the setting."""
@@ -102,6 +105,8 @@ class Config:
             problems.append(f"image_size={self.image_size}: must be a positive multiple of 32")
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size}: must be >= 1")
+        if self.train_repeats < 1:
+            problems.append(f"train_repeats={self.train_repeats}: must be >= 1")
         if self.epochs < 1:
             problems.append(f"epochs={self.epochs}: must be >= 1")
         if self.lr <= 0:
@@ -195,11 +200,26 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class SeededSampler(DistributedSampler):
     """``DistributedSampler`` (shuffle by epoch, shard by rank; ``set_epoch`` each epoch)
-    that hands the dataset ``(index, augmentation seed)`` pairs."""
+    that hands the dataset ``(index, augmentation seed)`` pairs, ``repeats`` passes per epoch,
+    each shuffled and augmented anew (pass r of epoch e is drawn as epoch e·repeats + r, so
+    ``repeats=1`` is the plain sampler)."""
+
+    def __init__(self, dataset, *, repeats: int = 1, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.repeats = repeats
 
     def __iter__(self):
-        for index in super().__iter__():
-            yield index, sample_seed(self.seed, self.epoch, index)
+        epoch = self.epoch
+        try:
+            for r in range(self.repeats):
+                self.epoch = epoch * self.repeats + r
+                for index in super().__iter__():
+                    yield index, sample_seed(self.seed, self.epoch, index)
+        finally:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return super().__len__() * self.repeats
 
 
 class SeededView(torch.utils.data.Dataset):
@@ -248,8 +268,8 @@ def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, Seeded
     train_set.dataset.preload()  # decoded once, in memory (when it fits), shared with the workers
     val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, train=False,
                             image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
-    sampler = SeededSampler(train_set, num_replicas=rt.world, rank=rt.rank, shuffle=True,
-                            seed=cfg.seed, drop_last=False)  # fmt: skip
+    sampler = SeededSampler(train_set, repeats=cfg.train_repeats, num_replicas=rt.world, rank=rt.rank,
+                            shuffle=True, seed=cfg.seed, drop_last=False)  # fmt: skip
     common = {
         "num_workers": cfg.workers,
         "pin_memory": rt.device.type == "cuda",
@@ -597,7 +617,7 @@ def _prepare_out(cfg: Config, rt: Runtime) -> Path:
 
 HISTORY_KEYS = (
     "epoch", "lr", "train_total", "train_ce", "train_response", "train_feature",
-    "val_total", "val_ce", "val_response", "val_feature", "val_miou", "val_pixel_accuracy",
+    "val_total", "val_ce", "val_response", "val_feature", "val_miou", "val_pixel_accuracy", "train_miou",
     "train_seconds", "epoch_seconds", "train_images_per_s",
 )  # fmt: skip
 
@@ -677,6 +697,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
             "val": [sample_id for sample_id, _ in val_loader.dataset.skipped],
         },
         "num_classes": NUM_CLASSES,
+        "split_sizes": {cfg.train_split: len(train_loader.dataset), cfg.val_split: len(val_loader.dataset)},
         "world_size": rt.world,
         "device_name": str(rt.device),
         "environment": environment(),
@@ -687,6 +708,10 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     if rt.main:
         atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
 
+    train_eval_set = None
+    if cfg.train_miou and rt.main:  # the same protocol as val, so train and val mIoU compare
+        train_eval_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=False,
+                                       image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
     progress = _progress_factory(cfg, rt, len(train_loader))
     val_cache = ValTeacherCache(len(val_loader)) if teacher is not None else None
     stop = state["bad_epochs"] >= cfg.early_stop
@@ -696,6 +721,8 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         t0 = time.perf_counter()
         train = train_one_epoch(cfg, model, teacher, optimizer, train_loader, rt, epoch, progress)
         val = evaluate(cfg, student, teacher, val_loader, rt, epoch, val_cache)
+        if train_eval_set is not None:
+            val["train_miou"] = evaluate_model(student, train_eval_set, rt.device, cfg.batch_size)["miou"]
         miou = val["val_miou"]
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step() if cfg.lr_schedule == "cosine" else scheduler.step(miou)
@@ -747,6 +774,7 @@ def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module, skipped: d
         "seed": cfg.seed,
         "best_epoch": state["best_epoch"],
         "best_miou": state["best_miou"],
+        "train_miou": val.get("train_miou"),  # the whole training split, at the best epoch
         "pixel_accuracy": val["val_pixel_accuracy"],
         "per_class_iou": val["per_class_iou"],
         "confusion_matrix": val["confusion_matrix"],
