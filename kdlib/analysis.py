@@ -181,8 +181,10 @@ T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 
 def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = "miou") -> pd.DataFrame:
     """Each method against ``baseline``, paired by seed: mean difference, its 95% confidence
-    interval (Student's t over the per-seed differences) and whether it excludes 0, i.e.
-    whether the difference is larger than seed noise. With one seed nothing can be said."""
+    interval (Student's t over the per-seed differences, n-1 degrees of freedom) and whether
+    it excludes 0, i.e. whether the difference is larger than seed noise. The interval's
+    half-width, ``detectable``, is the smallest difference this design (these seeds, this
+    spread) can tell from zero. With one seed nothing can be said."""
     base = runs[runs["method"] == baseline].set_index("seed")[metric]
     rows = []
     for method in runs["method"].unique():
@@ -199,7 +201,42 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
         else:
             half, verdict = math.nan, "one seed: no verdict"
         rows.append({"method": method, "vs": baseline, "seeds": n, "mean_diff": mean,
-                     "ci95_low": mean - half, "ci95_high": mean + half, "verdict": verdict})  # fmt: skip
+                     "ci95_low": mean - half, "ci95_high": mean + half, "detectable": half,
+                     "verdict": verdict})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+CONVERGED_GAIN = 0.02  # a run has converged when its last quarter gains less than this
+
+
+def convergence(history: pd.DataFrame, early_stopped: bool = False, gain: float = CONVERGED_GAIN) -> dict:
+    """Whether one run trained to convergence: early stopping ended it, or the best val mIoU
+    of its last quarter of epochs is less than ``gain`` above the best before it. Also the
+    train mIoU at the best epoch (the whole training split, unaugmented): well above the val
+    mIoU, the student is limited by its data rather than by its training."""
+    miou = history["val_miou"].to_numpy()
+    quarter = max(1, math.ceil(len(miou) / 4))
+    before = float(np.nanmax(miou[:-quarter])) if len(miou) > quarter else math.nan
+    last = float(np.nanmax(miou[-quarter:]))
+    best = int(np.nanargmax(miou))
+    train = history["train_miou"].to_numpy() if "train_miou" in history else np.full(len(miou), np.nan)
+    return {
+        "epochs": len(miou), "best_epoch": int(history["epoch"].iloc[best]),
+        "val_miou": float(miou[best]), "train_miou": float(train[best]),
+        "last_quarter_gain": last - before,
+        "converged": bool(early_stopped or (last - before < gain)),
+    }
+
+
+def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`convergence` of every run in ``runs`` (a :func:`kdlib.experiment.collect_runs` table)."""
+    import json
+
+    rows = []
+    for method, seed, run in zip(runs["method"], runs["seed"], runs["run"]):
+        history = pd.read_csv(Path(run) / "history.csv")
+        stopped = json.loads((Path(run) / "metrics.json").read_text()).get("early_stopped", False)
+        rows.append({"method": method, "seed": seed, **convergence(history, stopped)})
     return pd.DataFrame(rows)
 
 

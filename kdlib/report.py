@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import paired_comparison, summary_table
+from .analysis import CONVERGED_GAIN, convergence_table, paired_comparison, summary_table
 from .experiment import collect_runs
 from .files import atomic_write_text
 
@@ -89,6 +89,69 @@ def cached_vs_online(runs: pd.DataFrame) -> list[str]:
             f"{seconds['response']:.0f}s per run:", "", _md_table(diff), ""]  # fmt: skip
 
 
+def _images(config: dict, key: str) -> str:
+    n = config.get("split_sizes", {}).get(config[key])
+    return f" ({n} images)" if n is not None else ""
+
+
+def verdicts(paired: pd.DataFrame) -> list[str]:
+    """One plain sentence per method: does it beat no KD, by how much, and what the seeds can resolve."""
+    lines = []
+    for _, r in paired.iterrows():
+        name = METHOD_NAMES.get(r["method"], r["method"])
+        if r["verdict"] == "one seed: no verdict":
+            lines.append(f"- **{name}**: one seed, no verdict.")
+            continue
+        if r["verdict"] == "within seed noise":
+            said = "does not differ from no KD by more than seed noise"
+        else:
+            said = "beats no KD" if r["mean_diff"] > 0 else "is worse than no KD"
+        lines.append(f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "
+                     f"(95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f}; smallest detectable "
+                     f"difference ±{r['detectable']:.4f}).")  # fmt: skip
+    return lines
+
+
+def convergence_md(runs: pd.DataFrame) -> list[str]:
+    """Whether every run trained to convergence, and the no-KD student's train/val mIoU."""
+    table = convergence_table(runs)
+    done = int(table["converged"].sum())
+    lines = [f"**Convergence.** A run has converged when early stopping ended it or the best val mIoU of "
+             f"its last quarter of epochs is less than {CONVERGED_GAIN} above the best before it: "
+             f"{done} of {len(table)} runs have. Train mIoU is the whole training split, "
+             "unaugmented, at the best epoch.", ""]  # fmt: skip
+    summary = table.groupby("method").agg(
+        runs=("seed", "size"), converged=("converged", "sum"), best_epoch=("best_epoch", "mean"),
+        epochs=("epochs", "mean"), last_quarter_gain_max=("last_quarter_gain", "max"),
+        train_miou=("train_miou", "mean"), val_miou=("val_miou", "mean"),
+    )  # fmt: skip
+    order = [m for m in METHOD_NAMES if m in summary.index]
+    summary = summary.loc[order].reset_index()
+    summary["method"] = [METHOD_NAMES[m] for m in summary["method"]]
+    summary["converged"] = summary["converged"].astype(int).astype(str) + " of " + summary["runs"].astype(str)
+    lines += [_md_table(summary.drop(columns=["runs"])), ""]
+    return lines
+
+
+def per_class_md(runs_dir, dataset: str, k: int = 3) -> list[str]:
+    """Where each method gains or loses against no KD: the classes with the largest and the
+    smallest change in IoU (means over seeds)."""
+    from .data import class_names
+    from .experiment import per_class_table
+
+    table = per_class_table(runs_dir, class_names(dataset))
+    if "none" not in table.columns or len(table.columns) < 2:
+        return []
+    lines = [f"**Where each method differs from no KD** (per-class IoU, mean over seeds; the {k} classes "
+             "with the largest gain and the largest loss):", ""]  # fmt: skip
+    for method in [m for m in table.columns if m != "none"]:
+        change = (table[method] - table["none"]).dropna().sort_values()
+        gains = ", ".join(f"{c} {v:+.3f}" for c, v in change[::-1][:k].items())
+        losses = ", ".join(f"{c} {v:+.3f}" for c, v in change[:k].items())
+        lines.append(f"- {METHOD_NAMES.get(method, method)}: gains {gains}; losses {losses}.")
+    return lines + [""]
+
+
 def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> Path:
     runs_dir, figures_dir, report_dir = Path(runs_dir), Path(figures_dir), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -100,12 +163,13 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     config = json.loads((Path(runs["run"].iloc[0]) / "config.json").read_text())
     tables = report_dir / "tables"
 
-    # trace: copy every run's metrics.json under report/runs/
+    # trace: copy every run's metrics.json and history.csv under report/runs/ (and nothing else)
+    shutil.rmtree(report_dir / "runs", ignore_errors=True)
     for run in runs["run"]:
-        src = Path(run) / "metrics.json"
-        dst = report_dir / "runs" / Path(run).relative_to(runs_dir) / "metrics.json"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        dst = report_dir / "runs" / Path(run).relative_to(runs_dir)
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.json", "history.csv"):
+            shutil.copyfile(Path(run) / name, dst / name)
     seeds = sorted(runs["seed"].unique().tolist())
     paired = paired_comparison(runs)
     md = [
@@ -117,14 +181,17 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         "",
         "## Evaluation protocol",
         "",
-        f"- Data set: `{dataset}`, trained on split `{config['train_split']}`, evaluated on the whole "
-        f"`{config['val_split']}` split at {config['image_size']}×{config['image_size']} px.",
+        f"- Data set: `{dataset}`, trained on split `{config['train_split']}`{_images(config, 'train_split')}, "
+        f"evaluated on the whole `{config['val_split']}` split{_images(config, 'val_split')} at "
+        f"{config['image_size']}×{config['image_size']} px.",
         "- Metric: mIoU from one confusion matrix accumulated over every pixel of the split "
         "(torchmetrics `MulticlassJaccardIndex`, 21 classes, void 255 ignored; classes absent from "
         "both prediction and ground truth left out of the mean).",
         "- Checkpoint: the epoch with the best validation mIoU (the stopping metric of Table 1).",
         f"- Seeds: {', '.join(map(str, seeds))} — every method once per seed; tables show mean ± std.",
-        f"- Settings: {config['epochs']} epochs at most, batch {config['batch_size']}, Adam lr {config['lr']}, "
+        f"- Settings: {config['epochs']} epochs at most ({config.get('train_repeats', 1)} pass(es) over the "
+        f"training split each), {config['lr_schedule']} learning-rate schedule, batch {config['batch_size']}, "
+        f"Adam lr {config['lr']}, "
         f"weight decay {config['weight_decay']}, T={config['temperature']}, α={config['alpha']}, β={config['beta']}, "
         f"augmentation `{config['augment']}`, device `{config['device_name']}` "
         f"({config['environment']['cpu_threads']} CPU threads, torch {config['environment']['torch']}).",
@@ -138,7 +205,9 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     md += ["## Section 4. Results", "", _md_table(results_table(runs, teacher)), ""]
     if not paired.empty:
         md += ["Paired by seed, each method against no KD (95% confidence interval of the mean "
-               "difference, Student's t):", "", _md_table(paired.drop(columns=["vs"])), ""]  # fmt: skip
+               "difference, Student's t; `detectable` is its half-width, the smallest difference "
+               "these seeds can tell from zero):", "", _md_table(paired.drop(columns=["vs"])), ""]  # fmt: skip
+        md += verdicts(paired) + [""]
     offline = cached_vs_online(runs)
     if offline:
         md += offline
@@ -146,6 +215,8 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     if not gap.empty:
         md += ["Share of the no-KD student's gap to the teacher that each method closes:", "",
                _md_table(gap), ""]  # fmt: skip
+    md += convergence_md(runs)
+    md += per_class_md(runs_dir, dataset)
     md += _figure_md(figures_dir, report_dir, ["loss_none.png", "loss_feature.png", "loss_response.png",
                                                "loss_both.png", "per_class_iou.png"])  # fmt: skip
     md += ["## Section 5. Failure analysis", ""]

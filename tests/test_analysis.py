@@ -65,6 +65,12 @@ def test_paired_comparison_says_when_differences_exceed_seed_noise():
     assert table.loc["response", "mean_diff"] == pytest.approx(0.10)
     assert table.loc["response", "verdict"] == "larger than seed noise"
     assert table.loc["feature", "verdict"] == "within seed noise"
+    # by hand: d = (0, 0.03, -0.04), mean -0.01/3, sample sd 0.0351188 (n-1), t(0.975, df 2) = 4.303
+    half = 4.303 * 0.0351188 / 3**0.5
+    assert table.loc["feature", "mean_diff"] == pytest.approx(-0.01 / 3)
+    assert table.loc["feature", "detectable"] == pytest.approx(half, rel=1e-4)
+    assert table.loc["feature", "ci95_low"] == pytest.approx(-0.01 / 3 - half, rel=1e-4)
+    assert table.loc["feature", "ci95_high"] == pytest.approx(-0.01 / 3 + half, rel=1e-4)
     one = analysis.paired_comparison(runs[runs["seed"] == 0]).set_index("method")
     assert one.loc["response", "verdict"] == "one seed: no verdict"
 
@@ -107,3 +113,15 @@ def test_output_stride_ceiling_loses_small_objects_at_coarse_strides():
     ceilings = [analysis.output_stride_ceiling(masks, s, num_classes=3) for s in (1, 2, 4, 8)]
     assert ceilings[0] == pytest.approx(1.0)
     assert ceilings == sorted(ceilings, reverse=True) and ceilings[3] < 0.7 < ceilings[1]
+
+
+def test_convergence_compares_the_last_quarter_with_the_epochs_before():
+    rising = pd.DataFrame({"epoch": range(1, 9), "val_miou": [.1, .2, .3, .4, .5, .6, .7, .75],
+                           "train_miou": [.1, .2, .3, .4, .5, .6, .7, .9]})  # fmt: skip
+    c = analysis.convergence(rising)
+    assert c["last_quarter_gain"] == pytest.approx(0.15) and not c["converged"]  # .75 vs .6 before
+    assert c["best_epoch"] == 8 and c["train_miou"] == 0.9 and c["val_miou"] == 0.75
+    flat = rising.assign(val_miou=[.1, .2, .3, .4, .5, .6, .61, .59])
+    c = analysis.convergence(flat)
+    assert c["last_quarter_gain"] == pytest.approx(0.01) and c["converged"] and c["best_epoch"] == 7
+    assert analysis.convergence(rising, early_stopped=True)["converged"]
