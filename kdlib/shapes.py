@@ -60,9 +60,9 @@ def _make_classes() -> tuple[ShapeClass, ...]:
     plan = [
         ("disk", "red", "lime", "solid", "striped", ("cyan", "checked")),
         ("square", "red", "lime", "checked", "dotted", ("cyan", "solid")),
-        ("triangle", "lime", "cyan", "striped", "ringed", ("purple", "solid")),
-        ("cross", "purple", "red", "ringed", "striped", ("cyan", "dotted")),
-        ("ring", "purple", "lime", "dotted", "checked", ("cyan", "ringed")),
+        ("triangle", "lime", "cyan", "striped", "halved", ("purple", "solid")),
+        ("cross", "purple", "red", "halved", "striped", ("cyan", "dotted")),
+        ("ring", "purple", "lime", "dotted", "checked", ("cyan", "halved")),
     ]
     classes = [ShapeClass(0, "background", "none", "none")]
     for shape, base, twin, texture, texture2, (colour4, texture4) in plan:
@@ -126,8 +126,8 @@ def _texture(texture: str, u: np.ndarray, v: np.ndarray, period: float) -> np.nd
     if texture == "checked":
         cell = (np.floor(u / (period / 2)) + np.floor(v / (period / 2))) % 2
         return np.where(cell == 0, 1.0, 0.42)
-    if texture == "ringed":  # concentric rings about the object's centre
-        return np.where(np.sin(2 * np.pi * np.sqrt(u * u + v * v) / period) > 0, 1.0, 0.42)
+    if texture == "halved":  # two tones split through the object's centre: no period at all
+        return np.where(u > 0, 1.0, 0.42)
     if texture == "dotted":
         du = (u / period) % 1.0 - 0.5
         dv = (v / period) % 1.0 - 0.5
