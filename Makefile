@@ -13,7 +13,7 @@ DEVICE    ?= cpu
 PROFILE   ?= demo
 DEMO_ARGS  = --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 
-.PHONY: demo test bench report teacher notebooks lint clean-venv
+.PHONY: demo test bench report teacher lint clean-venv
 
 # The virtual environment: rebuilt only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -29,7 +29,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check kdlib tests
 	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(PY) -m kdlib smoke-notebooks --out runs/nbval >/dev/null
+	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider runs/nbval/notebooks
 
 # Time every KD method on this device (report and embedded settings): a table and report/bench.json.
 bench: $(STAMP)
@@ -39,13 +40,10 @@ bench: $(STAMP)
 report: $(STAMP)
 	$(PY) -m kdlib report $(DEMO_ARGS)
 
-# Retrain the embedded benchmark's teacher (kdlib/teachers/), at most 15 minutes on 2 CPU cores.
+# Retrain the embedded benchmark's teacher (kdlib/teachers/), about 28 minutes on 2 CPU cores.
 teacher: $(STAMP)
 	$(PY) -m kdlib teacher --data-root $(DATA_ROOT)
 
-# Re-execute the notebooks in place in the smoke profile: the outputs nbval compares.
-notebooks: $(STAMP)
-	$(PY) -m kdlib notebooks
 
 lint: $(STAMP)
 	$(PY) -m ruff check kdlib tests

@@ -171,6 +171,10 @@ def cmd_train(args, parser) -> int:
     except (ValueError, RunFolderError) as exc:
         parser.error(str(exc))
     print(json.dumps({k: metrics[k] for k in ("best_epoch", "best_miou", "epochs_run", "total_seconds")}))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun: gloo's threads can abort a process that exits with them alive
+        dist.destroy_process_group()
     return 0
 
 

@@ -1,13 +1,23 @@
 """``make demo``: execute every numbered notebook in order with papermill.
 
-Executed copies go under ``runs/<profile>-<dataset>/notebooks/`` (the source notebooks are
-never touched); each notebook is run with ``cwd`` set to ``notebooks/``, the ``python3``
-kernel and a per-cell timeout. Parameters the notebook does not declare are refused (papermill
-itself only warns).
+The notebooks' own parameters are the committed configuration (the ``demo`` profile on the
+embedded benchmark, on the CPU): ``make demo`` executes them as they are and writes them back
+in place, so what a reader sees in ``notebooks/`` is the demo's real output (timing metadata
+stripped), and "Run All" in JupyterLab reruns the same thing, reusing finished runs. Any other
+configuration (``DATASET=voc``, ``PROFILE=full``, ``DEVICE=cuda``) is injected as papermill
+parameters and its executed copies go under ``runs/<profile>-<dataset>/notebooks/``.
+
+``make test`` checks the notebooks with nbval on copies whose parameters cell says ``smoke``
+(:func:`write_smoke_copies`): the cells marked ``NBVAL_CHECK_OUTPUT`` (outputs that do not
+depend on the profile) must reproduce the committed outputs.
+
+Each notebook runs with ``cwd`` set to its folder, the ``python3`` kernel and a per-cell
+timeout. Parameters the notebook does not declare are refused (papermill itself only warns).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,6 +62,44 @@ def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int =
     return output
 
 
+COMMITTED = {"dataset": "shapes", "data_root": ROOT / "data" / "shapes", "device": "cpu", "profile": "demo"}
+
+
+def is_committed_configuration(dataset: str, data_root, device: str, profile: str) -> bool:
+    """Whether these are the settings the committed notebooks declare (and show the outputs of)."""
+    root = Path(data_root) if Path(data_root).is_absolute() else ROOT / data_root
+    return (dataset, device, profile) == (COMMITTED["dataset"], COMMITTED["device"], COMMITTED["profile"]) \
+        and root.resolve() == COMMITTED["data_root"].resolve()
+
+
+def smoke_parameters(folder: Path) -> dict:
+    """The smoke profile's settings, everything written under ``folder``."""
+    folder = Path(folder).resolve()
+    return {"dataset": "shapes", "data_root": str(folder / "data" / "shapes"), "image_size": None, "epochs": None,
+            "seeds": None, "device": "cpu", "profile": "smoke", "runs_dir": str(folder / "runs"),
+            "figures_dir": str(folder / "figures"), "report_dir": str(folder / "report")}  # fmt: skip
+
+
+def write_smoke_copies(folder, notebooks=None) -> list[Path]:
+    """Copies of the notebooks, committed outputs included, whose parameters cell holds the
+    smoke profile's settings: what nbval executes and compares in ``make test``."""
+    import nbformat
+
+    folder = Path(folder)
+    out_dir = folder / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = smoke_parameters(folder)
+    written = []
+    for path in notebook_paths() if notebooks is None else [NOTEBOOKS / n for n in notebooks]:
+        nb = nbformat.read(str(path), as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        declared = _declared(path)
+        cell.source = "\n".join(f"{k} = {params[k]!r}" for k in declared)
+        nbformat.write(nb, str(out_dir / path.name))
+        written.append(out_dir / path.name)
+    return written
+
+
 def demo_parameters(dataset: str, data_root: str, device: str, profile: str) -> dict:
     tag = f"{profile}-{dataset}"
     root = Path(data_root)
@@ -73,6 +121,7 @@ def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: st
     from .experiment import profile_settings
 
     profile_settings(profile)  # refuses an unknown profile before any work
+    in_place = is_committed_configuration(dataset, data_root, device, profile)
     params = demo_parameters(dataset, data_root, device, profile)
     out_dir = Path(params["runs_dir"]) / "notebooks"
     paths = notebook_paths() if notebooks is None else [NOTEBOOKS / n for n in notebooks]
@@ -81,10 +130,14 @@ def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: st
         t0 = time.perf_counter()
         print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
         declared = _declared(nb)
-        run_notebook(nb, {k: v for k, v in params.items() if k in declared}, out_dir)
+        executed = run_notebook(nb, {} if in_place else {k: v for k, v in params.items() if k in declared}, out_dir)
+        if in_place:  # only a notebook that ran through replaces the committed one
+            strip_execution_metadata(executed)
+            shutil.copyfile(executed, nb)
         print(f"[{i}/{len(paths)}] {nb.name} done in {time.perf_counter() - t0:.0f}s "
               f"(total {time.perf_counter() - start:.0f}s)", flush=True)  # fmt: skip
-    print(f"demo finished in {time.perf_counter() - start:.0f}s; executed notebooks in {out_dir}")
+    where = "written back to notebooks/" if in_place else f"in {out_dir}"
+    print(f"demo finished in {time.perf_counter() - start:.0f}s; executed notebooks {where}")
     return 0
 
 
@@ -110,24 +163,11 @@ def strip_execution_metadata(path: Path) -> None:
     nbformat.write(nb, str(path))
 
 
-def refresh_notebooks(notebooks=None) -> int:
-    """Re-execute the source notebooks in place with their committed (smoke) parameters, so
-    their saved outputs are what nbval compares against; then strip timing metadata."""
-    paths = notebook_paths() if notebooks is None else [NOTEBOOKS / n for n in notebooks]
-    for nb in paths:
-        t0 = time.perf_counter()
-        run_notebook(nb, {}, nb.parent)
-        strip_execution_metadata(nb)
-        print(f"{nb.name} refreshed in {time.perf_counter() - t0:.0f}s", flush=True)
-    return 0
-
-
 def run_report(dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu",
                profile: str = "demo", runs_dir=None) -> int:  # fmt: skip
     """``make report``: every figure, table and the report again from finished runs. The
     notebooks reuse finished runs, so nothing trains; missing runs are an error, not a job."""
-    from .experiment import collect_runs, is_finished, profile_settings, run_dir, stale_reason
-    from .train import Config
+    from .experiment import collect_runs, is_finished, profile_settings, run_config, stale_reason
 
     params = demo_parameters(dataset, data_root, device, profile)
     if runs_dir is not None:
@@ -136,9 +176,11 @@ def run_report(dataset: str = "shapes", data_root: str = "data/shapes", device: 
     missing = []
     for method in ("none", "feature", "response", "both"):
         for seed in settings["seeds"]:
-            out = run_dir(params["runs_dir"], method, seed)
-            stale = stale_reason(out, Config(method=method, dataset=dataset, data_root=str(data_root)))
-            if stale or not is_finished(out, settings["epochs"]):
+            cfg = run_config(method, seed, dataset=dataset, data_root=params["data_root"],
+                             runs_dir=params["runs_dir"], profile=profile)  # fmt: skip
+            out = Path(cfg.out)
+            stale = stale_reason(out, cfg)
+            if stale or not is_finished(out, cfg.epochs):
                 missing.append(f"{out}: {stale}" if stale else str(out))
     if missing or collect_runs(params["runs_dir"]).empty:
         print("make report rebuilds from finished runs, and these are missing, unfinished or stale:\n  "

@@ -129,6 +129,8 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
     summary = summary.loc[order].reset_index()
     summary["method"] = [METHOD_NAMES[m] for m in summary["method"]]
     summary["converged"] = summary["converged"].astype(int).astype(str) + " of " + summary["runs"].astype(str)
+    for column in ("best_epoch", "epochs"):
+        summary[column] = [f"{v:.1f}" for v in summary[column]]
     lines += [_md_table(summary.drop(columns=["runs"])), ""]
     return lines
 

@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import __version__
 from .augment import augment_batch
 from .data import AUGMENTATIONS, DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
-from .evaluate import evaluate_model
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
@@ -562,6 +561,19 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
     }
 
 
+@torch.no_grad()
+def score(model, loader, device, channels_last: bool = True) -> dict:
+    """mIoU, pixel accuracy and per-class IoU of ``model`` over a loader's (image, mask)
+    batches; under torch.distributed every rank must call it (the confusion matrix is summed)."""
+    model.eval()
+    metrics = SegmentationMetrics(NUM_CLASSES, device)
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        metrics.update(model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)["out"].float(),
+                       y.to(device, non_blocking=True))  # fmt: skip
+    return metrics.compute()
+
+
 def _progress_factory(cfg: Config, rt: Runtime, total: int):
     mode = cfg.progress
     if mode == "auto":
@@ -708,10 +720,12 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     if rt.main:
         atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
 
-    train_eval_set = None
-    if cfg.train_miou and rt.main:  # the same protocol as val, so train and val mIoU compare
+    train_eval_loader = None
+    if cfg.train_miou:  # the same protocol as val (every rank its shard), so train and val mIoU compare
         train_eval_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=False,
                                        image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
+        train_eval_loader = DataLoader(train_eval_set, cfg.batch_size,
+                                       sampler=ShardSampler(len(train_eval_set), rt.rank, rt.world))  # fmt: skip
     progress = _progress_factory(cfg, rt, len(train_loader))
     val_cache = ValTeacherCache(len(val_loader)) if teacher is not None else None
     stop = state["bad_epochs"] >= cfg.early_stop
@@ -721,8 +735,8 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         t0 = time.perf_counter()
         train = train_one_epoch(cfg, model, teacher, optimizer, train_loader, rt, epoch, progress)
         val = evaluate(cfg, student, teacher, val_loader, rt, epoch, val_cache)
-        if train_eval_set is not None:
-            val["train_miou"] = evaluate_model(student, train_eval_set, rt.device, cfg.batch_size)["miou"]
+        if train_eval_loader is not None:
+            val["train_miou"] = score(student, train_eval_loader, rt.device, cfg.channels_last)["miou"]
         miou = val["val_miou"]
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step() if cfg.lr_schedule == "cosine" else scheduler.step(miou)

@@ -77,11 +77,25 @@ def test_committed_figures_are_images_of_the_expected_size(name):
 def test_committed_report_reads_its_numbers_from_runs():
     report = (ROOT / "report" / "report.md").read_text()
     metrics = sorted((ROOT / "report" / "runs").glob("*/seed*/metrics.json"))
-    assert {p.parent.parent.name for p in metrics} == {"none", "feature", "response", "both", "response_cached"}
+    assert {p.parent.parent.name for p in metrics} == {"none", "feature", "response", "both"}
+    assert len(metrics) >= 4 * 5  # at least five seeds per method
     for path in metrics:
         m = json.loads(path.read_text())
         method = "response" if path.parent.parent.name == "response_cached" else path.parent.parent.name
         assert m["method"] == method and 0 <= m["best_miou"] <= 1
+    # every row of the results table is the mean and std of its runs' metrics.json
+    import statistics
+
+    from kdlib.report import METHOD_NAMES
+
+    for name in {p.parent.parent.name for p in metrics}:
+        values = [json.loads(p.read_text())["best_miou"] for p in metrics if p.parent.parent.name == name]
+        row = f"| {METHOD_NAMES[name]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {len(values)} |"
+        assert row in report, row
+        for p in metrics:  # the history beside each metrics.json holds the same best epoch
+            if p.parent.parent.name == name:
+                history = (p.parent / "history.csv").read_text().splitlines()
+                assert len(history) - 1 >= json.loads(p.read_text())["best_epoch"]
     html = (ROOT / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     assert "Evaluation protocol" in report and "Teacher" in report
@@ -123,3 +137,33 @@ def test_make_report_refuses_to_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Run `make demo`" in err and str(tmp_path / "runs" / "none" / "seed0") in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_smoke_copies_keep_the_committed_outputs_and_set_the_smoke_profile(tmp_path):
+    from kdlib.demo import write_smoke_copies
+
+    copies = write_smoke_copies(tmp_path)
+    assert [p.name for p in copies] == [p.name for p in notebook_paths()]
+    for copy, source in zip(copies, notebook_paths()):
+        nb, src = nbformat.read(str(copy), as_version=4), nbformat.read(str(source), as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
+        assert values["profile"] == "smoke" and values["runs_dir"] == str(tmp_path.resolve() / "runs")
+        assert set(values) == PARAMETERS
+        assert [c.get("outputs") for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])] \
+            == [c.get("outputs") for c in src.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+
+
+def test_committed_notebooks_declare_the_demo_configuration():
+    from kdlib.demo import COMMITTED, ROOT, is_committed_configuration
+
+    for path in notebook_paths():
+        nb = nbformat.read(str(path), as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
+        assert (values["profile"], values["dataset"], values["device"]) == ("demo", "shapes", "cpu")
+        assert (path.parent / values["data_root"]).resolve() == COMMITTED["data_root"].resolve()
+        assert (path.parent / values["runs_dir"]).resolve() == (ROOT / "runs" / "demo-shapes").resolve()
+    assert is_committed_configuration("shapes", "data/shapes", "cpu", "demo")
+    assert not is_committed_configuration("shapes", "data/shapes", "cpu", "full")
+    assert not is_committed_configuration("voc", "data/shapes", "cpu", "demo")

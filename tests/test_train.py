@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, meth
         assert (rows[0][f"{split}_response"] != "") == (method in ("response", "both"))
         assert (rows[0][f"{split}_feature"] != "") == (method in ("feature", "both"))
     assert all(float(r["epoch_seconds"]) > 0 and float(r["train_images_per_s"]) > 0 for r in rows)
+    assert all(0 <= float(r["train_miou"]) <= 1 for r in rows)  # the whole train split, every epoch
+    best_row = rows[metrics["best_epoch"] - 1]
+    assert metrics["train_miou"] == pytest.approx(float(best_row["train_miou"]), rel=1e-4)
     assert metrics["epochs_run"] == 2 and 1 <= metrics["best_epoch"] <= 2
     assert len(metrics["per_class_iou"]) == 21 and 0 <= metrics["best_miou"] <= 1
     assert metrics["parameters"] == 3_689_061 and metrics["total_seconds"] > 0
@@ -51,13 +55,21 @@ def test_method_none_never_builds_a_teacher(tiny_shapes, tmp_path):
 
 
 def test_feature_kd_trains_the_projections(tiny_shapes, tiny_teacher, tmp_path):
-    from kdlib.models import TeacherWrapper
+    from kdlib.models import TeacherWrapper, build_model
     from kdlib.train import load_model
 
-    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "f", method="feature", epochs=1))
+    # the run's own starting projections: the trainer seeds, builds the student, then the wrapper
+    torch.manual_seed(0)
+    build_model("student")
     initial = TeacherWrapper(load_model(tiny_teacher)).projections.state_dict()
+    # a run whose steps cannot move the weights ends where it started: the reconstruction is right
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "still", method="feature", epochs=1, lr=1e-12))
+    still = load_checkpoint(tmp_path / "still" / "last.pt")["projections"]
+    assert all(torch.allclose(initial[k].float(), still[k].float(), atol=1e-8) for k in initial)
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "f", method="feature", epochs=1))
     trained = load_checkpoint(tmp_path / "f" / "last.pt")["projections"]
-    assert any(not torch.equal(initial[k], trained[k]) for k in initial)
+    moved = [k for k in initial if k.endswith("weight") and (initial[k] - trained[k]).abs().max() > 1e-4]
+    assert len(moved) == 4  # every level's projection learned
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path):
@@ -92,15 +104,31 @@ def test_existing_run_folder_is_refused_without_resume_or_overwrite(tiny_shapes,
 
 
 def test_plateau_scheduler_and_early_stopping_follow_val_miou(tiny_shapes, tiny_teacher, tmp_path):
-    # lr 1e-7 can hardly move mIoU: with patience 0 the lr drops every epoch without improvement,
-    # and early stopping after 1 bad epoch ends the run long before 50 epochs.
+    # patience 0: after every epoch without a better val mIoU the lr is multiplied by 0.2 (not
+    # below min_lr), after a better one it stays; early stopping after 3 bad epochs in a row
     out = tmp_path / "es"
-    metrics = fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=50, lr=1e-9, lr_patience=0,
-                       early_stop=1, max_batches=1))  # fmt: skip
-    assert metrics["epochs_run"] < 50 and metrics["early_stopped"]
+    metrics = fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=40, lr=1e-4, lr_patience=0, min_lr=1e-7,
+                       early_stop=3, max_batches=1))  # fmt: skip
     rows = _history(out)
-    assert metrics["epochs_run"] == metrics["best_epoch"] + 1 == len(rows)
-    assert float(rows[-1]["lr"]) <= float(rows[0]["lr"])
+    assert metrics["early_stopped"] and metrics["epochs_run"] == len(rows) < 40
+    best, bad = -1.0, 0
+    for row, after in zip(rows, rows[1:] + [None]):
+        miou, lr = float(row["val_miou"]), float(row["lr"])
+        improved = miou > best
+        best, bad = (miou, 0) if improved else (best, bad + 1)
+        if after is not None:
+            expected = lr if improved else max(lr * 0.2, 1e-7)
+            assert float(after["lr"]) == pytest.approx(expected, rel=1e-5)
+    assert bad == 3 and metrics["best_epoch"] == len(rows) - 3
+    assert float(rows[-1]["lr"]) < float(rows[0]["lr"])  # it did lower the lr
+
+
+def test_cosine_schedule_anneals_per_epoch_to_zero(tiny_shapes, tiny_teacher, tmp_path):
+    out = tmp_path / "cos"
+    fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=4, lr=2e-3, lr_schedule="cosine", max_batches=1))
+    lrs = [float(r["lr"]) for r in _history(out)]
+    # history.csv keeps 6 significant digits
+    assert lrs == pytest.approx([2e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-5)
 
 
 def test_cli_rejects_bad_settings_before_work(tmp_path, capsys):
@@ -149,6 +177,8 @@ result = evaluate(cfg, model, None, val_loader, rt)
 if rt.rank == 0:
     with open(sys.argv[3], "w") as f:
         json.dump({"miou": result["val_miou"], "world": rt.world, "ce": result["val_ce"]}, f)
+if torch.distributed.is_initialized():  # gloo's threads can abort a process that exits with them alive
+    torch.distributed.destroy_process_group()
 """
 
 
@@ -271,6 +301,50 @@ def test_finished_run_of_another_teacher_is_trained_again(tiny_shapes, tiny_teac
     assert "is stale, it was trained with other teacher weights, not other.pt" in out and "reused" not in out
     assert json.loads((runs / "response" / "seed0" / "config.json").read_text())["teacher_sha256"] != config["teacher_sha256"]
 
+    # another setting that defines the run: trained again, not reused or resumed
+    train_method("response", teacher_weights=str(other), lr=5e-4, **kw)
+    out = capsys.readouterr().out
+    assert "is stale, it was trained with other settings (lr 0.001 -> 0.0005)" in out and "reused" not in out
+    assert json.loads((runs / "response" / "seed0" / "config.json").read_text())["lr"] == 5e-4
+
     # make report checks against the shipped teacher, which trained none of these runs
     assert run_report("shapes", str(tiny_shapes), profile="smoke", runs_dir=runs) == 1
     assert "stale" in capsys.readouterr().err
+
+
+def test_train_repeats_passes_over_the_split_with_fresh_order_and_augmentation():
+    from kdlib.train import SeededSampler, sample_seed
+
+    data = list(range(8))
+    plain = SeededSampler(data, num_replicas=1, rank=0, seed=3)
+    plain.set_epoch(2)
+    assert list(plain) == [(i, sample_seed(3, 2, i)) for i, _ in list(plain)]
+    repeated = SeededSampler(data, repeats=3, num_replicas=1, rank=0, seed=3)
+    repeated.set_epoch(2)
+    pairs = list(repeated)
+    assert len(pairs) == len(repeated) == 24
+    assert sorted(i for i, _ in pairs) == sorted(data * 3)
+    assert len({s for _, s in pairs}) == 24  # every pass augments anew
+    passes = [[i for i, _ in pairs[k * 8 : (k + 1) * 8]] for k in range(3)]
+    assert passes[0] != passes[1] or passes[1] != passes[2]  # and shuffles anew
+    assert repeated.epoch == 2  # the sampler's own epoch is left as set
+    one = SeededSampler(data, repeats=1, num_replicas=1, rank=0, seed=3)
+    one.set_epoch(2)
+    assert list(one) == list(plain)  # repeats=1 is the plain sampler
+
+
+def test_profile_jobs_train_seeds_side_by_side(tiny_shapes, tmp_path, monkeypatch, capsys):
+    from kdlib import experiment
+
+    smoke = experiment.PROFILES["smoke"] | {"jobs": 2, "seeds": [0, 1]}
+    monkeypatch.setitem(experiment.PROFILES, "smoke", smoke)
+    runs = experiment.train_method("none", dataset="shapes", data_root=str(tiny_shapes),
+                                   runs_dir=str(tmp_path), profile="smoke")  # fmt: skip
+    assert sorted(runs["seed"]) == [0, 1]
+    out = capsys.readouterr().out
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"2 runs, 2 at a time with {threads} thread(s) each" in out
+    assert "seed 0: best val mIoU" in out and "seed 1: best val mIoU" in out
+    for seed in (0, 1):
+        config = json.loads((tmp_path / "none" / f"seed{seed}" / "config.json").read_text())
+        assert config["seed"] == seed and config["environment"]["cpu_threads"] == threads
