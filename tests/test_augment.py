@@ -101,7 +101,7 @@ def shipped_teacher():
 
 
 def test_cached_map_warped_like_its_image(batch, shipped_teacher):
-    """The teacher's stride-8 logits of the *plain* image, warped by augment_batch, against
+    """The teacher's native-stride logits of the *plain* image, warped by augment_batch, against
     the teacher run on the *warped* image: the same up to rounding for identity and flips
     (the warp upsamples exactly as the teacher does); close for affine warps (a CNN is not
     exactly equivariant, and the image warp is nearest-neighbour); and far apart when the
@@ -118,15 +118,17 @@ def test_cached_map_warped_like_its_image(batch, shipped_teacher):
         valid = y != VOID
         return warped, online, (warped.argmax(1) == online.argmax(1))[valid].float().mean().item()
 
+    # "up to rounding": float32 interpolation of logits of size ~25 errs by ~1e-5
+    rounding = 1e-6 * native.abs().max().item()
     identity = IDENTITY.expand(len(images), -1).clone()
     warped, online, _ = agreement(identity)
-    assert torch.allclose(warped, upsample_logits(native, (64, 64)), atol=1e-5)
+    assert torch.allclose(warped, upsample_logits(native, (64, 64)), atol=rounding)
     assert torch.allclose(warped, online, atol=1e-4)
 
     flips = identity.clone()
     flips[:, 0] = 1
     warped, _, _ = agreement(flips)
-    assert torch.allclose(warped, upsample_logits(native, (64, 64)).flip(-1), atol=1e-5)
+    assert torch.allclose(warped, upsample_logits(native, (64, 64)).flip(-1), atol=rounding)
 
     affine = _params("geometric", len(images), 3)
     _, _, right = agreement(affine)
