@@ -154,14 +154,14 @@ def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, pr
         if stale:
             print(f"[{method}] seed {seed}: {out} is stale, {stale}; training it again")
         elif is_finished(out, cfg.epochs):
-            print(f"[{method}] seed {seed}: finished run in {out}, reused")
+            print(run_line(method, seed, json.loads((out / "metrics.json").read_text()), out, "finished run reused: "))
             continue
         resume = not stale and (out / "last.pt").is_file()
         todo.append(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
     jobs = min(settings.get("jobs", 1), len(todo))
     if jobs <= 1 or device != "cpu":
         for cfg in todo:
-            fit(cfg)
+            print(run_line(method, cfg.seed, fit(cfg), cfg.out))
     else:
         _fit_side_by_side(todo, jobs, method)
     return collect_runs(runs_dir, methods=[method])
@@ -179,9 +179,14 @@ def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(fit, dataclasses.replace(cfg, progress="none")): cfg for cfg in configs}
         for future in as_completed(futures):
-            cfg, m = futures[future], future.result()
-            print(f"[{name}] seed {cfg.seed}: best val mIoU {m['best_miou']:.4f} at epoch {m['best_epoch']} "
-                  f"of {m['epochs_run']} ({m['total_seconds']:.0f}s) -> {cfg.out}", flush=True)  # fmt: skip
+            cfg = futures[future]
+            print(run_line(name, cfg.seed, future.result(), cfg.out), flush=True)
+
+
+def run_line(name: str, seed: int, metrics: dict, out, prefix: str = "") -> str:
+    """One line on a finished run, for logs and notebook outputs."""
+    return (f"[{name}] seed {seed}: {prefix}best val mIoU {metrics['best_miou']:.4f} at epoch "
+            f"{metrics['best_epoch']} of {metrics['epochs_run']} ({metrics['total_seconds']:.0f}s) -> {out}")
 
 
 def _set_threads(threads: int) -> None:

@@ -278,7 +278,7 @@ def generate(
     Regenerating with the same arguments gives byte-identical files. If ``out`` already holds
     exactly this benchmark (same version, seed, size and split sizes), nothing is written.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # tqdm.auto warns inside a notebook kernel without ipywidgets
 
     out = Path(out)
     counts = {"teacher_train": teacher_train, "train": train, "val": val}
