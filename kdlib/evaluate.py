@@ -39,14 +39,22 @@ def predict(model, dataset, device="cpu", batch_size: int = 16, keep_logits: boo
     )
 
 
-@torch.no_grad()
 def evaluate_model(model, dataset, device="cpu", batch_size: int = 16) -> dict:
     device = resolve_device(str(device))
-    model = model.to(device).eval()
+    return score(model.to(device), DataLoader(dataset, batch_size=batch_size, shuffle=False), device)
+
+
+@torch.no_grad()
+def score(model, loader, device, channels_last: bool = True) -> dict:
+    """mIoU, pixel accuracy and per-class IoU of ``model`` (in eval mode) over a loader's
+    (image, mask) batches, from one confusion matrix; under torch.distributed every rank must
+    call it with its shard (torchmetrics sums the matrix across ranks)."""
+    model.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, device)
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        metrics.update(model(x)["out"].float(), y.to(device))
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        metrics.update(model(x)["out"].float(), y.to(device, non_blocking=True))
     return metrics.compute()
 
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import __version__
 from .augment import augment_batch
 from .data import AUGMENTATIONS, DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
+from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
 from .losses import METHODS, distillation_loss
 from .metrics import SegmentationMetrics
@@ -54,7 +55,7 @@ class Config:
     train_split: str = "train"
     val_split: str = "val"
     image_size: int | None = None
-    augment: str = "table2"  # table2 (the report's) | geometric (no colour jitter) | none
+    augment: str = "table2"  # table2 (the report's) | geometric | color | none (kdlib/augment.py)
     epochs: int = 300
     train_repeats: int = 1  # passes over the training split per epoch (a small split's epoch is short)
     batch_size: int = 16
@@ -559,19 +560,6 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
         "per_class_iou": result["per_class_iou"],
         "confusion_matrix": result["confusion_matrix"],
     }
-
-
-@torch.no_grad()
-def score(model, loader, device, channels_last: bool = True) -> dict:
-    """mIoU, pixel accuracy and per-class IoU of ``model`` over a loader's (image, mask)
-    batches; under torch.distributed every rank must call it (the confusion matrix is summed)."""
-    model.eval()
-    metrics = SegmentationMetrics(NUM_CLASSES, device)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        metrics.update(model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)["out"].float(),
-                       y.to(device, non_blocking=True))  # fmt: skip
-    return metrics.compute()
 
 
 def _progress_factory(cfg: Config, rt: Runtime, total: int):
