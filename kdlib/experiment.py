@@ -230,6 +230,19 @@ def load_teacher(dataset: str, teacher_weights=None):
     return build_teacher(cfg, "cpu").model
 
 
+def sample_batch(dataset: str, data_root, split: str = "val", n: int = 8, image_size=None):
+    """The first ``n`` images of ``split`` as the models see them at evaluation (resized,
+    normalised): ``(images N×3×H×W, masks N×H×W)``. The notebooks show each loss at work on it."""
+    import torch
+
+    from .data import build_dataset
+
+    size = resolve_image_size(dataset, data_root, image_size)
+    items = build_dataset(dataset, data_root, split, train=False, image_size=size)
+    pairs = [items[i][:2] for i in range(min(n, len(items)))]
+    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+
 def evaluate_teacher(dataset: str, data_root, image_size=None, device: str = "cpu", report_dir=None) -> dict:
     """The upper-bound row: the teacher on the whole validation split (saved to
     ``report_dir/teacher_eval.json`` when given)."""

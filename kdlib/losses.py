@@ -132,6 +132,32 @@ def _valid_at(valid_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.T
     return frac > 0.5
 
 
+def feature_cosine_maps(
+    student_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    teacher_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+) -> list[torch.Tensor]:
+    """cos(f_t^i(p), f_s^i(p)) at every position p of every level i: one N×H_i×W_i map per
+    level, the cosine taken across channels. A teacher map of another spatial size is resized
+    bilinearly to the student's; the teacher maps must already have the student's channel
+    count (the teacher wrapper's 1×1 projections do that)."""
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(
+            f"feature_kd_loss: got {len(student_features)} student and {len(teacher_features)} "
+            "teacher feature levels; they must match and be non-empty"
+        )
+    maps = []
+    for level, (fs, ft) in enumerate(zip(student_features, teacher_features)):
+        if fs.shape[1] != ft.shape[1]:
+            raise ValueError(
+                f"feature_kd_loss: level {level} has {fs.shape[1]} student and {ft.shape[1]} "
+                "teacher channels; project the teacher's features to the student's channels"
+            )
+        if ft.shape[-2:] != fs.shape[-2:]:
+            ft = F.interpolate(ft, size=fs.shape[-2:], mode="bilinear", align_corners=False)
+        maps.append(F.cosine_similarity(fs.float(), ft.float(), dim=1, eps=1e-8))
+    return maps
+
+
 def feature_kd_loss(
     student_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
     teacher_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
@@ -141,28 +167,12 @@ def feature_kd_loss(
 
         L_feature = 1/N · Σ_i mean_p (1 - cos(f_t^i(p), f_s^i(p)))
 
-    where the cosine is taken across channels at each spatial position p. A teacher map of
-    another spatial size is resized bilinearly to the student's. With ``valid_mask`` (N×H×W,
-    at input resolution) a feature position counts only when most of the input pixels it
-    covers are valid. The teacher maps must already have the student's channel count (the
-    teacher wrapper's 1×1 projections do that).
+    with the cosines of :func:`feature_cosine_maps`. With ``valid_mask`` (N×H×W, at input
+    resolution) a feature position counts only when most of the input pixels it covers are
+    valid.
     """
-    if len(student_features) != len(teacher_features) or not student_features:
-        raise ValueError(
-            f"feature_kd_loss: got {len(student_features)} student and {len(teacher_features)} "
-            "teacher feature levels; they must match and be non-empty"
-        )
-    terms = []
-    for level, (fs, ft) in enumerate(zip(student_features, teacher_features)):
-        if fs.shape[1] != ft.shape[1]:
-            raise ValueError(
-                f"feature_kd_loss: level {level} has {fs.shape[1]} student and {ft.shape[1]} "
-                "teacher channels; project the teacher's features to the student's channels"
-            )
-        if ft.shape[-2:] != fs.shape[-2:]:
-            ft = F.interpolate(ft, size=fs.shape[-2:], mode="bilinear", align_corners=False)
-        cos = F.cosine_similarity(fs.float(), ft.float(), dim=1, eps=1e-8)
-        terms.append(_masked_mean(1.0 - cos, _valid_at(valid_mask, tuple(fs.shape[-2:]))))
+    maps = feature_cosine_maps(student_features, teacher_features)
+    terms = [_masked_mean(1.0 - cos, _valid_at(valid_mask, tuple(cos.shape[-2:]))) for cos in maps]
     return torch.stack(terms).mean()
 
 

@@ -187,3 +187,46 @@ def architecture_figure(student_rows, teacher_rows, student_name="student", teac
         ax.set_xlim(0, max(params) * 1.45 + 1e-9)
     fig.tight_layout()
     return fig
+
+
+def soft_targets(distributions: dict, class_names, marked=(), title: str = ""):
+    """One pixel's class distribution under several temperatures: ``distributions`` maps a
+    label (e.g. "T = 1") to C probabilities; the classes in ``marked`` (e.g. the true class
+    and its look-alike) are named in bold."""
+    labels = list(distributions)
+    x = np.arange(len(class_names))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    for i, label in enumerate(labels):
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, np.asarray(distributions[label]), width, label=label)
+    ax.axhline(1 / len(class_names), color="0.5", lw=0.8, ls="--", label="uniform")
+    ax.set_xticks(x, class_names, rotation=60, ha="right", fontsize=7)
+    for i in marked:
+        ax.get_xticklabels()[i].set_fontweight("bold")
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def cosine_maps(maps, titles, image=None, suptitle: str = ""):
+    """Per-pixel cosine similarity maps (values in [-1, 1], one per feature level), after the
+    input ``image`` when given."""
+    panels = len(maps) + (image is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 2.9), squeeze=False)
+    axes = list(axes[0])
+    if image is not None:
+        axes.pop(0).imshow(to_rgb(image), interpolation="nearest")
+        fig.axes[0].set_title("image", fontsize=9)
+    for ax, cos, title in zip(axes, maps, titles):
+        shown = ax.imshow(np.asarray(cos), vmin=-1, vmax=1, cmap="RdBu", interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=fig.axes, shrink=0.8, label="cos(teacher, student)")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
