@@ -13,7 +13,7 @@ DEVICE    ?= cpu
 PROFILE   ?= demo
 DEMO_ARGS  = --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 
-.PHONY: demo test bench report teacher lint clean-venv
+.PHONY: demo test lab bench report teacher lint clean-venv
 
 # The virtual environment: rebuilt only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -31,6 +31,12 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 	$(PY) -m kdlib smoke-notebooks --out runs/nbval >/dev/null
 	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider runs/nbval/notebooks
+
+# JupyterLab on the notebooks, with the project's .venv as the "Python 3" kernel.
+# LAB_ARGS passes options through (e.g. LAB_ARGS="--no-browser --port 8899"); as root (a container)
+# JupyterLab refuses to start without --allow-root.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Time every KD method on this device (report and embedded settings): a table and report/bench.json.
 bench: $(STAMP)

@@ -48,18 +48,78 @@ def check_parameters(notebook: Path, parameters: dict) -> dict:
     return parameters
 
 
+def _assigned_names(source: str) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def check_injected_parameters(history=None) -> None:
+    """Called first in every notebook: refuse a parameter that papermill injected but the
+    notebook's parameters cell does not declare (``papermill nb.ipynb out.ipynb -p epoch 50``).
+    papermill itself only warns and the run goes on with the defaults.
+
+    It reads the kernel's input history (``In``): papermill's injected cell starts with
+    ``# Parameters`` and runs right after the notebook's parameters cell. Outside a kernel,
+    or with nothing injected, it does nothing."""
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+        history = shell.user_ns.get("In", []) if shell is not None else []
+    cells = list(history)
+    for k in range(1, len(cells)):
+        if cells[k].lstrip().startswith("# Parameters"):
+            declared, injected = _assigned_names(cells[k - 1]), _assigned_names(cells[k])
+            unknown = sorted(injected - declared)
+            if unknown:
+                raise UnknownParameterError(
+                    f"this notebook has no parameter(s) {', '.join(unknown)}; "
+                    f"its parameters cell declares {', '.join(sorted(declared))}"
+                )
+
+
 def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int = CELL_TIMEOUT_S) -> Path:
+    """Execute ``notebook`` with ``parameters`` into ``out_dir``; papermill's
+    ``PapermillExecutionError`` (and the executed notebook, traceback included) when a cell fails."""
     import papermill as pm
+    from traitlets.config import Config as KernelConfig
 
     check_parameters(notebook, parameters)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / notebook.name
+    # IPC rather than TCP between papermill and the local kernel: every kernel started over
+    # TCP prints a warning about unencrypted transport
+    kernel = KernelConfig({"KernelManager": {"transport": "ipc"}})
     pm.execute_notebook(
         str(notebook), str(output), parameters=parameters, kernel_name="python3",
         cwd=str(notebook.parent), execution_timeout=timeout, progress_bar=False,
-        log_output=False, report_mode=False,
+        log_output=False, report_mode=False, config=kernel,
     )  # fmt: skip
     return output
+
+
+def check_data(dataset: str, data_root, profile: str = "demo") -> str | None:
+    """Why the data under ``data_root`` cannot serve the notebooks (None when it can): the
+    data set's own message, checked before the first notebook starts. The embedded benchmark
+    is generated when absent, as the notebooks would."""
+    from .data import DataError, DatasetNotFoundError, build_dataset
+    from .experiment import prepare_data, resolve_image_size
+
+    try:
+        root = prepare_data(dataset, str(data_root), profile)
+        size = resolve_image_size(dataset, root)
+        for split in ("train", "val"):
+            build_dataset(dataset, root, split, train=False, image_size=size)
+    except (DatasetNotFoundError, DataError, OSError, ValueError) as error:
+        return str(error)
+    return None
 
 
 COMMITTED = {"dataset": "shapes", "data_root": ROOT / "data" / "shapes", "device": "cpu", "profile": "demo"}
@@ -118,6 +178,8 @@ def demo_parameters(dataset: str, data_root: str, device: str, profile: str) -> 
 
 def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu",
              profile: str = "demo", notebooks=None) -> int:  # fmt: skip
+    from papermill.exceptions import PapermillExecutionError
+
     from .experiment import profile_settings
 
     profile_settings(profile)  # refuses an unknown profile before any work
@@ -125,12 +187,20 @@ def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: st
     params = demo_parameters(dataset, data_root, device, profile)
     out_dir = Path(params["runs_dir"]) / "notebooks"
     paths = notebook_paths() if notebooks is None else [NOTEBOOKS / n for n in notebooks]
+    problem = check_data(dataset, params["data_root"], profile)
+    if problem:
+        print(f"make demo: the {dataset} data at {params['data_root']} cannot be used:\n{problem}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     for i, nb in enumerate(paths, 1):
         t0 = time.perf_counter()
         print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
         declared = _declared(nb)
-        executed = run_notebook(nb, {} if in_place else {k: v for k, v in params.items() if k in declared}, out_dir)
+        try:
+            executed = run_notebook(nb, {} if in_place else {k: v for k, v in params.items() if k in declared}, out_dir)
+        except PapermillExecutionError as error:
+            print(failure_message(nb, error, out_dir / nb.name), file=sys.stderr)
+            return 1
         if in_place:  # only a notebook that ran through replaces the committed one
             strip_execution_metadata(executed)
             shutil.copyfile(executed, nb)
@@ -141,14 +211,19 @@ def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: st
     return 0
 
 
+def failure_message(notebook: Path, error, executed: Path) -> str:
+    """A few lines on a failed notebook: the cell, its error, where the full traceback is."""
+    source = (error.source or "").strip().splitlines()
+    first = next((line for line in source if line and not line.startswith("#")), "")
+    return (f"make demo: {notebook.name} stopped in cell {error.exec_count} ({first[:80]!r}):\n"
+            f"  {error.ename}: {error.evalue}\n"
+            f"the executed notebook, with the full traceback: {executed}")
+
+
 def _declared(notebook: Path) -> set[str]:
     import papermill as pm
 
     return set(pm.inspect_notebook(str(notebook)))
-
-
-if __name__ == "__main__":
-    sys.exit(run_demo())
 
 
 def strip_execution_metadata(path: Path) -> None:

@@ -258,8 +258,8 @@ def to_html(markdown_text: str, base: Path) -> str:
     def inline(match):
         src = match.group(1)
         path = (base / src).resolve()
-        if not path.is_file():
-            return match.group(0)
+        if not path.is_file():  # an HTML report with a broken image is not a report
+            raise FileNotFoundError(f"report image {src} not found (from {base}); run `make demo` or `make report`")
         data = base64.b64encode(path.read_bytes()).decode()
         return f'src="data:image/png;base64,{data}"'
 

@@ -167,3 +167,156 @@ def test_committed_notebooks_declare_the_demo_configuration():
     assert is_committed_configuration("shapes", "data/shapes", "cpu", "demo")
     assert not is_committed_configuration("shapes", "data/shapes", "cpu", "full")
     assert not is_committed_configuration("voc", "data/shapes", "cpu", "demo")
+
+
+def test_a_parameter_injected_but_not_declared_is_refused_inside_the_kernel():
+    from kdlib.demo import check_injected_parameters
+
+    declared = 'dataset = "shapes"\nepochs = None\n'
+    check_injected_parameters(["", declared, "# Parameters\nepochs = 3\n", "x = 1"])  # declared: fine
+    check_injected_parameters(["", declared, "epoch = 3"])  # nothing injected by papermill: not its business
+    with pytest.raises(UnknownParameterError, match="no parameter.s. epoch; its parameters cell declares dataset, epochs"):
+        check_injected_parameters(["", declared, "# Parameters\nepoch = 3\nepochs = 2\n"])
+
+
+@pytest.mark.slow
+def test_papermill_used_directly_stops_at_an_undeclared_parameter(tmp_path):
+    """`papermill notebooks/03_train_feature.ipynb out.ipynb -p epoch 50`: papermill only warns
+    about `epoch`; the notebook's first cell after the parameters stops the run."""
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as caught:
+        pm.execute_notebook(str(NOTEBOOKS / "03_train_feature.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"epoch": 50}, kernel_name="python3", cwd=str(tmp_path),
+                            progress_bar=False)  # fmt: skip
+    error = caught.value
+    assert error.ename == "UnknownParameterError" and "epoch" in error.evalue and "epochs" in error.evalue
+    assert error.exec_count == 3  # parameters, papermill's injected cell, then the check: nothing else ran
+    assert list(tmp_path.iterdir()) == [tmp_path / "out.ipynb"]  # no data generated, no run started
+
+
+def test_make_demo_stops_before_the_first_notebook_on_missing_data(tmp_path, capsys):
+    from kdlib.demo import run_demo
+
+    assert run_demo("voc", str(tmp_path / "no-voc-here"), "cpu", "smoke") == 2
+    out, err = capsys.readouterr()
+    assert "[1/" not in out  # no notebook started
+    assert "cannot be used" in err and "no-voc-here" in err and "JPEGImages" in err  # the data set's own layout help
+    assert "Traceback" not in err and len(err.splitlines()) < 25
+
+
+@pytest.mark.slow
+def test_make_demo_reports_a_failing_cell_in_a_few_lines(tmp_path, monkeypatch, capfd):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from kdlib import demo
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    params = new_code_cell('dataset = "shapes"\ndata_root = "x"\ndevice = "cpu"\nprofile = "demo"\nruns_dir = "r"\n'
+                           'figures_dir = "f"\nreport_dir = "p"')  # fmt: skip
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[new_markdown_cell("# a chapter"), params, new_code_cell("# why\nvalue = 1 / 0")],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, str(folder / "00_broken.ipynb"))
+    monkeypatch.setattr(demo, "NOTEBOOKS", folder)
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    assert demo.run_demo("shapes", str(tmp_path / "data"), "cpu", "smoke") == 1
+    out, err = capfd.readouterr()
+    executed = tmp_path / "runs" / "smoke-shapes" / "notebooks" / "00_broken.ipynb"
+    assert err.splitlines() == [
+        "make demo: 00_broken.ipynb stopped in cell 3 ('value = 1 / 0'):",
+        "  ZeroDivisionError: division by zero",
+        f"the executed notebook, with the full traceback: {executed}",
+    ]  # and nothing else: no papermill traceback, no kernel transport warning
+    assert executed.is_file()
+
+
+@pytest.mark.slow
+def test_make_lab_serves_the_notebooks_with_the_projects_kernel():
+    """`make lab`, headless: JupyterLab answers on loopback, lists the chapters, and its
+    "python3" kernel is the project's .venv interpreter."""
+    import os
+    import secrets
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(8)
+    args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.open_browser=False"
+    lab = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=ROOT, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def get(path):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                specs = get("/api/kernelspecs")
+                break
+            except OSError:
+                assert lab.poll() is None, f"make lab exited: {lab.stderr.read()[-2000:]}"
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 90 s"
+                time.sleep(0.5)
+        kernel = specs["kernelspecs"]["python3"]["spec"]
+        assert Path(kernel["argv"][0]).is_relative_to(ROOT / ".venv"), kernel["argv"]
+        listed = {item["name"] for item in get("/api/contents")["content"]}
+        assert {f"{name}.ipynb" for name in EXPECTED} <= listed
+    finally:
+        if lab.poll() is None:
+            os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
+
+
+def _images(html: str) -> list[str]:
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.sources = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs).get("src", ""))
+
+    parser = Images()
+    parser.feed(html)
+    return parser.sources
+
+
+def test_the_html_report_shows_every_figure_of_the_markdown_report():
+    """What a browser would load: every <img> of report.html is an inlined PNG that decodes,
+    one per figure that report.md shows."""
+    import base64
+    import io
+    import re
+
+    report = ROOT / "report"
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (report / "report.md").read_text())
+    sources = _images((report / "report.html").read_text())
+    assert figures and len(sources) == len(figures)
+    for src, figure in zip(sources, figures):
+        assert src.startswith("data:image/png;base64,"), f"{figure}: not inlined ({src[:60]})"
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.verify()
+        assert base64.b64decode(src.split(",", 1)[1]) == (report / figure).resolve().read_bytes()
+
+
+def test_the_html_report_refuses_a_missing_image(tmp_path):
+    from kdlib.report import to_html
+
+    (tmp_path / "there.png").write_bytes((ROOT / "figures" / "architecture.png").read_bytes())
+    assert len(_images(to_html("![a](there.png)", tmp_path))) == 1
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        to_html("![a](there.png)\n\n![b](missing.png)", tmp_path)
