@@ -51,6 +51,8 @@ class ShapeClass:
 
     @property
     def name(self) -> str:
+        if self.shape == "background":
+            return "background"
         texture = "" if self.texture == "solid" else self.texture + " "
         return f"{self.colour} {texture}{self.shape}"
 
@@ -72,7 +74,7 @@ def _make_classes() -> tuple[ShapeClass, ...]:
 
 
 CLASSES = _make_classes()
-CLASS_NAMES = ("background",) + tuple(c.name for c in CLASSES[1:])
+CLASS_NAMES = tuple(c.name for c in CLASSES)
 
 
 def confusable_pairs() -> list[tuple[int, int, str]]:

@@ -117,3 +117,11 @@ def test_generate_skips_an_identical_benchmark(tmp_path):
 def test_missing_shapes_folder_says_how_to_generate(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m kdlib shapes --out"):
         build_dataset("shapes", tmp_path / "none", "train", train=False, image_size=64)
+
+
+def test_the_class_table_names_the_background_as_such():
+    from kdlib.data import class_table
+
+    table = class_table("shapes")
+    assert table["class"].tolist() == list(shapes.CLASS_NAMES)
+    assert table.iloc[0]["class"] == "background" and table.iloc[0]["look-alikes"] == ""
