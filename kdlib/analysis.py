@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .losses import VOID
+from .conventions import VOID
 
 SIZE_BUCKETS = ((0.0, 0.01, "small (<1%)"), (0.01, 0.05, "medium (1-5%)"), (0.05, 1.01, "large (>5%)"))
 LIGHT_BUCKETS = ((0.0, 0.6, "dim (<0.6)"), (0.6, 1.0, "normal (0.6-1.0)"), (1.0, 9.9, "bright (>1.0)"))
@@ -257,10 +257,10 @@ def predict_all(dataset: str, data_root, runs_dir, image_size: int, device: str 
     """Predictions on the whole val split of the teacher and of each method's best checkpoint
     (``seed``: that seed's run; default the lowest seed present). Returns
     ``(images uint8 N×H×W×3, targets N×H×W, {name: predictions N×H×W})``."""
+    from .checkpoints import load_model
     from .data import build_dataset
     from .evaluate import predict
     from .experiment import collect_runs, load_teacher
-    from .train import load_model
 
     val = build_dataset(dataset, data_root, "val", train=False, image_size=image_size)
     runs = collect_runs(runs_dir)

@@ -30,11 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .losses import VOID
-from .models import upsample_logits
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from .conventions import MEAN, STD, VOID, upsample_logits
 
 # Table 2 of the report.
 TABLE2 = {

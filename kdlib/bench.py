@@ -36,22 +36,15 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import load_model
+from .config import SHAPES_TEACHER, Config
+from .conventions import upsample_logits
 from .data import build_dataset
 from .files import atomic_write_text
-from .losses import METHODS
-from .models import TeacherWrapper, build_model, count_parameters, upsample_logits
+from .losses import METHODS, needs_features, needs_teacher
+from .models import TeacherWrapper, build_model, count_parameters
 from .teacher_cache import ensure_cache, feature_bytes_per_image
-from .train import (
-    SHAPES_TEACHER,
-    Config,
-    SeededSampler,
-    SeededView,
-    _to,
-    environment,
-    load_model,
-    setup_runtime,
-    train_step,
-)
+from .train import SeededSampler, SeededView, _to, environment, setup_runtime, train_step
 
 # repeats, end-to-end batches and the images of the timed epochs (None: the whole train split)
 # are per device kind: a CPU pays ~13 s per FCN-ResNet50 batch; on a GPU a 32-image epoch is two
@@ -167,10 +160,10 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
     calls["teacher_features"] = functools.partial(infer, functools.partial(teacher_fn, with_features=True), x)
     for method in methods:
         cfg = dataclasses.replace(base, method="response" if method == "response_cached" else method)
-        params = list(student.parameters()) + (list(teacher.projections.parameters()) if method in ("feature", "both") else [])
+        params = list(student.parameters()) + (list(teacher.projections.parameters()) if needs_features(method) else [])
         optimizers[method] = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         cached = cached_logits if method == "response_cached" else None
-        online = teacher if method in ("response", "feature", "both") else None
+        online = teacher if needs_teacher(method) else None
         calls[method] = functools.partial(train_step, cfg, student, online, optimizers[method], x, y, cached)
     student.train()
     teacher.train()
@@ -192,7 +185,7 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
     result["teacher_forward_ms"] = {"logits": 1000 * teacher_s[False], "logits_and_features": 1000 * teacher_s[True]}
     result["train_step_ms"] = {m: 1000 * s for m, s in step_s.items()}
     compute = {m: batch_size / s for m, s in step_s.items()}
-    overhead = {m: step_s[m] / (teacher_s[m in ("feature", "both")] + step_s["none"]) for m in ("response", "feature", "both")}
+    overhead = {m: step_s[m] / (teacher_s[needs_features(m)] + step_s["none"]) for m in ("response", "feature", "both")}
 
     # --- end to end: the real DataLoader, Table 2 augmentation, default workers
     e2e, epoch_s = {}, {}
@@ -209,7 +202,7 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
         sampler = SeededSampler(view, num_replicas=1, rank=0, shuffle=True, seed=0)
         loader = torch.utils.data.DataLoader(view, batch_size, sampler=sampler, num_workers=workers,
                                              pin_memory=dev.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
-        online = teacher if method in ("response", "feature", "both") else None
+        online = teacher if needs_teacher(method) else None
         whole_epoch = method in ("none", "response_cached")  # the cached-vs-plain epoch ratio
         limit = None if whole_epoch else e2e_batches
         for epoch in (0, 1):  # epoch 0 warms up: starts the workers, fills caches

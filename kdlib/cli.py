@@ -1,6 +1,6 @@
 """``python -m kdlib <command>``: shapes, train, evaluate, teacher, demo.
 
-Every training setting is a flag whose default is ``kdlib.train.Config``'s (the report's
+Every training setting is a flag whose default is ``kdlib.config.Config``'s (the report's
 Table 1); bad values are refused by argparse before any work starts.
 """
 
@@ -84,10 +84,10 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    from .config import Config
     from .data import AUGMENTATIONS, DATASETS
     from .losses import METHODS
     from .models import ARCHITECTURES
-    from .train import Config
 
     special = {
         "method": {"choices": METHODS},
@@ -125,7 +125,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .train import Config
+    from .config import Config
 
     return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
 
@@ -152,9 +152,10 @@ def _sigterm_as_interrupt(signum, frame):
 def cmd_train(args, parser) -> int:
     import signal
 
+    from .checkpoints import CheckpointError
     from .data import DataError
     from .files import DiskWriteError
-    from .train import CheckpointError, NonFiniteLossError, RunFolderError, fit
+    from .train import NonFiniteLossError, RunFolderError, fit
 
     cfg = config_from_args(args)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run like Ctrl-C

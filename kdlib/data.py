@@ -25,38 +25,15 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .augment import MEAN, MODES, STD, augment_batch, sample_params
-from .losses import VOID
+from .augment import MODES, augment_batch, sample_params
+from .conventions import MEAN, NUM_CLASSES, STD, VOC_CLASSES, VOID
 
-NUM_CLASSES = 21
-# MEAN, STD: the teacher's input normalisation (ImageNet statistics, kdlib.augment); the student shares it.
-
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 DATASETS = ("voc", "shapes")
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data folder is missing or incomplete; the message shows the expected layout."""
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (256 RGB triples, flattened), as in the devkit's PNGs."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def layout_help(root: Path, split: str, name: str) -> str:

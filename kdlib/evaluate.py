@@ -8,15 +8,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import NUM_CLASSES, build_dataset, class_names
+from .checkpoints import load_model
+from .config import Config, resolve_device
+from .conventions import NUM_CLASSES
+from .data import build_dataset, class_names
 from .metrics import SegmentationMetrics
 from .models import count_parameters
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()
@@ -77,8 +74,6 @@ def evaluate_augmented(model, dataset: str, root, split: str = "val", augment: s
     (``augment``: one of :data:`kdlib.augment.MODES`; each image's parameters from a fixed
     seed). Next to :func:`evaluate_model` on the clean split it says whether an augmentation
     preserves the labels, and how good a teacher's targets are on augmented batches."""
-    from .train import Config
-
     size = image_size or Config(dataset=dataset, data_root=str(root)).resolved().image_size
     data = build_dataset(dataset, root, split, train=True, image_size=size, augment=augment)
     return evaluate_model(model, _SeededAugmented(data, seed), device)
@@ -97,8 +92,6 @@ def evaluate_checkpoint(
     teacher_weights: str | None = None,
 ) -> dict:
     """Metrics of a kdlib checkpoint, or of torchvision's FCN-ResNet50 (``teacher=...``)."""
-    from .train import Config, load_model
-
     if teacher == "fcn_resnet50":
         from .models import fcn_resnet50_teacher
 

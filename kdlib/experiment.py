@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import Config
 from .files import atomic_write_text
 from .losses import METHODS
-from .train import Config, fit, teacher_fingerprint
+from .train import fit, teacher_fingerprint
 
 # Run names: the four methods, and response KD distilled from the teacher-output cache
 # (kdlib/teacher_cache.py), the offline variant whose accuracy the report compares.

@@ -9,8 +9,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-VOID = 255
+from .conventions import VOID
+
 METHODS = ("none", "response", "feature", "both")
+
+
+def needs_teacher(method: str) -> bool:
+    """Whether ``method``'s objective reads the teacher at all (every method but ``none``)."""
+    return method != "none"
+
+
+def needs_features(method: str) -> bool:
+    """Whether ``method``'s objective aligns feature maps (so the teacher's projections train)."""
+    return method in ("feature", "both")
+
+
+def needs_logits(method: str) -> bool:
+    """Whether ``method``'s objective matches the teacher's softened logits."""
+    return method in ("response", "both")
 
 
 def _masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -208,12 +224,12 @@ def distillation_loss(
         if teacher_out is None:
             raise ValueError(f"distillation_loss: method {method!r} needs the teacher's outputs")
         kd = ce.new_zeros(())
-        if method in ("response", "both"):
+        if needs_logits(method):
             parts["response"] = response_kd_loss(
                 student_out["out"], teacher_out["out"], temperature, valid, scale_by_t2
             )
             kd = kd + parts["response"]
-        if method in ("feature", "both"):
+        if needs_features(method):
             parts["feature"] = feature_kd_loss(
                 student_out["features"], teacher_out["features"], valid
             )

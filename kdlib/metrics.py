@@ -7,7 +7,7 @@ import math
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from .losses import VOID
+from .conventions import VOID
 
 
 class SegmentationMetrics:

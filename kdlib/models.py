@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conventions import upsample_logits
+
 STUDENT_CHANNELS = (32, 64, 128, 256)
 
 
@@ -237,12 +239,6 @@ class TeacherWrapper(nn.Module):
         out = self.teacher_forward(x, with_features)
         out["features"] = self.project(out["features"]) if with_features else []
         return out
-
-
-def upsample_logits(logits: torch.Tensor, size) -> torch.Tensor:
-    """Logits at a network's output stride → input size, as torchvision's segmentation
-    models do it (bilinear, ``align_corners=False``)."""
-    return F.interpolate(logits.contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
 # The torchvision checkpoint of the report's teacher, and where we look for it.

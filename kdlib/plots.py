@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from .data import denormalize, voc_palette
+from .conventions import VOID, voc_palette
+from .data import denormalize
 from .files import save_figure_bytes
-from .losses import VOID
 
 VOID_COLOUR = (1.0, 1.0, 1.0)
 

@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .data import voc_palette
-from .losses import VOID
+from .conventions import VOID, voc_palette
 
 BENCHMARK_VERSION = 2
 SPLITS = ("teacher_train", "train", "val")

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from . import shapes
+from .checkpoints import load_checkpoint, load_model
+from .config import SHAPES_TEACHER, Config, resolve_device
 from .files import atomic_save, atomic_write_text
-from .train import SHAPES_TEACHER, Config, fit, load_checkpoint, load_model
+from .train import fit
 
 # A cosine schedule over a fixed number of epochs (see the card for the time it takes); batch 32
 # and NCHW, the fastest layout for this network on a CPU. The students' colour jitter, and no
@@ -89,7 +91,7 @@ def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=Non
         | {"splits": {k: card_bench["splits"][k] for k in (recipe["train_split"], "val")}},
         "recipe": recipe,
         "command": "python -m kdlib " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "make teacher",
-        "device": str(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")),
+        "device": str(resolve_device(device)),
         "cpu_threads": torch.get_num_threads(),
         "train_seconds": round(seconds, 1),
         "epochs_run": metrics["epochs_run"],

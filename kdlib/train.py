@@ -1,7 +1,8 @@
 """The report's training recipe (Table 1, Section 2) as one resumable, reproducible trainer.
 
-Read top to bottom: ``Config`` (every setting, with the report's defaults), ``build_data``,
-``build_teacher``, ``train_one_epoch``, ``evaluate``, ``fit``. ``python -m kdlib train`` is
+Read top to bottom: the runtime and samplers, ``build_data``, ``build_teacher``,
+``train_one_epoch``, ``evaluate``, ``fit``; the settings are :class:`kdlib.config.Config`, the
+checkpoint and RNG-state I/O :mod:`kdlib.checkpoints`. ``python -m kdlib train`` is
 ``fit`` behind an argument parser (see ``kdlib/cli.py``).
 
 Artifacts in ``config.out``: ``config.json``, ``history.csv`` (a row per epoch),
@@ -30,130 +31,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
 from .augment import augment_batch
-from .data import AUGMENTATIONS, DATASETS, NUM_CLASSES, SegmentationFolder, build_dataset
+from .checkpoints import load_checkpoint, load_model, load_weights, rng_state, set_rng_state
+from .config import Config, resolve_device
+from .conventions import NUM_CLASSES, upsample_logits
+from .data import SegmentationFolder, build_dataset
 from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
-from .losses import METHODS, distillation_loss
+from .losses import distillation_loss, needs_features, needs_teacher
 from .metrics import SegmentationMetrics
-from .models import ARCHITECTURES, TeacherWrapper, build_model, count_parameters, upsample_logits
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_lraspp_resnet18.pt"
-
-
-@dataclass
-class Config:
-    """Every setting of a run. Defaults are the report's Table 1; ``None`` means "resolved
-    from the data set" (224 px and the FCN-ResNet50 teacher for VOC; the benchmark's own size
-    and the shipped teacher for ``shapes``). The resolved config is saved with every run."""
-
-    method: str = "none"  # none | response | feature | both
-    dataset: str = "shapes"  # voc | shapes
-    data_root: str = "data/shapes"
-    out: str = "runs/none"
-    model: str = "student"  # the trained network: student, or a teacher architecture
-    train_split: str = "train"
-    val_split: str = "val"
-    image_size: int | None = None
-    augment: str = "table2"  # table2 (the report's) | geometric | color | none (kdlib/augment.py)
-    epochs: int = 300
-    train_repeats: int = 1  # passes over the training split per epoch (a small split's epoch is short)
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_schedule: str = "plateau"  # plateau (the report's) | cosine (per epoch, to 0 at `epochs`)
-    lr_factor: float = 0.2  # ReduceLROnPlateau on val mIoU
-    lr_patience: int = 10
-    min_lr: float = 1e-7
-    early_stop: int = 30  # epochs without a better val mIoU
-    temperature: float = 4.0
-    alpha: float = 0.7
-    beta: float = 0.3
-    scale_by_t2: bool = False
-    teacher: str | None = None  # fcn_resnet50 | lraspp_resnet18
-    teacher_weights: str | None = None
-    teacher_cache: str | None = None  # folder of cached teacher logits (response KD offline)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int | None = None  # DataLoader workers; None: default_workers() of this machine
-    amp: bool = False  # bf16 autocast on CUDA
-    channels_last: bool = True
-    max_batches: int | None = None  # cap batches per epoch (smoke runs)
-    progress: str = "auto"  # auto | bar | lines | none
-    resume: bool = False
-    overwrite: bool = False
-    download: bool = False
-    skip_bad: bool = False  # leave broken samples out (counted in metrics.json) instead of failing
-    train_miou: bool = True  # also score the whole training split (eval mode, unaugmented) each epoch
-
-    def validate(self) -> None:
-        """Refuse bad settings before any work starts; each message names the setting."""
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.dataset not in DATASETS:
-            problems.append(f"dataset={self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        if self.model not in ARCHITECTURES:
-            problems.append(f"model={self.model!r}: choose one of {', '.join(ARCHITECTURES)}")
-        if self.model != "student" and self.method != "none":
-            problems.append(f"model={self.model!r} trains only with method='none'")
-        if self.temperature <= 0:
-            problems.append(f"temperature={self.temperature}: must be > 0")
-        if self.alpha < 0 or self.beta < 0:
-            problems.append(f"alpha={self.alpha}, beta={self.beta}: must be >= 0")
-        if self.image_size is not None and (self.image_size <= 0 or self.image_size % 32):
-            problems.append(f"image_size={self.image_size}: must be a positive multiple of 32")
-        if self.batch_size < 1:
-            problems.append(f"batch_size={self.batch_size}: must be >= 1")
-        if self.train_repeats < 1:
-            problems.append(f"train_repeats={self.train_repeats}: must be >= 1")
-        if self.epochs < 1:
-            problems.append(f"epochs={self.epochs}: must be >= 1")
-        if self.lr <= 0:
-            problems.append(f"lr={self.lr}: must be > 0")
-        if self.workers is not None and self.workers < 0:
-            problems.append(f"workers={self.workers}: must be >= 0")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"augment={self.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
-        if self.lr_schedule not in ("plateau", "cosine"):
-            problems.append(f"lr_schedule={self.lr_schedule!r}: choose plateau or cosine")
-        if self.teacher_cache and self.method != "response":
-            problems.append(
-                f"teacher_cache={self.teacher_cache!r} serves method='response' only (got {self.method!r}): "
-                "feature KD needs the teacher's features of every augmented image, see kdlib/teacher_cache.py"
-            )
-        if self.progress not in ("auto", "bar", "lines", "none"):
-            problems.append(f"progress={self.progress!r}: choose auto, bar, lines or none")
-        if problems:
-            raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
-
-    def resolved(self) -> Config:
-        """A copy with the data-set-dependent defaults filled in."""
-        cfg = dataclasses.replace(self)
-        if cfg.workers is None:
-            cfg.workers = default_workers()
-        if cfg.image_size is None:
-            cfg.image_size = 224 if cfg.dataset == "voc" else _shapes_size(cfg.data_root)
-        if cfg.teacher is None and cfg.method != "none":
-            cfg.teacher = "fcn_resnet50" if cfg.dataset == "voc" else "lraspp_resnet18"
-        if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and cfg.method != "none":
-            cfg.teacher_weights = str(SHAPES_TEACHER)
-        return cfg
-
-
-def default_workers() -> int:
-    """DataLoader workers that help rather than compete: none on a machine with 2 cores or
-    fewer (measured by ``make bench``: a worker there takes a core from the training step's
-    threads, and the batched augmentation leaves workers little to do), else up to 4 while
-    leaving 2 cores to the main process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 2))
-
-
-def _shapes_size(root: str) -> int:
-    card = Path(root) / "benchmark.json"
-    return json.loads(card.read_text())["size"] if card.is_file() else 64
-
+from .models import TeacherWrapper, build_model, count_parameters
 
 # --------------------------------------------------------------------------- plumbing
 
@@ -181,9 +67,7 @@ def setup_runtime(device: str) -> Runtime:
         if use_cuda:
             torch.cuda.set_device(dev)
         return Runtime(dev, rank, world)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Runtime(torch.device(device))
+    return Runtime(resolve_device(device))
 
 
 def seed_everything(seed: int) -> None:
@@ -300,7 +184,7 @@ def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, data
 
 def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
     """The frozen teacher behind its wrapper, or None for ``method=none`` (never built)."""
-    if cfg.method == "none":
+    if not needs_teacher(cfg.method):
         return None
     if cfg.teacher == "fcn_resnet50":
         from .models import fcn_resnet50_teacher
@@ -309,83 +193,6 @@ def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
     else:
         model = load_model(cfg.teacher_weights, expect=cfg.teacher)
     return TeacherWrapper(model).to(device)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot serve: unreadable, not a kdlib file, or another network."""
-
-
-def load_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a torch file?): {exc}") from exc
-    missing = [k for k in ("model", "config") if k not in ckpt] if isinstance(ckpt, dict) else ["model"]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks the key(s) {missing}: not a kdlib checkpoint")
-    return ckpt
-
-
-def load_weights(module: nn.Module, state: dict, path, what: str) -> None:
-    """``load_state_dict`` with a message that names the file instead of a page of size
-    mismatches."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).split("\n\t")[1:2] or [str(exc)[:200]]
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the {what} (another architecture or class count?): {first[0].strip()}"
-        ) from None
-
-
-def load_model(path, expect: str | None = None) -> nn.Module:
-    """A model (student or teacher architecture) from a kdlib checkpoint, in eval mode."""
-    if path is None:
-        raise CheckpointError(f"no weights given for the {expect} teacher (--teacher-weights)")
-    ckpt = load_checkpoint(path)
-    arch = ckpt["config"].get("model", "student")
-    if expect is not None and arch != expect:
-        raise CheckpointError(f"checkpoint {path} holds a {arch!r}, not the expected {expect!r}")
-    classes = ckpt["config"].get("num_classes", NUM_CLASSES)
-    if classes != NUM_CLASSES:
-        raise CheckpointError(f"checkpoint {path} predicts {classes} classes; this project uses {NUM_CLASSES}")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"checkpoint {path} holds an unknown architecture {arch!r}")
-    model = build_model(arch, NUM_CLASSES)
-    load_weights(model, {k: v.float() for k, v in ckpt["model"].items()}, path, f"{arch!r} with {NUM_CLASSES} classes")
-    return model.eval()
-
-
-def _numpy_state() -> list:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-
-
-def rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_state(),
-        "python": json.dumps(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    py = json.loads(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- the loop
@@ -451,7 +258,7 @@ def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime 
     or its ``cached`` logits), the student, the method's loss, backward, Adam. Returns the
     loss components (detached). With ``where=(epoch, step)`` a non-finite component stops
     the run before the step touches the weights."""
-    with_features = cfg.method in ("feature", "both")
+    with_features = needs_features(cfg.method)
     with _autocast(cfg, x.device):
         if cached is not None:
             teacher_out = {"out": cached, "features": []}
@@ -531,7 +338,7 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
         teacher.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, rt.device)
     sums, seen = {}, 0
-    with_features = cfg.method in ("feature", "both")
+    with_features = needs_features(cfg.method)
     for step, batch in enumerate(loader):
         x, y, cached = _to(batch, rt.device, cfg.channels_last)
         with _autocast(cfg, rt.device):
@@ -665,7 +472,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     params = list(student.parameters())
-    if teacher is not None and cfg.method in ("feature", "both"):
+    if teacher is not None and needs_features(cfg.method):
         params += list(teacher.projections.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "cosine":

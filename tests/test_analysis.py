@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from kdlib import analysis
+from kdlib.conventions import VOID
 from kdlib.evaluate import confusion_from_predictions
-from kdlib.losses import VOID
 from kdlib.metrics import SegmentationMetrics, iou_from_confusion
 
 

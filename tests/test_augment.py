@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from kdlib.augment import IDENTITY, MEAN, STD, augment_batch, color_jitter, sample_params, warp_grid
+from kdlib.augment import IDENTITY, augment_batch, color_jitter, sample_params, warp_grid
+from kdlib.checkpoints import load_model
+from kdlib.config import SHAPES_TEACHER
+from kdlib.conventions import MEAN, STD, VOID, upsample_logits
 from kdlib.data import build_dataset
-from kdlib.losses import VOID
-from kdlib.models import TeacherWrapper, upsample_logits
-from kdlib.train import SHAPES_TEACHER, load_model
+from kdlib.models import TeacherWrapper
 
 
 @pytest.fixture(scope="module")

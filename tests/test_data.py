@@ -4,15 +4,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from kdlib.data import (
-    MEAN,
-    STD,
-    DatasetNotFoundError,
-    build_dataset,
-    denormalize,
-    voc_palette,
-)
-from kdlib.losses import VOID
+from kdlib.conventions import MEAN, STD, VOID, voc_palette
+from kdlib.data import DatasetNotFoundError, build_dataset, denormalize
 
 SIZES = [(100, 75), (90, 120), (64, 64), (130, 97)]  # (width, height), several aspect ratios
 LABELS = {0, 3, 15, VOID}

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdlib.conventions import VOID
 from kdlib.losses import (
-    VOID,
     distillation_loss,
     feature_kd_loss,
     response_kd_loss,
@@ -187,3 +187,16 @@ def test_response_gradient_in_closed_form_equals_autograds(monkeypatch, chunk):
             assert torch.allclose(g_fast, g_slow, rtol=1e-4, atol=1e-7)
             with torch.no_grad():
                 assert torch.allclose(response_kd_loss(s, t, 3.0, valid, scale_by_t2=scale), slow, rtol=1e-5, atol=1e-6)
+
+
+def test_the_method_predicates_say_which_terms_each_objective_holds():
+    from kdlib.losses import METHODS, needs_features, needs_logits, needs_teacher
+
+    torch.manual_seed(0)
+    student = {"out": torch.randn(2, 21, 8, 8), "features": [torch.randn(2, 4, 4, 4)]}
+    teacher = {"out": torch.randn(2, 21, 8, 8), "features": [torch.randn(2, 4, 4, 4)]}
+    target = torch.randint(0, 21, (2, 8, 8))
+    for method in METHODS:
+        _, parts = distillation_loss(method, student, teacher if needs_teacher(method) else None, target)
+        assert ("response" in parts) == needs_logits(method) and ("feature" in parts) == needs_features(method)
+        assert needs_teacher(method) == (needs_logits(method) or needs_features(method))

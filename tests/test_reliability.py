@@ -15,8 +15,9 @@ import torch
 
 from kdlib import files, plots
 from kdlib.cli import main
+from kdlib.config import Config
 from kdlib.files import DiskWriteError, RunFolderError, RunLock
-from kdlib.train import Config, fit
+from kdlib.train import fit
 
 
 def _cfg(root, out, **kw):

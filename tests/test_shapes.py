@@ -9,8 +9,8 @@ from PIL import Image
 from kdlib import shapes
 from kdlib.augment import TABLE2
 from kdlib.cli import main
+from kdlib.conventions import VOID
 from kdlib.data import build_dataset, class_names
-from kdlib.losses import VOID
 
 
 def test_classes_cover_shape_texture_colour_with_confusable_pairs():

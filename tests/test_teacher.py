@@ -3,11 +3,12 @@
 import pytest
 
 from kdlib import shapes
+from kdlib.checkpoints import load_model
+from kdlib.config import SHAPES_TEACHER
 from kdlib.data import build_dataset
 from kdlib.evaluate import evaluate_augmented, evaluate_checkpoint, evaluate_model
 from kdlib.models import CustomSegmentationModel, count_parameters
 from kdlib.teacher import read_card
-from kdlib.train import SHAPES_TEACHER, load_model
 
 
 def test_card_describes_the_checkpoint():

@@ -6,11 +6,13 @@ import os
 import pytest
 import torch
 
+from kdlib.checkpoints import load_model
 from kdlib.cli import main
+from kdlib.config import Config
 from kdlib.data import build_dataset
 from kdlib.models import TeacherWrapper, build_model
 from kdlib.teacher_cache import ensure_cache, feature_bytes_per_image
-from kdlib.train import Config, fit, load_model
+from kdlib.train import fit
 
 
 def _teacher(path):

@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
+from kdlib.checkpoints import load_checkpoint
 from kdlib.cli import main
-from kdlib.train import Config, RunFolderError, fit, load_checkpoint
+from kdlib.config import Config
+from kdlib.train import RunFolderError, fit
 
 
 def _cfg(root, teacher, out, **kw):
@@ -55,8 +57,8 @@ def test_method_none_never_builds_a_teacher(tiny_shapes, tmp_path):
 
 
 def test_feature_kd_trains_the_projections(tiny_shapes, tiny_teacher, tmp_path):
+    from kdlib.checkpoints import load_model
     from kdlib.models import TeacherWrapper, build_model
-    from kdlib.train import load_model
 
     # the run's own starting projections: the trainer seeds, builds the student, then the wrapper
     torch.manual_seed(0)
@@ -168,7 +170,9 @@ def test_cli_train_and_evaluate(tiny_shapes, tiny_teacher, tmp_path, capsys):
 
 EVAL_SCRIPT = r"""
 import json, os, sys, torch
-from kdlib.train import Config, build_data, setup_runtime, evaluate, load_model
+from kdlib.checkpoints import load_model
+from kdlib.config import Config
+from kdlib.train import build_data, setup_runtime, evaluate
 cfg = Config(dataset="shapes", data_root=sys.argv[1], workers=0, batch_size=4, channels_last=False).resolved()
 rt = setup_runtime("cpu")
 _, val_loader, _ = build_data(cfg, rt)

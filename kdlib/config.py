@@ -1,0 +1,141 @@
+"""Every setting of a run (:class:`Config`, defaults from the report's Table 1), the one
+place settings are checked and the data-set-dependent defaults filled in, and the device
+resolver every entry point uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import AUGMENTATIONS, DATASETS
+from .losses import METHODS, needs_teacher
+from .models import ARCHITECTURES
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_lraspp_resnet18.pt"
+
+
+@dataclass
+class Config:
+    """Every setting of a run. Defaults are the report's Table 1; ``None`` means "resolved
+    from the data set" (224 px and the FCN-ResNet50 teacher for VOC; the benchmark's own size
+    and the shipped teacher for ``shapes``). The resolved config is saved with every run."""
+
+    method: str = "none"  # none | response | feature | both
+    dataset: str = "shapes"  # voc | shapes
+    data_root: str = "data/shapes"
+    out: str = "runs/none"
+    model: str = "student"  # the trained network: student, or a teacher architecture
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int | None = None
+    augment: str = "table2"  # table2 (the report's) | geometric | color | none (kdlib/augment.py)
+    epochs: int = 300
+    train_repeats: int = 1  # passes over the training split per epoch (a small split's epoch is short)
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "plateau"  # plateau (the report's) | cosine (per epoch, to 0 at `epochs`)
+    lr_factor: float = 0.2  # ReduceLROnPlateau on val mIoU
+    lr_patience: int = 10
+    min_lr: float = 1e-7
+    early_stop: int = 30  # epochs without a better val mIoU
+    temperature: float = 4.0
+    alpha: float = 0.7
+    beta: float = 0.3
+    scale_by_t2: bool = False
+    teacher: str | None = None  # fcn_resnet50 | lraspp_resnet18
+    teacher_weights: str | None = None
+    teacher_cache: str | None = None  # folder of cached teacher logits (response KD offline)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int | None = None  # DataLoader workers; None: default_workers() of this machine
+    amp: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = True
+    max_batches: int | None = None  # cap batches per epoch (smoke runs)
+    progress: str = "auto"  # auto | bar | lines | none
+    resume: bool = False
+    overwrite: bool = False
+    download: bool = False
+    skip_bad: bool = False  # leave broken samples out (counted in metrics.json) instead of failing
+    train_miou: bool = True  # also score the whole training split (eval mode, unaugmented) each epoch
+
+    def validate(self) -> None:
+        """Refuse bad settings before any work starts; each message names the setting."""
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset={self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.model not in ARCHITECTURES:
+            problems.append(f"model={self.model!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.model != "student" and needs_teacher(self.method):
+            problems.append(f"model={self.model!r} trains only with method='none'")
+        if self.temperature <= 0:
+            problems.append(f"temperature={self.temperature}: must be > 0")
+        if self.alpha < 0 or self.beta < 0:
+            problems.append(f"alpha={self.alpha}, beta={self.beta}: must be >= 0")
+        if self.image_size is not None and (self.image_size <= 0 or self.image_size % 32):
+            problems.append(f"image_size={self.image_size}: must be a positive multiple of 32")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size}: must be >= 1")
+        if self.train_repeats < 1:
+            problems.append(f"train_repeats={self.train_repeats}: must be >= 1")
+        if self.epochs < 1:
+            problems.append(f"epochs={self.epochs}: must be >= 1")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr}: must be > 0")
+        if self.workers is not None and self.workers < 0:
+            problems.append(f"workers={self.workers}: must be >= 0")
+        if self.augment not in AUGMENTATIONS:
+            problems.append(f"augment={self.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            problems.append(f"lr_schedule={self.lr_schedule!r}: choose plateau or cosine")
+        if self.teacher_cache and self.method != "response":
+            problems.append(
+                f"teacher_cache={self.teacher_cache!r} serves method='response' only (got {self.method!r}): "
+                "feature KD needs the teacher's features of every augmented image, see kdlib/teacher_cache.py"
+            )
+        if self.progress not in ("auto", "bar", "lines", "none"):
+            problems.append(f"progress={self.progress!r}: choose auto, bar, lines or none")
+        if problems:
+            raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
+
+    def resolved(self) -> Config:
+        """A copy with the data-set-dependent defaults filled in."""
+        cfg = dataclasses.replace(self)
+        if cfg.workers is None:
+            cfg.workers = default_workers()
+        if cfg.image_size is None:
+            cfg.image_size = 224 if cfg.dataset == "voc" else _shapes_size(cfg.data_root)
+        if cfg.teacher is None and needs_teacher(cfg.method):
+            cfg.teacher = "fcn_resnet50" if cfg.dataset == "voc" else "lraspp_resnet18"
+        if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and needs_teacher(cfg.method):
+            cfg.teacher_weights = str(SHAPES_TEACHER)
+        return cfg
+
+
+def default_workers() -> int:
+    """DataLoader workers that help rather than compete: none on a machine with 2 cores or
+    fewer (measured by ``make bench``: a worker there takes a core from the training step's
+    threads, and the batched augmentation leaves workers little to do), else up to 4 while
+    leaving 2 cores to the main process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 2))
+
+
+def _shapes_size(root: str) -> int:
+    card = Path(root) / "benchmark.json"
+    return json.loads(card.read_text())["size"] if card.is_file() else 64
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
