@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check kdlib tests
+	$(PY) -m ruff format --check kdlib tests
 	$(PY) -m pytest tests
 	$(PY) -m kdlib smoke-notebooks --out runs/nbval >/dev/null
 	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider runs/nbval/notebooks
@@ -53,6 +54,7 @@ teacher: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check kdlib tests
+	$(PY) -m ruff format --check kdlib tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -35,11 +35,16 @@ def objects_from_metadata(metas: list[dict]) -> pd.DataFrame:
         for obj in meta["objects"]:
             if obj["area"] == 0:
                 continue
-            rows.append({
-                "image": image_index, "class": obj["class"], "bbox": tuple(obj["bbox"]),
-                "area_fraction": obj["area_fraction"], "illumination": obj["illumination"],
-                "occluded_fraction": obj["occluded_fraction"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "image": image_index,
+                    "class": obj["class"],
+                    "bbox": tuple(obj["bbox"]),
+                    "area_fraction": obj["area_fraction"],
+                    "illumination": obj["illumination"],
+                    "occluded_fraction": obj["occluded_fraction"],
+                }
+            )
     return _with_buckets(pd.DataFrame(rows))
 
 
@@ -52,11 +57,16 @@ def objects_from_masks(targets: np.ndarray) -> pd.DataFrame:
             if cls == 0 or cls == VOID:
                 continue
             ys, xs = np.nonzero(targets[image_index] == cls)
-            rows.append({
-                "image": image_index, "class": int(cls),
-                "bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
-                "area_fraction": len(ys) / (h * w), "illumination": math.nan, "occluded_fraction": math.nan,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "image": image_index,
+                    "class": int(cls),
+                    "bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+                    "area_fraction": len(ys) / (h * w),
+                    "illumination": math.nan,
+                    "occluded_fraction": math.nan,
+                }
+            )
     return _with_buckets(pd.DataFrame(rows))
 
 
@@ -108,8 +118,9 @@ def most_confused_pairs(confmat, class_names, k: int = 8) -> pd.DataFrame:
         a, b = divmod(int(idx), cm.shape[0])
         if rates[a, b] <= 0:
             break
-        rows.append({"true class": class_names[a], "predicted as": class_names[b], "rate": rates[a, b],
-                     "pixels": int(cm[a, b])})  # fmt: skip
+        rows.append(
+            {"true class": class_names[a], "predicted as": class_names[b], "rate": rates[a, b], "pixels": int(cm[a, b])}
+        )
     return pd.DataFrame(rows, columns=["true class", "predicted as", "rate", "pixels"])
 
 
@@ -174,9 +185,38 @@ def pick_examples(scores: np.ndarray, k: int = 2) -> tuple[list[int], list[int]]
 
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-       2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-       2.052, 2.048, 2.045, 2.042)  # fmt: skip
+T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = "miou") -> pd.DataFrame:
@@ -200,9 +240,18 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
             verdict = "larger than seed noise" if abs(mean) > half else "within seed noise"
         else:
             half, verdict = math.nan, "one seed: no verdict"
-        rows.append({"method": method, "vs": baseline, "seeds": n, "mean_diff": mean,
-                     "ci95_low": mean - half, "ci95_high": mean + half, "detectable": half,
-                     "verdict": verdict})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "vs": baseline,
+                "seeds": n,
+                "mean_diff": mean,
+                "ci95_low": mean - half,
+                "ci95_high": mean + half,
+                "detectable": half,
+                "verdict": verdict,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -221,8 +270,10 @@ def convergence(history: pd.DataFrame, early_stopped: bool = False, gain: float 
     best = int(np.nanargmax(miou))
     train = history["train_miou"].to_numpy() if "train_miou" in history else np.full(len(miou), np.nan)
     return {
-        "epochs": len(miou), "best_epoch": int(history["epoch"].iloc[best]),
-        "val_miou": float(miou[best]), "train_miou": float(train[best]),
+        "epochs": len(miou),
+        "best_epoch": int(history["epoch"].iloc[best]),
+        "val_miou": float(miou[best]),
+        "train_miou": float(train[best]),
         "last_quarter_gain": last - before,
         "converged": bool(early_stopped or (last - before < gain)),
     }
@@ -243,13 +294,15 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
 def summary_table(runs: pd.DataFrame, order=("none", "feature", "response", "both", "response_cached")) -> pd.DataFrame:
     """Section 4's table: mIoU mean ± std over seeds, epochs, total training time."""
     g = runs.groupby("method")
-    table = pd.DataFrame({
-        "seeds": g.size(),
-        "miou_mean": g["miou"].mean(),
-        "miou_std": g["miou"].std(ddof=1),
-        "epochs_mean": g["epochs"].mean(),
-        "seconds_mean": g["seconds"].mean(),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "seeds": g.size(),
+            "miou_mean": g["miou"].mean(),
+            "miou_std": g["miou"].std(ddof=1),
+            "epochs_mean": g["epochs"].mean(),
+            "seconds_mean": g["seconds"].mean(),
+        }
+    )
     return table.loc[[m for m in order if m in table.index]]
 
 
@@ -292,7 +345,9 @@ def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> d
     tables = {}
     for by in ("size", "light", "occlusion"):
         if objects[by].notna().any():
-            tables[by] = iou_by_bucket(objects[objects[by].notna()], {k: v[objects[by].notna().to_numpy()] for k, v in ious.items()}, by)
+            tables[by] = iou_by_bucket(
+                objects[objects[by].notna()], {k: v[objects[by].notna().to_numpy()] for k, v in ious.items()}, by
+            )
     if "teacher" in ious:
         tables["teacher_dependency"] = pd.DataFrame(
             [{"method": m, **teacher_dependency(ious[m], ious["teacher"])} for m in ious if m != "teacher"]

@@ -47,8 +47,23 @@ TABLE2 = {
 # geometric: flip and warp, no colour jitter; color: colour jitter, no flip or warp; none: identity
 MODES = ("table2", "geometric", "color", "none")
 # one row of parameters per sample
-FIELDS = ("flip", "angle", "tx", "ty", "scale", "shear_x", "shear_y",
-          "brightness", "contrast", "saturation", "hue", "op0", "op1", "op2", "op3")  # fmt: skip
+FIELDS = (
+    "flip",
+    "angle",
+    "tx",
+    "ty",
+    "scale",
+    "shear_x",
+    "shear_y",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "op0",
+    "op1",
+    "op2",
+    "op3",
+)
 IDENTITY = torch.tensor([0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 2, 3], dtype=torch.float32)
 
 
@@ -173,8 +188,9 @@ def color_jitter(img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return img
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, params: torch.Tensor,
-                  teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, params: torch.Tensor, teacher: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """uint8 images N×3×H×W, masks N×H×W, parameters N×15 (and teacher logits N×C×h×w)
     → normalised float images, long masks (255 where the warp exposed pixels), and the
     teacher's logits warped and upsampled to H×W."""
@@ -198,6 +214,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, params: torch.Tenso
     if teacher is not None and grid is None:  # the identity warp is the teacher's own upsampling
         warped_teacher = upsample_logits(teacher.float(), (height, width))
     elif teacher is not None:
-        warped_teacher = F.grid_sample(teacher.float(), grid, mode="bilinear", padding_mode="border",
-                                       align_corners=False)  # fmt: skip
+        warped_teacher = F.grid_sample(
+            teacher.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
     return img, mask, warped_teacher

@@ -50,14 +50,24 @@ from .train import SeededSampler, SeededView, _to, environment, setup_runtime, t
 # are per device kind: a CPU pays ~13 s per FCN-ResNet50 batch; on a GPU a 32-image epoch is two
 # batches, too short for an epoch ratio (the first H100 run measured 1.25 on it)
 SETTINGS = {
-    "report": {"image_size": 224, "teacher": "fcn_resnet50",
-               "cpu": {"repeats": 2, "e2e_batches": 1, "images": 32},
-               "cuda": {"repeats": 20, "e2e_batches": 20, "images": None}},
-    "shapes": {"image_size": 64, "teacher": "lraspp_resnet18",
-               "cpu": {"repeats": 5, "e2e_batches": 8, "images": None},
-               "cuda": {"repeats": 50, "e2e_batches": 50, "images": None}},
-}  # fmt: skip
-TARGETS = {"kd_overhead_ratio": ("<=", 1.10), "input_pipeline_ratio": (">=", 0.85), "cached_kd_epoch_ratio": ("<=", 1.2)}
+    "report": {
+        "image_size": 224,
+        "teacher": "fcn_resnet50",
+        "cpu": {"repeats": 2, "e2e_batches": 1, "images": 32},
+        "cuda": {"repeats": 20, "e2e_batches": 20, "images": None},
+    },
+    "shapes": {
+        "image_size": 64,
+        "teacher": "lraspp_resnet18",
+        "cpu": {"repeats": 5, "e2e_batches": 8, "images": None},
+        "cuda": {"repeats": 50, "e2e_batches": 50, "images": None},
+    },
+}
+TARGETS = {
+    "kd_overhead_ratio": ("<=", 1.10),
+    "input_pipeline_ratio": (">=", 0.85),
+    "cached_kd_epoch_ratio": ("<=", 1.2),
+}
 VOC_TRAIN, VOC_VAL = 1464, 1449  # images per epoch in the report (train + val passes)
 
 
@@ -102,17 +112,35 @@ def _subset(dataset, n: int | None):
     return part
 
 
-def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int = 16, device: str = "auto",
-                  workers: int | None = None, teacher_weights: str | None = None, repeats: int | None = None,
-                  e2e_batches: int | None = None, cache_dir=None, log=print) -> dict:  # fmt: skip
+def bench_setting(
+    setting: str,
+    *,
+    dataset: str,
+    data_root: str,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int | None = None,
+    teacher_weights: str | None = None,
+    repeats: int | None = None,
+    e2e_batches: int | None = None,
+    cache_dir=None,
+    log=print,
+) -> dict:
     spec = SETTINGS[setting]
     dev = setup_runtime(device).device
     knobs = spec["cuda" if dev.type == "cuda" else "cpu"]
     repeats = repeats or knobs["repeats"]
     e2e_batches = e2e_batches or knobs["e2e_batches"]
     size = spec["image_size"]
-    base = Config(dataset=dataset, data_root=data_root, image_size=size, batch_size=batch_size, device=device,
-                  amp=dev.type == "cuda", progress="none")  # fmt: skip
+    base = Config(
+        dataset=dataset,
+        data_root=data_root,
+        image_size=size,
+        batch_size=batch_size,
+        device=device,
+        amp=dev.type == "cuda",
+        progress="none",
+    )
     workers = base.resolved().workers if workers is None else workers
     log(f"[bench {setting}] {size}² px, batch {batch_size}, {spec['teacher']} teacher, {dev}, workers {workers}")
     cl = torch.channels_last
@@ -125,14 +153,23 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
         raise ValueError(f"the {dataset} train split at {data_root} has fewer than {batch_size} images")
     x, y, _ = _to((x, y), dev, True)
     x1 = x[:1]
-    result = {"image_size": size, "batch_size": batch_size, "device": str(dev), "workers": workers,
-              "repeats": repeats, "teacher": spec["teacher"], "dataset": dataset}  # fmt: skip
+    result = {
+        "image_size": size,
+        "batch_size": batch_size,
+        "device": str(dev),
+        "workers": workers,
+        "repeats": repeats,
+        "teacher": spec["teacher"],
+        "dataset": dataset,
+    }
 
     # --- size and cost
     with torch.no_grad():
         result["student"] = {"parameters": count_parameters(student), "gflops": gflops(lambda: student.eval()(x1))}
-        result["teacher_model"] = {"parameters": count_parameters(teacher.model),
-                                   "gflops": gflops(lambda: teacher.teacher_forward(x1, False))}  # fmt: skip
+        result["teacher_model"] = {
+            "parameters": count_parameters(teacher.model),
+            "gflops": gflops(lambda: teacher.teacher_forward(x1, False)),
+        }
 
     # --- inference
     def infer(model_fn, batch):
@@ -200,8 +237,14 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
         cfg = dataclasses.replace(base, method="response" if method == "response_cached" else method)
         view = SeededView(ds)
         sampler = SeededSampler(view, num_replicas=1, rank=0, shuffle=True, seed=0)
-        loader = torch.utils.data.DataLoader(view, batch_size, sampler=sampler, num_workers=workers,
-                                             pin_memory=dev.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            view,
+            batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=dev.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         online = teacher if needs_teacher(method) else None
         whole_epoch = method in ("none", "response_cached")  # the cached-vs-plain epoch ratio
         limit = None if whole_epoch else e2e_batches
@@ -234,8 +277,15 @@ def bench_setting(setting: str, *, dataset: str, data_root: str, batch_size: int
     return result
 
 
-def run_bench(settings=("report", "shapes"), *, dataset: str = "shapes", data_root: str = "data/shapes",
-              out="bench.json", log=print, **kwargs) -> dict:  # fmt: skip
+def run_bench(
+    settings=("report", "shapes"),
+    *,
+    dataset: str = "shapes",
+    data_root: str = "data/shapes",
+    out="bench.json",
+    log=print,
+    **kwargs,
+) -> dict:
     """Measure every setting, print the table, write ``out`` (bench.json)."""
     start = time.perf_counter()
     if dataset == "shapes" and not (Path(data_root) / "benchmark.json").is_file():
@@ -265,21 +315,29 @@ def _meets(key: str, value: float) -> str:
 def format_table(report: dict) -> str:
     lines = []
     for setting, r in report["settings"].items():
-        lines += [f"\n== {setting}: {r['image_size']}² px, batch {r['batch_size']}, {r['device']}, "
-                  f"workers {r['workers']}, teacher {r['teacher']} ==",
-                  f"{'':24}{'params':>12}{'GFLOPs':>9}{'lat. b1 ms':>12}{'infer img/s':>13}"]  # fmt: skip
+        lines += [
+            f"\n== {setting}: {r['image_size']}² px, batch {r['batch_size']}, {r['device']}, "
+            f"workers {r['workers']}, teacher {r['teacher']} ==",
+            f"{'':24}{'params':>12}{'GFLOPs':>9}{'lat. b1 ms':>12}{'infer img/s':>13}",
+        ]
         for name, size in (("student", r["student"]), ("teacher", r["teacher_model"])):
             inf = r["inference"][name]
-            lines.append(f"{name:24}{size['parameters']:>12,}{size['gflops']:>9.2f}"
-                         f"{inf['latency_ms_batch1']:>12.1f}{inf['images_per_s']:>13.1f}")  # fmt: skip
+            lines.append(
+                f"{name:24}{size['parameters']:>12,}{size['gflops']:>9.2f}"
+                f"{inf['latency_ms_batch1']:>12.1f}{inf['images_per_s']:>13.1f}"
+            )
         lines.append(f"{'train img/s':24}{'compute':>12}{'end-to-end':>12}{'pipeline':>10}{'KD overhead':>13}")
         for m, v in r["train_images_per_s"].items():
             over = r["kd_overhead_ratio"].get(m)
             pipe = r["input_pipeline_ratio"][m]
-            lines.append(f"{m:24}{v['compute_only']:>12.1f}{v['end_to_end']:>12.1f}"
-                         f"{pipe:>7.2f} {_meets('input_pipeline_ratio', pipe):<3}"
-                         + (f"{over:>10.3f} {_meets('kd_overhead_ratio', over)}" if over else ""))  # fmt: skip
+            lines.append(
+                f"{m:24}{v['compute_only']:>12.1f}{v['end_to_end']:>12.1f}"
+                f"{pipe:>7.2f} {_meets('input_pipeline_ratio', pipe):<3}"
+                + (f"{over:>10.3f} {_meets('kd_overhead_ratio', over)}" if over else "")
+            )
         ratio = r["cached_kd_epoch_ratio"]
-        lines.append(f"cached response-KD epoch / no-KD epoch ({r['epoch_seconds']['images']} images): "
-                     f"{ratio:.3f} {_meets('cached_kd_epoch_ratio', ratio)}")  # fmt: skip
+        lines.append(
+            f"cached response-KD epoch / no-KD epoch ({r['epoch_seconds']['images']} images): "
+            f"{ratio:.3f} {_meets('cached_kd_epoch_ratio', ratio)}"
+        )
     return "\n".join(lines)

@@ -138,9 +138,14 @@ def cmd_shapes(args) -> int:
 
     start = time.perf_counter()
     out = generate(
-        args.out, teacher_train=args.teacher_train, train=args.train, val=args.val,
-        size=args.size, seed=args.seed, progress=True,
-    )  # fmt: skip
+        args.out,
+        teacher_train=args.teacher_train,
+        train=args.train,
+        val=args.val,
+        size=args.size,
+        seed=args.seed,
+        progress=True,
+    )
     print(f"shapes benchmark in {out} ({time.perf_counter() - start:.1f}s)")
     return 0
 
@@ -163,8 +168,11 @@ def cmd_train(args, parser) -> int:
         cfg.validate()
         metrics = fit(cfg)
     except KeyboardInterrupt:
-        print(f"python -m kdlib train: interrupted; {cfg.out}/last.pt holds the last finished epoch. "
-              "Continue with the same command plus --resume.", file=sys.stderr)  # fmt: skip
+        print(
+            f"python -m kdlib train: interrupted; {cfg.out}/last.pt holds the last finished epoch. "
+            "Continue with the same command plus --resume.",
+            file=sys.stderr,
+        )
         return 130
     except (DataError, NonFiniteLossError, DiskWriteError, CheckpointError, FileNotFoundError) as exc:
         print(f"python -m kdlib train: error: {exc}", file=sys.stderr)
@@ -184,10 +192,15 @@ def cmd_evaluate(args, parser) -> int:
 
     try:
         result = evaluate_checkpoint(
-            args.checkpoint, dataset=args.dataset, data_root=args.data_root, split=args.split,
-            image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+            args.checkpoint,
+            dataset=args.dataset,
+            data_root=args.data_root,
+            split=args.split,
+            image_size=args.image_size,
+            device=args.device,
+            batch_size=args.batch_size,
             teacher=args.teacher,
-        )  # fmt: skip
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         parser.error(str(exc))
     print(format_table(result))
@@ -209,8 +222,17 @@ def cmd_bench(args) -> int:
     from .bench import SETTINGS, run_bench
 
     settings = tuple(SETTINGS) if args.setting == "all" else (args.setting,)
-    run_bench(settings, dataset=args.dataset, data_root=args.data_root, out=args.out, batch_size=args.batch_size,
-              device=args.device, workers=args.workers, repeats=args.repeats, teacher_weights=args.teacher_weights)  # fmt: skip
+    run_bench(
+        settings,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        repeats=args.repeats,
+        teacher_weights=args.teacher_weights,
+    )
     return 0
 
 
@@ -230,8 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shapes", help="generate the embedded benchmark in the VOC layout")
     p.add_argument("--out", required=True, help="output folder")
     for split in ("teacher_train", "train", "val"):
-        p.add_argument("--" + split.replace("_", "-"), type=_positive_int, default=DEFAULTS[split],
-                       help=f"images in the {split} split (default: {DEFAULTS[split]})")  # fmt: skip
+        p.add_argument(
+            "--" + split.replace("_", "-"),
+            type=_positive_int,
+            default=DEFAULTS[split],
+            help=f"images in the {split} split (default: {DEFAULTS[split]})",
+        )
     p.add_argument("--size", type=_image_size, default=DEFAULTS["size"], help="image side (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="benchmark seed (default: %(default)s)")
 
@@ -240,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="mIoU, per-class IoU and pixel accuracy of a checkpoint")
     p.add_argument("--checkpoint", help="a kdlib checkpoint (best.pt, last.pt, a shipped teacher)")
-    p.add_argument("--teacher", choices=("fcn_resnet50",), help="evaluate torchvision's FCN-ResNet50 (weights as for training)")
+    p.add_argument(
+        "--teacher", choices=("fcn_resnet50",), help="evaluate torchvision's FCN-ResNet50 (weights as for training)"
+    )
     p.add_argument("--dataset", choices=("voc", "shapes"), default="shapes")
     p.add_argument("--data-root", default="data/shapes")
     p.add_argument("--split", default="val")
@@ -255,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=None)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("smoke-notebooks", help="copies of the notebooks set to the smoke profile, for nbval (make test)")
+    p = sub.add_parser(
+        "smoke-notebooks", help="copies of the notebooks set to the smoke profile, for nbval (make test)"
+    )
     p.add_argument("--out", default="runs/nbval", help="folder for the copies and everything they write")
 
     p = sub.add_parser("report", help="rebuild figures' report, tables and report/ from existing runs (no training)")
@@ -265,8 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="demo")
 
     p = sub.add_parser("bench", help="time each KD method on this device and write bench.json (make bench)")
-    p.add_argument("--setting", choices=("all", "report", "shapes"), default="all",
-                   help="report (224 px, FCN-ResNet50), shapes (the embedded benchmark) or all (default)")
+    p.add_argument(
+        "--setting",
+        choices=("all", "report", "shapes"),
+        default="all",
+        help="report (224 px, FCN-ResNet50), shapes (the embedded benchmark) or all (default)",
+    )
     p.add_argument("--dataset", choices=("voc", "shapes"), default="shapes", help="images for the end-to-end timings")
     p.add_argument("--data-root", default="data/shapes")
     p.add_argument("--batch-size", type=_positive_int, default=16)

@@ -11,10 +11,28 @@ NUM_CLASSES = 21  # VOC's 20 object classes and background; the shapes benchmark
 VOID = 255  # pixels no loss or metric counts (VOC's object borders, warped-in image borders)
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 # The teacher's input normalisation (ImageNet statistics); the student shares it.
 MEAN = (0.485, 0.456, 0.406)

@@ -76,23 +76,27 @@ class SegmentationFolder(Dataset):
     them (the trainer counts them in the run's metrics).
     """
 
-    def __init__(self, root, split, transforms=None, mask_dir="SegmentationClass", name="voc",
-                 skip_bad: bool = False, augment: str | None = None, image_size=None):  # fmt: skip
+    def __init__(
+        self,
+        root,
+        split,
+        transforms=None,
+        mask_dir="SegmentationClass",
+        name="voc",
+        skip_bad: bool = False,
+        augment: str | None = None,
+        image_size=None,
+    ):
         self.root, self.split, self.transforms, self.name = Path(root), split, transforms, name
         self.augment = augment  # None, or a mode of kdlib.augment (transforms then only resize)
         self.image_size = image_size  # (H, W) the transforms resize to
         self.defer_augmentation = False  # the trainer augments whole batches on its device
         self._decoded = None  # training pairs kept after their first read (see _resized)
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        problems = [
-            str(p)
-            for p in (self.root / "JPEGImages", self.root / mask_dir, list_file)
-            if not p.exists()
-        ]
+        problems = [str(p) for p in (self.root / "JPEGImages", self.root / mask_dir, list_file) if not p.exists()]
         if problems:
             raise DatasetNotFoundError(
-                f"Data set folder incomplete: missing {', '.join(problems)}.\n"
-                + layout_help(self.root, split, name)
+                f"Data set folder incomplete: missing {', '.join(problems)}.\n" + layout_help(self.root, split, name)
             )
         self.ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
         if not self.ids:
@@ -100,8 +104,12 @@ class SegmentationFolder(Dataset):
         self.images = [self.root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
         self.masks = [self.root / mask_dir / f"{i}.png" for i in self.ids]
         self.skipped: list[tuple[str, str]] = []
-        missing = [(i, f"{p} is missing") for i, im, m in zip(self.ids, self.images, self.masks)
-                   for p in (im, m) if not p.is_file()]  # fmt: skip
+        missing = [
+            (i, f"{p} is missing")
+            for i, im, m in zip(self.ids, self.images, self.masks)
+            for p in (im, m)
+            if not p.is_file()
+        ]
         if missing and not skip_bad:
             shown = "\n  ".join(reason for _, reason in missing[:5])
             raise DataError(
@@ -128,8 +136,9 @@ class SegmentationFolder(Dataset):
             self.images = [self.images[i] for i in keep]
             self.masks = [self.masks[i] for i in keep]
             self.skipped = sorted(bad.items())
-            warnings.warn(f"skipped {len(bad)} broken sample(s) of {self.root}, e.g. {self.skipped[0][1]}",
-                          stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"skipped {len(bad)} broken sample(s) of {self.root}, e.g. {self.skipped[0][1]}", stacklevel=3
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -336,8 +345,15 @@ def class_table(name: str):
     for a, b, kind in confusable_pairs():
         twins[a].append(f"{CLASSES[b].name} ({kind})")
         twins[b].append(f"{CLASSES[a].name} ({kind})")
-    return pd.DataFrame([
-        {"class": c.name, "shape": c.shape, "texture": c.texture, "colour": c.colour,
-         "look-alikes": ", ".join(twins[c.index])}
-        for c in CLASSES
-    ])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "class": c.name,
+                "shape": c.shape,
+                "texture": c.texture,
+                "colour": c.colour,
+                "look-alikes": ", ".join(twins[c.index]),
+            }
+            for c in CLASSES
+        ]
+    )

@@ -98,10 +98,17 @@ def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int =
     # TCP prints a warning about unencrypted transport
     kernel = KernelConfig({"KernelManager": {"transport": "ipc"}})
     pm.execute_notebook(
-        str(notebook), str(output), parameters=parameters, kernel_name="python3",
-        cwd=str(notebook.parent), execution_timeout=timeout, progress_bar=False,
-        log_output=False, report_mode=False, config=kernel,
-    )  # fmt: skip
+        str(notebook),
+        str(output),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(notebook.parent),
+        execution_timeout=timeout,
+        progress_bar=False,
+        log_output=False,
+        report_mode=False,
+        config=kernel,
+    )
     return output
 
 
@@ -128,16 +135,28 @@ COMMITTED = {"dataset": "shapes", "data_root": ROOT / "data" / "shapes", "device
 def is_committed_configuration(dataset: str, data_root, device: str, profile: str) -> bool:
     """Whether these are the settings the committed notebooks declare (and show the outputs of)."""
     root = Path(data_root) if Path(data_root).is_absolute() else ROOT / data_root
-    return (dataset, device, profile) == (COMMITTED["dataset"], COMMITTED["device"], COMMITTED["profile"]) \
-        and root.resolve() == COMMITTED["data_root"].resolve()
+    return (dataset, device, profile) == (
+        COMMITTED["dataset"],
+        COMMITTED["device"],
+        COMMITTED["profile"],
+    ) and root.resolve() == COMMITTED["data_root"].resolve()
 
 
 def smoke_parameters(folder: Path) -> dict:
     """The smoke profile's settings, everything written under ``folder``."""
     folder = Path(folder).resolve()
-    return {"dataset": "shapes", "data_root": str(folder / "data" / "shapes"), "image_size": None, "epochs": None,
-            "seeds": None, "device": "cpu", "profile": "smoke", "runs_dir": str(folder / "runs"),
-            "figures_dir": str(folder / "figures"), "report_dir": str(folder / "report")}  # fmt: skip
+    return {
+        "dataset": "shapes",
+        "data_root": str(folder / "data" / "shapes"),
+        "image_size": None,
+        "epochs": None,
+        "seeds": None,
+        "device": "cpu",
+        "profile": "smoke",
+        "runs_dir": str(folder / "runs"),
+        "figures_dir": str(folder / "figures"),
+        "report_dir": str(folder / "report"),
+    }
 
 
 def write_smoke_copies(folder, notebooks=None) -> list[Path]:
@@ -176,8 +195,9 @@ def demo_parameters(dataset: str, data_root: str, device: str, profile: str) -> 
     }
 
 
-def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu",
-             profile: str = "demo", notebooks=None) -> int:  # fmt: skip
+def run_demo(
+    dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu", profile: str = "demo", notebooks=None
+) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     from .experiment import profile_settings
@@ -204,8 +224,11 @@ def run_demo(dataset: str = "shapes", data_root: str = "data/shapes", device: st
         if in_place:  # only a notebook that ran through replaces the committed one
             strip_execution_metadata(executed)
             shutil.copyfile(executed, nb)
-        print(f"[{i}/{len(paths)}] {nb.name} done in {time.perf_counter() - t0:.0f}s "
-              f"(total {time.perf_counter() - start:.0f}s)", flush=True)  # fmt: skip
+        print(
+            f"[{i}/{len(paths)}] {nb.name} done in {time.perf_counter() - t0:.0f}s "
+            f"(total {time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
     where = "written back to notebooks/" if in_place else f"in {out_dir}"
     print(f"demo finished in {time.perf_counter() - start:.0f}s; executed notebooks {where}")
     return 0
@@ -215,9 +238,11 @@ def failure_message(notebook: Path, error, executed: Path) -> str:
     """A few lines on a failed notebook: the cell, its error, where the full traceback is."""
     source = (error.source or "").strip().splitlines()
     first = next((line for line in source if line and not line.startswith("#")), "")
-    return (f"make demo: {notebook.name} stopped in cell {error.exec_count} ({first[:80]!r}):\n"
-            f"  {error.ename}: {error.evalue}\n"
-            f"the executed notebook, with the full traceback: {executed}")
+    return (
+        f"make demo: {notebook.name} stopped in cell {error.exec_count} ({first[:80]!r}):\n"
+        f"  {error.ename}: {error.evalue}\n"
+        f"the executed notebook, with the full traceback: {executed}"
+    )
 
 
 def _declared(notebook: Path) -> set[str]:
@@ -238,8 +263,9 @@ def strip_execution_metadata(path: Path) -> None:
     nbformat.write(nb, str(path))
 
 
-def run_report(dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu",
-               profile: str = "demo", runs_dir=None) -> int:  # fmt: skip
+def run_report(
+    dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu", profile: str = "demo", runs_dir=None
+) -> int:
     """``make report``: every figure, table and the report again from finished runs. The
     notebooks reuse finished runs, so nothing trains; missing runs are an error, not a job."""
     from .experiment import collect_runs, is_finished, profile_settings, run_config, stale_reason
@@ -251,14 +277,24 @@ def run_report(dataset: str = "shapes", data_root: str = "data/shapes", device: 
     missing = []
     for method in ("none", "feature", "response", "both"):
         for seed in settings["seeds"]:
-            cfg = run_config(method, seed, dataset=dataset, data_root=params["data_root"],
-                             runs_dir=params["runs_dir"], profile=profile)  # fmt: skip
+            cfg = run_config(
+                method,
+                seed,
+                dataset=dataset,
+                data_root=params["data_root"],
+                runs_dir=params["runs_dir"],
+                profile=profile,
+            )
             out = Path(cfg.out)
             stale = stale_reason(out, cfg)
             if stale or not is_finished(out, cfg.epochs):
                 missing.append(f"{out}: {stale}" if stale else str(out))
     if missing or collect_runs(params["runs_dir"]).empty:
-        print("make report rebuilds from finished runs, and these are missing, unfinished or stale:\n  "
-              + "\n  ".join(missing) + "\nRun `make demo` (same DATASET/PROFILE) first.", file=sys.stderr)  # fmt: skip
+        print(
+            "make report rebuilds from finished runs, and these are missing, unfinished or stale:\n  "
+            + "\n  ".join(missing)
+            + "\nRun `make demo` (same DATASET/PROFILE) first.",
+            file=sys.stderr,
+        )
         return 1
     return run_demo(dataset, data_root, device, profile)

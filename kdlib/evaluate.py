@@ -68,8 +68,16 @@ class _SeededAugmented(torch.utils.data.Dataset):
         return self.dataset[(index, self.seed + index)]
 
 
-def evaluate_augmented(model, dataset: str, root, split: str = "val", augment: str = "color",
-                       image_size: int | None = None, device="cpu", seed: int = 0) -> dict:
+def evaluate_augmented(
+    model,
+    dataset: str,
+    root,
+    split: str = "val",
+    augment: str = "color",
+    image_size: int | None = None,
+    device="cpu",
+    seed: int = 0,
+) -> dict:
     """Metrics of ``model`` on ``split`` passed through the students' training augmentation
     (``augment``: one of :data:`kdlib.augment.MODES`; each image's parameters from a fixed
     seed). Next to :func:`evaluate_model` on the clean split it says whether an augmentation

@@ -35,14 +35,38 @@ RUN_NAMES = (*METHODS, *VARIANTS)
 # runs train side by side on a CPU; workers 0: a DataLoader worker on a 2-core CPU only takes
 # a core from the training step.
 PROFILES = {
-    "smoke": {"epochs": 1, "seeds": [0], "max_batches": 2, "batch_size": 8, "workers": 0, "jobs": 1,
-              "benchmark": {"teacher_train": 4, "train": 16, "val": 12}, "train": {}},
-    "demo": {"epochs": 20, "seeds": [0, 1, 2, 3, 4, 5], "max_batches": None, "batch_size": 16, "workers": 0,
-             "jobs": 2, "benchmark": {}, "train": {"lr": 1e-2, "lr_schedule": "cosine", "train_repeats": 8},
-             "runs": METHODS},
-    "full": {"epochs": 300, "seeds": [0, 1, 2], "max_batches": None, "batch_size": 16, "workers": 4, "jobs": 1,
-             "benchmark": {}, "train": {}},
-}  # fmt: skip
+    "smoke": {
+        "epochs": 1,
+        "seeds": [0],
+        "max_batches": 2,
+        "batch_size": 8,
+        "workers": 0,
+        "jobs": 1,
+        "benchmark": {"teacher_train": 4, "train": 16, "val": 12},
+        "train": {},
+    },
+    "demo": {
+        "epochs": 20,
+        "seeds": [0, 1, 2, 3, 4, 5],
+        "max_batches": None,
+        "batch_size": 16,
+        "workers": 0,
+        "jobs": 2,
+        "benchmark": {},
+        "train": {"lr": 1e-2, "lr_schedule": "cosine", "train_repeats": 8},
+        "runs": METHODS,
+    },
+    "full": {
+        "epochs": 300,
+        "seeds": [0, 1, 2],
+        "max_batches": None,
+        "batch_size": 16,
+        "workers": 4,
+        "jobs": 1,
+        "benchmark": {},
+        "train": {},
+    },
+}
 
 
 def profile_settings(profile: str) -> dict:
@@ -74,9 +98,31 @@ def is_finished(out: Path, epochs: int) -> bool:
 
 # The settings that make a run what it is: a finished or interrupted run recorded with other
 # values answers another question, and is trained again rather than reused or resumed.
-RUN_DEFINING = ("method", "dataset", "model", "train_split", "val_split", "image_size", "augment", "epochs",
-                "train_repeats", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
-                "min_lr", "early_stop", "temperature", "alpha", "beta", "scale_by_t2", "teacher", "seed")  # fmt: skip
+RUN_DEFINING = (
+    "method",
+    "dataset",
+    "model",
+    "train_split",
+    "val_split",
+    "image_size",
+    "augment",
+    "epochs",
+    "train_repeats",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "lr_schedule",
+    "lr_factor",
+    "lr_patience",
+    "min_lr",
+    "early_stop",
+    "temperature",
+    "alpha",
+    "beta",
+    "scale_by_t2",
+    "teacher",
+    "seed",
+)
 
 
 def stale_reason(out: Path, cfg: Config) -> str | None:
@@ -88,11 +134,16 @@ def stale_reason(out: Path, cfg: Config) -> str | None:
     path = Path(out) / "config.json"
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     wanted = dataclasses.asdict(resolved)
-    changed = [f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in RUN_DEFINING if recorded.get(k, wanted[k]) != wanted[k]]
+    changed = [
+        f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in RUN_DEFINING if recorded.get(k, wanted[k]) != wanted[k]
+    ]
     if "split_sizes" in recorded:
         sizes = _split_sizes(resolved)
-        changed += [f"{split} split of {recorded['split_sizes'].get(split)} -> {n} images"
-                    for split, n in sizes.items() if recorded["split_sizes"].get(split) != n]  # fmt: skip
+        changed += [
+            f"{split} split of {recorded['split_sizes'].get(split)} -> {n} images"
+            for split, n in sizes.items()
+            if recorded["split_sizes"].get(split) != n
+        ]
     if changed:
         return "it was trained with other settings (" + ", ".join(changed) + ")"
     current = teacher_fingerprint(resolved)
@@ -113,8 +164,19 @@ def _split_sizes(cfg: Config) -> dict:
     return {split: sizes[split] for split in (cfg.train_split, cfg.val_split) if split in sizes}
 
 
-def run_config(name: str, seed: int, *, dataset: str, data_root: str, runs_dir, profile: str = "demo",
-               epochs=None, image_size=None, device: str = "cpu", **overrides) -> Config:
+def run_config(
+    name: str,
+    seed: int,
+    *,
+    dataset: str,
+    data_root: str,
+    runs_dir,
+    profile: str = "demo",
+    epochs=None,
+    image_size=None,
+    device: str = "cpu",
+    **overrides,
+) -> Config:
     """The settings of run ``name`` (a method or a variant such as ``response_cached``) for
     ``seed`` in ``profile``, writing to ``<runs_dir>/<name>/seed<seed>``."""
     if name not in RUN_NAMES:
@@ -124,16 +186,37 @@ def run_config(name: str, seed: int, *, dataset: str, data_root: str, runs_dir, 
         overrides = {"teacher_cache": str(Path(runs_dir) / "teacher_cache"), **overrides}
         method = VARIANTS[name]["method"]
     settings = profile_settings(profile)
-    cfg = Config(method=method, dataset=dataset, data_root=str(data_root),
-                 epochs=settings["epochs"] if epochs is None else epochs, image_size=image_size, device=device,
-                 batch_size=settings["batch_size"], workers=settings["workers"],
-                 max_batches=settings["max_batches"], progress="lines", seed=seed,
-                 out=str(run_dir(runs_dir, name, seed)), **settings["train"])  # fmt: skip
+    cfg = Config(
+        method=method,
+        dataset=dataset,
+        data_root=str(data_root),
+        epochs=settings["epochs"] if epochs is None else epochs,
+        image_size=image_size,
+        device=device,
+        batch_size=settings["batch_size"],
+        workers=settings["workers"],
+        max_batches=settings["max_batches"],
+        progress="lines",
+        seed=seed,
+        out=str(run_dir(runs_dir, name, seed)),
+        **settings["train"],
+    )
     return dataclasses.replace(cfg, **overrides)
 
 
-def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, profile: str = "demo",
-                 seeds=None, epochs=None, image_size=None, device: str = "cpu", **overrides) -> pd.DataFrame:  # fmt: skip
+def train_method(
+    method: str,
+    *,
+    dataset: str,
+    data_root: str,
+    runs_dir: str,
+    profile: str = "demo",
+    seeds=None,
+    epochs=None,
+    image_size=None,
+    device: str = "cpu",
+    **overrides,
+) -> pd.DataFrame:
     """Train ``method`` once per seed (skipping finished runs, resuming interrupted ones) and
     return one row per seed from each run's ``metrics.json``.
 
@@ -148,8 +231,18 @@ def train_method(method: str, *, dataset: str, data_root: str, runs_dir: str, pr
     seeds = settings["seeds"] if seeds is None else list(seeds)
     todo = []
     for seed in seeds:
-        cfg = run_config(method, seed, dataset=dataset, data_root=data_root, runs_dir=runs_dir, profile=profile,
-                         epochs=epochs, image_size=image_size, device=device, **overrides)  # fmt: skip
+        cfg = run_config(
+            method,
+            seed,
+            dataset=dataset,
+            data_root=data_root,
+            runs_dir=runs_dir,
+            profile=profile,
+            epochs=epochs,
+            image_size=image_size,
+            device=device,
+            **overrides,
+        )
         out = Path(cfg.out)
         stale = stale_reason(out, cfg) if (out / "config.json").is_file() else None
         if stale:
@@ -186,8 +279,10 @@ def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
 
 def run_line(name: str, seed: int, metrics: dict, out, prefix: str = "") -> str:
     """One line on a finished run, for logs and notebook outputs."""
-    return (f"[{name}] seed {seed}: {prefix}best val mIoU {metrics['best_miou']:.4f} at epoch "
-            f"{metrics['best_epoch']} of {metrics['epochs_run']} ({metrics['total_seconds']:.0f}s) -> {out}")
+    return (
+        f"[{name}] seed {seed}: {prefix}best val mIoU {metrics['best_miou']:.4f} at epoch "
+        f"{metrics['best_epoch']} of {metrics['epochs_run']} ({metrics['total_seconds']:.0f}s) -> {out}"
+    )
 
 
 def _set_threads(threads: int) -> None:
@@ -202,13 +297,21 @@ def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
     for method in methods:
         for path in sorted(Path(runs_dir, method).glob("seed*/metrics.json")):
             m = json.loads(path.read_text())
-            rows.append({
-                "method": method, "seed": m["seed"], "miou": m["best_miou"],
-                "pixel_accuracy": m["pixel_accuracy"], "best_epoch": m["best_epoch"],
-                "epochs": m["epochs_run"], "seconds": m["total_seconds"], "run": str(path.parent),
-            })  # fmt: skip
-    return pd.DataFrame(rows, columns=["method", "seed", "miou", "pixel_accuracy", "best_epoch",
-                                       "epochs", "seconds", "run"])  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "seed": m["seed"],
+                    "miou": m["best_miou"],
+                    "pixel_accuracy": m["pixel_accuracy"],
+                    "best_epoch": m["best_epoch"],
+                    "epochs": m["epochs_run"],
+                    "seconds": m["total_seconds"],
+                    "run": str(path.parent),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["method", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "run"]
+    )
 
 
 def load_history(run) -> pd.DataFrame:
@@ -269,7 +372,9 @@ def per_class_table(runs_dir, class_names, teacher: dict | None = None) -> pd.Da
     if teacher is not None:
         table["teacher"] = teacher["per_class_iou"]
     for method in [m for m in METHODS if m in set(runs["method"])]:
-        per_seed = [json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
-                    for r in runs[runs["method"] == method]["run"]]  # fmt: skip
+        per_seed = [
+            json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
+            for r in runs[runs["method"] == method]["run"]
+        ]
         table[method] = pd.DataFrame(per_seed).mean(axis=0).tolist()
     return pd.DataFrame(table, index=list(class_names))

@@ -230,9 +230,7 @@ def distillation_loss(
             )
             kd = kd + parts["response"]
         if needs_features(method):
-            parts["feature"] = feature_kd_loss(
-                student_out["features"], teacher_out["features"], valid
-            )
+            parts["feature"] = feature_kd_loss(student_out["features"], teacher_out["features"], valid)
             kd = kd + parts["feature"]
         total = alpha * ce + beta * kd
     parts["total"] = total

@@ -38,9 +38,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = conv_bn(cin, cout, 3, stride)
         self.conv2 = conv_bn(cout, cout, 3)
-        self.shortcut = (
-            conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-        )
+        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.conv1(x), inplace=True)
@@ -166,9 +164,7 @@ class TeacherWrapper(nn.Module):
             )
         missing = [name for name in feature_layers if name not in backbone]
         if missing:
-            raise ValueError(
-                f"TeacherWrapper: backbone has no layer(s) {missing}; it has {list(backbone.keys())}"
-            )
+            raise ValueError(f"TeacherWrapper: backbone has no layer(s) {missing}; it has {list(backbone.keys())}")
         if len(feature_layers) != len(student_channels):
             raise ValueError("TeacherWrapper: one student width per feature layer is needed")
         self.model = model.eval()
@@ -282,9 +278,7 @@ def fcn_resnet50_teacher(weights_path: str | os.PathLike | None = None) -> nn.Mo
         state = torch.load(found, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # a truncated file, another architecture, ...
-        raise RuntimeError(
-            f"{found} is not a usable FCN-ResNet50 (COCO_WITH_VOC_LABELS_V1) state dict: {exc}"
-        ) from exc
+        raise RuntimeError(f"{found} is not a usable FCN-ResNet50 (COCO_WITH_VOC_LABELS_V1) state dict: {exc}") from exc
     return model.eval()
 
 
@@ -307,8 +301,7 @@ def lraspp_resnet18(num_classes: int = 21) -> nn.Module:
 
     layers = {"layer1": "low", "layer2": "layer2", "layer3": "layer3", "layer4": "high"}
     backbone = IntermediateLayerGetter(resnet18(weights=None), layers)
-    return LRASPP(backbone, low_channels=64, high_channels=512, num_classes=num_classes,
-                  inter_channels=128)  # fmt: skip
+    return LRASPP(backbone, low_channels=64, high_channels=512, num_classes=num_classes, inter_channels=128)
 
 
 ARCHITECTURES = ("student", "lraspp_resnet18", "fcn_resnet50")
@@ -342,8 +335,8 @@ def describe(model: nn.Module, image_size: int = 224) -> list[dict]:
 
     def hook(name, module):
         def record(_, __, output):
-            rows.append({"stage": name, "output": tuple(output.shape[1:]),
-                         "parameters": count_parameters(module)})  # fmt: skip
+            rows.append({"stage": name, "output": tuple(output.shape[1:]), "parameters": count_parameters(module)})
+
         return record
 
     for name, module in named:

@@ -84,16 +84,21 @@ def augmentation_grid(eval_set, train_set, indices, views: int = 3, class_names=
 def loss_curves(history, title: str = ""):
     """Train and validation curves of every loss component in ``history`` (a DataFrame of
     history.csv), plus validation mIoU: the report's Figures 3-6."""
-    components = [c for c in ("total", "ce", "response", "feature")
-                  if f"train_{c}" in history and history[f"train_{c}"].notna().any()]  # fmt: skip
+    components = [
+        c
+        for c in ("total", "ce", "response", "feature")
+        if f"train_{c}" in history and history[f"train_{c}"].notna().any()
+    ]
     panels = len(components) + 1
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), squeeze=False)
     axes = axes[0]
     for ax, comp in zip(axes, components):
         ax.plot(history["epoch"], history[f"train_{comp}"], label="train", color="C0")
         ax.plot(history["epoch"], history[f"val_{comp}"], label="val", color="C1")
-        ax.set_title({"total": "total loss", "ce": "cross entropy", "response": "response KD",
-                      "feature": "feature KD"}[comp], fontsize=10)  # fmt: skip
+        ax.set_title(
+            {"total": "total loss", "ce": "cross entropy", "response": "response KD", "feature": "feature KD"}[comp],
+            fontsize=10,
+        )
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     axes[-1].plot(history["epoch"], history["val_miou"], color="C2")
@@ -140,8 +145,9 @@ def per_class_heatmap(table, title: str = "per-class IoU"):
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 3.2, 0.32 * table.shape[0] + 1.2))
-    sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False,
-                annot_kws={"fontsize": 7}, ax=ax)  # fmt: skip
+    sns.heatmap(
+        table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False, annot_kws={"fontsize": 7}, ax=ax
+    )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("")
     ax.set_ylabel("")

@@ -17,8 +17,13 @@ from .analysis import CONVERGED_GAIN, convergence_table, paired_comparison, summ
 from .experiment import collect_runs
 from .files import atomic_write_text
 
-METHOD_NAMES = {"none": "None", "feature": "Feature", "response": "Response", "both": "Feature & Response",
-                "response_cached": "Response, cached teacher (offline)"}  # fmt: skip
+METHOD_NAMES = {
+    "none": "None",
+    "feature": "Feature",
+    "response": "Response",
+    "both": "Feature & Response",
+    "response_cached": "Response, cached teacher (offline)",
+}
 FIGURES = {  # file name in figures/ -> caption
     "architecture.png": "Student and teacher: every stage's output shape and parameters (Section 1).",
     "data_augmentation.png": "Samples, masks and Table 2's augmentation.",
@@ -53,13 +58,25 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     rows = []
     for method, r in summary.iterrows():
         std = "" if math.isnan(r["miou_std"]) else f" ± {r['miou_std']:.4f}"
-        rows.append({"KD type": METHOD_NAMES[method], "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
-                     "seeds": int(r["seeds"]), "# training epochs": f"{r['epochs_mean']:.1f}",
-                     "total training time": f"{r['seconds_mean']:.0f}s"})  # fmt: skip
+        rows.append(
+            {
+                "KD type": METHOD_NAMES[method],
+                "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
+                "seeds": int(r["seeds"]),
+                "# training epochs": f"{r['epochs_mean']:.1f}",
+                "total training time": f"{r['seconds_mean']:.0f}s",
+            }
+        )
     if teacher is not None:
-        rows.append({"KD type": f"Teacher ({teacher['model']}, upper bound)",
-                     "mIoU (mean ± std)": f"{teacher['miou']:.4f}", "seeds": "—",
-                     "# training epochs": "—", "total training time": "—"})  # fmt: skip
+        rows.append(
+            {
+                "KD type": f"Teacher ({teacher['model']}, upper bound)",
+                "mIoU (mean ± std)": f"{teacher['miou']:.4f}",
+                "seeds": "—",
+                "# training epochs": "—",
+                "total training time": "—",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -69,9 +86,15 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     if teacher is None or "none" not in summary.index:
         return pd.DataFrame()
     base, top = summary.loc["none", "miou_mean"], teacher["miou"]
-    rows = [{"method": METHOD_NAMES[m], "mIoU": r["miou_mean"],
-             "gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan}
-            for m, r in summary.iterrows() if m != "none"]  # fmt: skip
+    rows = [
+        {
+            "method": METHOD_NAMES[m],
+            "mIoU": r["miou_mean"],
+            "gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
+        }
+        for m, r in summary.iterrows()
+        if m != "none"
+    ]
     return pd.DataFrame(rows)
 
 
@@ -83,10 +106,15 @@ def cached_vs_online(runs: pd.DataFrame) -> list[str]:
         return []
     diff = paired_comparison(pair, baseline="response").drop(columns=["vs"])
     seconds = summary_table(pair)["seconds_mean"]
-    return ["Offline response KD (teacher logits cached once per image, warped with each augmented "
-            "image; colour jitter does not reach the cached target) against online response KD, "
-            f"paired by seed; training time {seconds['response_cached']:.0f}s against "
-            f"{seconds['response']:.0f}s per run:", "", _md_table(diff), ""]  # fmt: skip
+    return [
+        "Offline response KD (teacher logits cached once per image, warped with each augmented "
+        "image; colour jitter does not reach the cached target) against online response KD, "
+        f"paired by seed; training time {seconds['response_cached']:.0f}s against "
+        f"{seconds['response']:.0f}s per run:",
+        "",
+        _md_table(diff),
+        "",
+    ]
 
 
 def _images(config: dict, key: str) -> str:
@@ -106,9 +134,11 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
             said = "does not differ from no KD by more than seed noise"
         else:
             said = "beats no KD" if r["mean_diff"] > 0 else "is worse than no KD"
-        lines.append(f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "
-                     f"(95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f}; smallest detectable "
-                     f"difference ±{r['detectable']:.4f}).")  # fmt: skip
+        lines.append(
+            f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "
+            f"(95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f}; smallest detectable "
+            f"difference ±{r['detectable']:.4f})."
+        )
     return lines
 
 
@@ -116,15 +146,22 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
     """Whether every run trained to convergence, and the no-KD student's train/val mIoU."""
     table = convergence_table(runs)
     done = int(table["converged"].sum())
-    lines = [f"**Convergence.** A run has converged when early stopping ended it or the best val mIoU of "
-             f"its last quarter of epochs is less than {CONVERGED_GAIN} above the best before it: "
-             f"{done} of {len(table)} runs have. Train mIoU is the whole training split, "
-             "unaugmented, at the best epoch.", ""]  # fmt: skip
+    lines = [
+        f"**Convergence.** A run has converged when early stopping ended it or the best val mIoU of "
+        f"its last quarter of epochs is less than {CONVERGED_GAIN} above the best before it: "
+        f"{done} of {len(table)} runs have. Train mIoU is the whole training split, "
+        "unaugmented, at the best epoch.",
+        "",
+    ]
     summary = table.groupby("method").agg(
-        runs=("seed", "size"), converged=("converged", "sum"), best_epoch=("best_epoch", "mean"),
-        epochs=("epochs", "mean"), last_quarter_gain_max=("last_quarter_gain", "max"),
-        train_miou=("train_miou", "mean"), val_miou=("val_miou", "mean"),
-    )  # fmt: skip
+        runs=("seed", "size"),
+        converged=("converged", "sum"),
+        best_epoch=("best_epoch", "mean"),
+        epochs=("epochs", "mean"),
+        last_quarter_gain_max=("last_quarter_gain", "max"),
+        train_miou=("train_miou", "mean"),
+        val_miou=("val_miou", "mean"),
+    )
     order = [m for m in METHOD_NAMES if m in summary.index]
     summary = summary.loc[order].reset_index()
     summary["method"] = [METHOD_NAMES[m] for m in summary["method"]]
@@ -144,8 +181,11 @@ def per_class_md(runs_dir, dataset: str, k: int = 3) -> list[str]:
     table = per_class_table(runs_dir, class_names(dataset))
     if "none" not in table.columns or len(table.columns) < 2:
         return []
-    lines = [f"**Where each method differs from no KD** (per-class IoU, mean over seeds; the {k} classes "
-             "with the largest gain and the largest loss):", ""]  # fmt: skip
+    lines = [
+        f"**Where each method differs from no KD** (per-class IoU, mean over seeds; the {k} classes "
+        "with the largest gain and the largest loss):",
+        "",
+    ]
     for method in [m for m in table.columns if m != "none"]:
         change = (table[method] - table["none"]).dropna().sort_values()
         gains = ", ".join(f"{c} {v:+.3f}" for c, v in change[::-1][:k].items())
@@ -206,33 +246,50 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     md += _figure_md(figures_dir, report_dir, ["architecture.png", "data_augmentation.png"])
     md += ["## Section 4. Results", "", _md_table(results_table(runs, teacher)), ""]
     if not paired.empty:
-        md += ["Paired by seed, each method against no KD (95% confidence interval of the mean "
-               "difference, Student's t; `detectable` is its half-width, the smallest difference "
-               "these seeds can tell from zero):", "", _md_table(paired.drop(columns=["vs"])), ""]  # fmt: skip
+        md += [
+            "Paired by seed, each method against no KD (95% confidence interval of the mean "
+            "difference, Student's t; `detectable` is its half-width, the smallest difference "
+            "these seeds can tell from zero):",
+            "",
+            _md_table(paired.drop(columns=["vs"])),
+            "",
+        ]
         md += verdicts(paired) + [""]
     offline = cached_vs_online(runs)
     if offline:
         md += offline
     gap = gap_closed(runs, teacher)
     if not gap.empty:
-        md += ["Share of the no-KD student's gap to the teacher that each method closes:", "",
-               _md_table(gap), ""]  # fmt: skip
+        md += ["Share of the no-KD student's gap to the teacher that each method closes:", "", _md_table(gap), ""]
     md += convergence_md(runs)
     md += per_class_md(runs_dir, dataset)
-    md += _figure_md(figures_dir, report_dir, ["loss_none.png", "loss_feature.png", "loss_response.png",
-                                               "loss_both.png", "per_class_iou.png"])  # fmt: skip
+    md += _figure_md(
+        figures_dir,
+        report_dir,
+        ["loss_none.png", "loss_feature.png", "loss_response.png", "loss_both.png", "per_class_iou.png"],
+    )
     md += ["## Section 5. Failure analysis", ""]
-    for name, caption in (("iou_by_size.csv", "Mean object IoU by object size (share of the image)"),
-                          ("iou_by_light.csv", "Mean object IoU by illumination"),
-                          ("iou_by_occlusion.csv", "Mean object IoU by occluded fraction"),
-                          ("confused_pairs.csv", "Most confused class pairs (best-run student, 'both')"),
-                          ("teacher_dependency.csv", "Teacher dependency: P(student fails) where the teacher fails vs succeeds")):  # fmt: skip
+    for name, caption in (
+        ("iou_by_size.csv", "Mean object IoU by object size (share of the image)"),
+        ("iou_by_light.csv", "Mean object IoU by illumination"),
+        ("iou_by_occlusion.csv", "Mean object IoU by occluded fraction"),
+        ("confused_pairs.csv", "Most confused class pairs (best-run student, 'both')"),
+        ("teacher_dependency.csv", "Teacher dependency: P(student fails) where the teacher fails vs succeeds"),
+    ):
         path = tables / name
         if path.is_file():
             md += [f"**{caption}.**", "", _md_table(pd.read_csv(path)), ""]
-    md += _figure_md(figures_dir, report_dir, ["failure_buckets.png", "qualitative_none.png",
-                                               "qualitative_feature.png", "qualitative_response.png",
-                                               "qualitative_both.png"])  # fmt: skip
+    md += _figure_md(
+        figures_dir,
+        report_dir,
+        [
+            "failure_buckets.png",
+            "qualitative_none.png",
+            "qualitative_feature.png",
+            "qualitative_response.png",
+            "qualitative_both.png",
+        ],
+    )
     text = "\n".join(md) + "\n"
     atomic_write_text(text, report_dir / "report.md")
     atomic_write_text(to_html(text, report_dir), report_dir / "report.html")
@@ -264,7 +321,9 @@ def to_html(markdown_text: str, base: Path) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', inline, body)
-    style = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;"
-             "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-             "padding:3px 8px;font-size:90%}img{max-width:100%}")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;"
+        "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;font-size:90%}img{max-width:100%}"
+    )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>KD segmentation report</title><style>{style}</style></head><body>{body}</body></html>\n"

@@ -146,10 +146,13 @@ def _background(rng: np.random.Generator, n: int, yy, xx) -> np.ndarray:
             for _ in range(grid * grid)
         ]
     ).reshape(grid, grid, 3)
-    img = np.asarray(
-        Image.fromarray((cells * 255).astype(np.uint8)).resize((n, n), Image.BILINEAR),
-        dtype=np.float32,
-    ) / 255.0
+    img = (
+        np.asarray(
+            Image.fromarray((cells * 255).astype(np.uint8)).resize((n, n), Image.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
     # fine background texture: oriented grain or speckle
     if rng.random() < 0.6:
         theta, period = rng.uniform(0, np.pi), rng.uniform(3, 9) * n / 64

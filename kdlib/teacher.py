@@ -65,8 +65,9 @@ def export_teacher(best: Path, target: Path = SHAPES_TEACHER) -> Path:
     return target
 
 
-def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=None, device="auto",
-                         target: Path = SHAPES_TEACHER) -> dict:  # fmt: skip
+def train_shapes_teacher(
+    data_root="data/shapes", out="runs/teacher", epochs=None, device="auto", target: Path = SHAPES_TEACHER
+) -> dict:
     """Generate the default benchmark if needed, train the teacher, export and evaluate it."""
     from .evaluate import evaluate_augmented, evaluate_checkpoint
 
@@ -74,8 +75,7 @@ def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=Non
     card_bench = json.loads((Path(root) / "benchmark.json").read_text())
     recipe = TEACHER_RECIPE | ({"epochs": epochs} if epochs else {})
     start = time.perf_counter()
-    metrics = fit(Config(**recipe, dataset="shapes", data_root=str(root), out=str(out), device=device,
-                         overwrite=True))  # fmt: skip
+    metrics = fit(Config(**recipe, dataset="shapes", data_root=str(root), out=str(out), device=device, overwrite=True))
     seconds = time.perf_counter() - start
     export_teacher(Path(out) / "best.pt", target)
     result = evaluate_checkpoint(target, dataset="shapes", data_root=str(root), split="val", device=device)
@@ -83,14 +83,16 @@ def train_shapes_teacher(data_root="data/shapes", out="runs/teacher", epochs=Non
     augmented = {mode: evaluate_augmented(model, "shapes", root, "val", mode)["miou"] for mode in ("color", "table2")}
     card = {
         "architecture": "torchvision LRASPP head on a ResNet-18 backbone (IntermediateLayerGetter; low = layer1, "
-                        "high = layer4; output stride 4)",
+        "high = layer4; output stride 4)",
         "model": recipe["model"],
         "parameters": result["parameters"],
         "weights_dtype": "float16",
         "benchmark": {k: card_bench[k] for k in ("name", "version", "seed", "size")}
         | {"splits": {k: card_bench["splits"][k] for k in (recipe["train_split"], "val")}},
         "recipe": recipe,
-        "command": "python -m kdlib " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "make teacher",
+        "command": "python -m kdlib " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv[1:]
+        else "make teacher",
         "device": str(resolve_device(device)),
         "cpu_threads": torch.get_num_threads(),
         "train_seconds": round(seconds, 1),

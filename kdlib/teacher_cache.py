@@ -59,8 +59,13 @@ def data_fingerprint(dataset) -> dict:
     for path in (*dataset.images, *dataset.masks):
         stat = os.stat(path)
         files.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return {"root": str(Path(dataset.root).resolve()), "split": dataset.split, "samples": len(dataset.ids),
-            "ids_sha256": ids, "files_sha256": files.hexdigest()}  # fmt: skip
+    return {
+        "root": str(Path(dataset.root).resolve()),
+        "split": dataset.split,
+        "samples": len(dataset.ids),
+        "ids_sha256": ids,
+        "files_sha256": files.hexdigest(),
+    }
 
 
 class TeacherMaps:
@@ -92,8 +97,12 @@ def cache_paths(folder, dataset, image_size: int) -> tuple[Path, Path]:
 
 
 def cache_key(teacher, dataset, image_size: int) -> dict:
-    return {"format": FORMAT_VERSION, "teacher_sha256": teacher_fingerprint(teacher), "image_size": image_size,
-            "data": data_fingerprint(dataset)}  # fmt: skip
+    return {
+        "format": FORMAT_VERSION,
+        "teacher_sha256": teacher_fingerprint(teacher),
+        "image_size": image_size,
+        "data": data_fingerprint(dataset),
+    }
 
 
 def _stale_reason(card_path: Path, data_path: Path, key: dict) -> str | None:
@@ -116,8 +125,9 @@ def _stale_reason(card_path: Path, data_path: Path, key: dict) -> str | None:
     return None
 
 
-def ensure_cache(teacher, dataset, folder, image_size: int, *, device="cpu", batch_size: int = 16,
-                 log=print) -> tuple[TeacherMaps, dict]:  # fmt: skip
+def ensure_cache(
+    teacher, dataset, folder, image_size: int, *, device="cpu", batch_size: int = 16, log=print
+) -> tuple[TeacherMaps, dict]:
     """The cached teacher logits of ``dataset`` (a :class:`kdlib.data.SegmentationFolder`),
     built or rebuilt when missing or stale. Returns the maps and the cache's card."""
     data_path, card_path = cache_paths(folder, dataset, image_size)
@@ -135,8 +145,9 @@ def _ensure(teacher, dataset, data_path, card_path, key, image_size, device, bat
     card = build_cache(teacher, dataset, data_path, image_size, device=device, batch_size=batch_size)
     card["key"] = key
     atomic_write_text(json.dumps(card, indent=2) + "\n", card_path)
-    log(f"teacher cache {data_path}: {card['samples']} images, {card['bytes_per_image']} B each, "
-        f"{card['seconds']:.1f}s")  # fmt: skip
+    log(
+        f"teacher cache {data_path}: {card['samples']} images, {card['bytes_per_image']} B each, {card['seconds']:.1f}s"
+    )
     return TeacherMaps(data_path, card["shape"]), card | {"built": True}
 
 
@@ -165,8 +176,13 @@ def build_cache(teacher, dataset, data_path: Path, image_size: int, *, device="c
         os.replace(tmp, data_path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"shape": list(shape), "samples": shape[0], "bytes_per_image": int(np.prod(shape[1:])) * 2,
-            "seconds": round(time.perf_counter() - start, 3), "device": str(device)}  # fmt: skip
+    return {
+        "shape": list(shape),
+        "samples": shape[0],
+        "bytes_per_image": int(np.prod(shape[1:])) * 2,
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(device),
+    }
 
 
 @torch.no_grad()

@@ -144,16 +144,31 @@ class ShardSampler(torch.utils.data.Sampler):
 
 def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, SeededSampler]:
     train_set = SeededView(
-        build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=True,
-                      image_size=cfg.image_size, download=cfg.download, augment=cfg.augment,
-                      skip_bad=cfg.skip_bad)
-    )  # fmt: skip
+        build_dataset(
+            cfg.dataset,
+            cfg.data_root,
+            cfg.train_split,
+            train=True,
+            image_size=cfg.image_size,
+            download=cfg.download,
+            augment=cfg.augment,
+            skip_bad=cfg.skip_bad,
+        )
+    )
     train_set.dataset.defer_augmentation = True  # augmented per batch, on the device, in _to
     train_set.dataset.preload()  # decoded once, in memory (when it fits), shared with the workers
-    val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, train=False,
-                            image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
-    sampler = SeededSampler(train_set, repeats=cfg.train_repeats, num_replicas=rt.world, rank=rt.rank,
-                            shuffle=True, seed=cfg.seed, drop_last=False)  # fmt: skip
+    val_set = build_dataset(
+        cfg.dataset, cfg.data_root, cfg.val_split, train=False, image_size=cfg.image_size, skip_bad=cfg.skip_bad
+    )
+    sampler = SeededSampler(
+        train_set,
+        repeats=cfg.train_repeats,
+        num_replicas=rt.world,
+        rank=rt.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=False,
+    )
     common = {
         "num_workers": cfg.workers,
         "pin_memory": rt.device.type == "cuda",
@@ -173,8 +188,15 @@ def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, data
         dist.barrier()  # rank 0 builds; the others then find the cache fresh
     cards = {}
     for ds in datasets:
-        maps, card = ensure_cache(teacher, ds, cfg.teacher_cache, cfg.image_size, device=rt.device,
-                                  batch_size=cfg.batch_size, log=lambda m: _log(cfg, rt, m))  # fmt: skip
+        maps, card = ensure_cache(
+            teacher,
+            ds,
+            cfg.teacher_cache,
+            cfg.image_size,
+            device=rt.device,
+            batch_size=cfg.batch_size,
+            log=lambda m: _log(cfg, rt, m),
+        )
         ds.attach_teacher_maps(maps)
         cards[ds.split] = {k: card[k] for k in ("shape", "bytes_per_image", "seconds", "built")}
     if rt.world > 1 and rt.main:
@@ -215,9 +237,12 @@ def _to(batch, device, channels_last):
     """
     if isinstance(batch, dict):
         teacher = batch.get("teacher")
-        x, y, t = augment_batch(batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
-                                batch["params"].to(device, non_blocking=True),
-                                None if teacher is None else teacher.to(device, non_blocking=True))  # fmt: skip
+        x, y, t = augment_batch(
+            batch["image"].to(device, non_blocking=True),
+            batch["mask"].to(device, non_blocking=True),
+            batch["params"].to(device, non_blocking=True),
+            None if teacher is None else teacher.to(device, non_blocking=True),
+        )
     else:
         x, y, *cached = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -248,12 +273,14 @@ def _autocast(cfg: Config, device: torch.device):
 
 
 def _objective(cfg: Config, student_out, teacher_out, target):
-    return distillation_loss(cfg.method, student_out, teacher_out, target, cfg.alpha, cfg.beta,
-                             cfg.temperature, cfg.scale_by_t2)  # fmt: skip
+    return distillation_loss(
+        cfg.method, student_out, teacher_out, target, cfg.alpha, cfg.beta, cfg.temperature, cfg.scale_by_t2
+    )
 
 
-def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None,
-               where: tuple[int, int] | None = None) -> dict:  # fmt: skip
+def train_step(
+    cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None, where: tuple[int, int] | None = None
+) -> dict:
     """One optimisation step on a batch already on the device: the frozen teacher (online,
     or its ``cached`` logits), the student, the method's loss, backward, Adam. Returns the
     loss components (detached). With ``where=(epoch, step)`` a non-finite component stops
@@ -423,10 +450,23 @@ def _prepare_out(cfg: Config, rt: Runtime) -> Path:
 
 
 HISTORY_KEYS = (
-    "epoch", "lr", "train_total", "train_ce", "train_response", "train_feature",
-    "val_total", "val_ce", "val_response", "val_feature", "val_miou", "val_pixel_accuracy", "train_miou",
-    "train_seconds", "epoch_seconds", "train_images_per_s",
-)  # fmt: skip
+    "epoch",
+    "lr",
+    "train_total",
+    "train_ce",
+    "train_response",
+    "train_feature",
+    "val_total",
+    "val_ce",
+    "val_response",
+    "val_feature",
+    "val_miou",
+    "val_pixel_accuracy",
+    "train_miou",
+    "train_seconds",
+    "epoch_seconds",
+    "train_images_per_s",
+)
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -479,9 +519,13 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience,
-            threshold=0.0, min_lr=cfg.min_lr,
-        )  # fmt: skip
+            optimizer,
+            mode="max",
+            factor=cfg.lr_factor,
+            patience=cfg.lr_patience,
+            threshold=0.0,
+            min_lr=cfg.min_lr,
+        )
     model = student
     if rt.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -517,10 +561,12 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
 
     train_eval_loader = None
     if cfg.train_miou:  # the same protocol as val (every rank its shard), so train and val mIoU compare
-        train_eval_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train=False,
-                                       image_size=cfg.image_size, skip_bad=cfg.skip_bad)  # fmt: skip
-        train_eval_loader = DataLoader(train_eval_set, cfg.batch_size,
-                                       sampler=ShardSampler(len(train_eval_set), rt.rank, rt.world))  # fmt: skip
+        train_eval_set = build_dataset(
+            cfg.dataset, cfg.data_root, cfg.train_split, train=False, image_size=cfg.image_size, skip_bad=cfg.skip_bad
+        )
+        train_eval_loader = DataLoader(
+            train_eval_set, cfg.batch_size, sampler=ShardSampler(len(train_eval_set), rt.rank, rt.world)
+        )
     progress = _progress_factory(cfg, rt, len(train_loader))
     val_cache = ValTeacherCache(len(val_loader)) if teacher is not None else None
     stop = state["bad_epochs"] >= cfg.early_stop
@@ -542,8 +588,12 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
             state["bad_epochs"] += 1
         seconds = time.perf_counter() - t0
         state["seconds"] += seconds
-        row = {"epoch": epoch, "lr": lr, **{k: v for k, v in (train | val).items()
-                                             if k in HISTORY_KEYS}, "epoch_seconds": seconds}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            **{k: v for k, v in (train | val).items() if k in HISTORY_KEYS},
+            "epoch_seconds": seconds,
+        }
         state["history"].append(row)
         state["epoch"] = epoch
         stop = state["bad_epochs"] >= cfg.early_stop
@@ -560,8 +610,10 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
             }
             if improved:
                 atomic_save(ckpt | {"val": _summary(val)}, out / "best.pt")
-                atomic_write_text(json.dumps(_metrics(cfg, state, val, student, run_config["skipped_samples"]), indent=2) + "\n",
-                                  out / "metrics.json")  # fmt: skip
+                atomic_write_text(
+                    json.dumps(_metrics(cfg, state, val, student, run_config["skipped_samples"]), indent=2) + "\n",
+                    out / "metrics.json",
+                )
             atomic_save(ckpt, out / "last.pt")
             write_history(state["history"], out / "history.csv")
             _update_metrics_progress(out / "metrics.json", state, cfg)

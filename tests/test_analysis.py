@@ -56,11 +56,13 @@ def test_per_image_miou_and_pick_examples():
 
 
 def test_paired_comparison_says_when_differences_exceed_seed_noise():
-    runs = pd.DataFrame({
-        "method": ["none"] * 3 + ["response"] * 3 + ["feature"] * 3,
-        "seed": [0, 1, 2] * 3,
-        "miou": [0.30, 0.32, 0.31, 0.40, 0.42, 0.41, 0.30, 0.35, 0.27],
-    })  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "method": ["none"] * 3 + ["response"] * 3 + ["feature"] * 3,
+            "seed": [0, 1, 2] * 3,
+            "miou": [0.30, 0.32, 0.31, 0.40, 0.42, 0.41, 0.30, 0.35, 0.27],
+        }
+    )
     table = analysis.paired_comparison(runs).set_index("method")
     assert table.loc["response", "mean_diff"] == pytest.approx(0.10)
     assert table.loc["response", "verdict"] == "larger than seed noise"
@@ -87,8 +89,9 @@ def test_confusion_and_torchmetrics_agree():
     m.update(torch.from_numpy(pred).long(), torch.from_numpy(target).long())
     result = m.compute()
     assert result["miou"] == pytest.approx(miou)
-    assert all(math.isnan(a) and math.isnan(b) or a == pytest.approx(b)
-               for a, b in zip(result["per_class_iou"], per_class))  # fmt: skip
+    assert all(
+        math.isnan(a) and math.isnan(b) or a == pytest.approx(b) for a, b in zip(result["per_class_iou"], per_class)
+    )
 
 
 def test_metrics_accumulate_over_the_split_not_per_batch():
@@ -116,12 +119,17 @@ def test_output_stride_ceiling_loses_small_objects_at_coarse_strides():
 
 
 def test_convergence_compares_the_last_quarter_with_the_epochs_before():
-    rising = pd.DataFrame({"epoch": range(1, 9), "val_miou": [.1, .2, .3, .4, .5, .6, .7, .75],
-                           "train_miou": [.1, .2, .3, .4, .5, .6, .7, .9]})  # fmt: skip
+    rising = pd.DataFrame(
+        {
+            "epoch": range(1, 9),
+            "val_miou": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75],
+            "train_miou": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9],
+        }
+    )
     c = analysis.convergence(rising)
     assert c["last_quarter_gain"] == pytest.approx(0.15) and not c["converged"]  # .75 vs .6 before
     assert c["best_epoch"] == 8 and c["train_miou"] == 0.9 and c["val_miou"] == 0.75
-    flat = rising.assign(val_miou=[.1, .2, .3, .4, .5, .6, .61, .59])
+    flat = rising.assign(val_miou=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.61, 0.59])
     c = analysis.convergence(flat)
     assert c["last_quarter_gain"] == pytest.approx(0.01) and c["converged"] and c["best_epoch"] == 7
     assert analysis.convergence(rising, early_stopped=True)["converged"]

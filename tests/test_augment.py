@@ -32,7 +32,9 @@ def _torchvision(image, mask, p):
     """The v2 functional calls of the old per-sample pipeline, for one sample."""
     if p[0] > 0.5:
         image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
-    kw = dict(angle=float(p[1]), translate=[float(p[2]), float(p[3])], scale=float(p[4]), shear=[float(p[5]), float(p[6])])
+    kw = dict(
+        angle=float(p[1]), translate=[float(p[2]), float(p[3])], scale=float(p[4]), shear=[float(p[5]), float(p[6])]
+    )
     return TF.affine(image, **kw, fill=0), TF.affine(mask[None], **kw, fill=VOID)[0]
 
 
@@ -92,7 +94,9 @@ def test_no_augmentation_is_the_eval_transform_kept_in_memory(tiny_shapes, batch
     images, masks = batch
     identity = IDENTITY.expand(len(images), -1).clone()
     logits = torch.randn(len(images), 21, 8, 8)
-    general = F.grid_sample(logits, warp_grid(identity, 64, 64), mode="bilinear", padding_mode="border", align_corners=False)
+    general = F.grid_sample(
+        logits, warp_grid(identity, 64, 64), mode="bilinear", padding_mode="border", align_corners=False
+    )
     assert torch.allclose(augment_batch(images, masks, identity, logits)[2], general, atol=1e-5)
 
 

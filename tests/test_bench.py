@@ -8,8 +8,28 @@ from kdlib.cli import main
 
 def test_bench_writes_every_ratio(tiny_shapes, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--setting", "shapes", "--data-root", str(tiny_shapes), "--batch-size", "4",
-                 "--repeats", "2", "--workers", "0", "--teacher-weights", str(tiny_teacher), "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "--setting",
+                "shapes",
+                "--data-root",
+                str(tiny_shapes),
+                "--batch-size",
+                "4",
+                "--repeats",
+                "2",
+                "--workers",
+                "0",
+                "--teacher-weights",
+                str(tiny_teacher),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     r = report["settings"]["shapes"]
     assert r["student"]["parameters"] == 3_689_061 and r["teacher_model"]["parameters"] == 11_311_914

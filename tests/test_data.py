@@ -74,8 +74,9 @@ def test_eval_image_and_mask_equal_the_resized_originals(voc_root):
     expected = F.interpolate(raw_mask[None, None].float(), size=(96, 96), mode="nearest")[0, 0].long()
     assert torch.equal(mask, expected)
     # the image is the antialiased resize, normalised with the teacher's statistics
-    resized = F.interpolate(raw_image[None].float() / 255, size=(96, 96), mode="bilinear",
-                            antialias=True, align_corners=False)[0]  # fmt: skip
+    resized = F.interpolate(
+        raw_image[None].float() / 255, size=(96, 96), mode="bilinear", antialias=True, align_corners=False
+    )[0]
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     assert torch.allclose(image, (resized - mean) / std, atol=0.03)
 
@@ -134,10 +135,21 @@ def test_colour_jitter_leaves_mask_alone(voc_root):
     a = augment_batch(sample["image"][None], sample["mask"][None], jittered[None])
     b = augment_batch(sample["image"][None], sample["mask"][None], plain[None])
     assert torch.equal(a[1], b[1]) and not torch.equal(a[0], b[0])
-    assert TABLE2 == {"flip_p": 0.5, "degrees": 10.0, "translate": 0.1, "scale": (0.9, 1.1), "shear": 5.0,
-                      "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.1}  # fmt: skip
+    assert TABLE2 == {
+        "flip_p": 0.5,
+        "degrees": 10.0,
+        "translate": 0.1,
+        "scale": (0.9, 1.1),
+        "shear": 5.0,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "saturation": 0.2,
+        "hue": 0.1,
+    }
     draws = torch.stack([sample_params("table2", 64, 64, torch.Generator().manual_seed(i)) for i in range(400)])
-    assert draws[:, 1].abs().max() <= 10 and draws[:, 2:4].abs().max() <= 6.4 and draws[:, 2].eq(draws[:, 2].round()).all()
+    assert (
+        draws[:, 1].abs().max() <= 10 and draws[:, 2:4].abs().max() <= 6.4 and draws[:, 2].eq(draws[:, 2].round()).all()
+    )
     assert 0.9 <= draws[:, 4].min() and draws[:, 4].max() <= 1.1 and draws[:, 5:7].abs().max() <= 5
     assert 0.3 < draws[:, 0].mean() < 0.7 and draws[:, 10].abs().max() <= 0.1
     geometric = sample_params("geometric", 64, 64, torch.Generator().manual_seed(0))

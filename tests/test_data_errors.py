@@ -90,8 +90,19 @@ def test_cli_train_reports_a_broken_file_and_exits_non_zero(tiny_shapes, tmp_pat
     first = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
     bad = root / "SegmentationClass" / f"{first}.png"
     Image.fromarray(np.full((64, 64), 99, np.uint8), mode="L").save(bad)
-    args = ["train", "--data-root", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
-            "--workers", "0", "--batch-size", "4"]  # fmt: skip
+    args = [
+        "train",
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "[99] outside 0..20" in err

@@ -98,14 +98,17 @@ def _outputs(seed=0, n=2, c=21, size=32):
     g = torch.Generator().manual_seed(seed)
     student = {
         "out": torch.randn(n, c, size, size, generator=g, requires_grad=True),
-        "features": [torch.randn(n, ch, size // s, size // s, generator=g, requires_grad=True)
-                     for ch, s in ((32, 4), (64, 8), (128, 16), (256, 32))],
-    }  # fmt: skip
+        "features": [
+            torch.randn(n, ch, size // s, size // s, generator=g, requires_grad=True)
+            for ch, s in ((32, 4), (64, 8), (128, 16), (256, 32))
+        ],
+    }
     teacher = {
         "out": torch.randn(n, c, size, size, generator=g),
-        "features": [torch.randn(n, ch, size // s, size // s, generator=g)
-                     for ch, s in ((32, 4), (64, 8), (128, 16), (256, 32))],
-    }  # fmt: skip
+        "features": [
+            torch.randn(n, ch, size // s, size // s, generator=g) for ch, s in ((32, 4), (64, 8), (128, 16), (256, 32))
+        ],
+    }
     target = torch.randint(0, c, (n, size, size), generator=g)
     return student, teacher, target
 

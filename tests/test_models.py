@@ -22,8 +22,13 @@ def test_student_parameter_count_matches_report():
 def test_student_layout_is_section_1():
     m = CustomSegmentationModel(21)
     stem_conv = m.stem[0][0]
-    assert (stem_conv.in_channels, stem_conv.out_channels, stem_conv.kernel_size, stem_conv.stride,
-            stem_conv.padding) == (3, 32, (3, 3), (2, 2), (1, 1))  # fmt: skip
+    assert (
+        stem_conv.in_channels,
+        stem_conv.out_channels,
+        stem_conv.kernel_size,
+        stem_conv.stride,
+        stem_conv.padding,
+    ) == (3, 32, (3, 3), (2, 2), (1, 1))
     assert isinstance(m.stem[0][1], nn.BatchNorm2d)
     assert (m.pool.kernel_size, m.pool.stride) == (3, 2)
     widths = [stage[-1].conv2[0].out_channels for stage in m.stages]
@@ -48,8 +53,12 @@ def test_student_shapes(size):
         out = m(x)
     h, w = size
     assert out["out"].shape == (2, 21, h, w)
-    expected = [(2, 32, h // 4, w // 4), (2, 64, h // 8, w // 8), (2, 128, h // 16, w // 16),
-                (2, 256, h // 32, w // 32)]  # fmt: skip
+    expected = [
+        (2, 32, h // 4, w // 4),
+        (2, 64, h // 8, w // 8),
+        (2, 128, h // 16, w // 16),
+        (2, 256, h // 32, w // 32),
+    ]
     assert [tuple(f.shape) for f in out["features"]] == expected
 
 

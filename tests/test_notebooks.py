@@ -11,10 +11,28 @@ from PIL import Image
 from kdlib.demo import NOTEBOOKS, UnknownParameterError, check_parameters, notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTED = ["00_data", "01_architecture", "02_train_none", "03_train_feature", "04_train_response",
-            "05_train_both", "06_failure_analysis", "07_results"]  # fmt: skip
-PARAMETERS = {"dataset", "data_root", "image_size", "epochs", "seeds", "device", "profile", "runs_dir",
-              "figures_dir", "report_dir"}  # fmt: skip
+EXPECTED = [
+    "00_data",
+    "01_architecture",
+    "02_train_none",
+    "03_train_feature",
+    "04_train_response",
+    "05_train_both",
+    "06_failure_analysis",
+    "07_results",
+]
+PARAMETERS = {
+    "dataset",
+    "data_root",
+    "image_size",
+    "epochs",
+    "seeds",
+    "device",
+    "profile",
+    "runs_dir",
+    "figures_dir",
+    "report_dir",
+}
 
 
 def test_numbered_chapters_exist():
@@ -34,8 +52,9 @@ def test_notebook_house_rules(path):
     assert nb.cells[0].cell_type == "markdown"
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in ast.walk(ast.parse(cell.source))), \
+            assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in ast.walk(ast.parse(cell.source))), (
                 "logic belongs in kdlib, not in a notebook"
+            )
             assert "papermill" not in cell.metadata and "execution" not in cell.metadata
     assert "papermill" not in nb.metadata
     assert '"duration"' not in path.read_text()
@@ -90,7 +109,9 @@ def test_committed_report_reads_its_numbers_from_runs():
 
     for name in {p.parent.parent.name for p in metrics}:
         values = [json.loads(p.read_text())["best_miou"] for p in metrics if p.parent.parent.name == name]
-        row = f"| {METHOD_NAMES[name]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {len(values)} |"
+        row = (
+            f"| {METHOD_NAMES[name]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {len(values)} |"
+        )
         assert row in report, row
         for p in metrics:  # the history beside each metrics.json holds the same best epoch
             if p.parent.parent.name == name:
@@ -117,9 +138,15 @@ def test_training_and_results_notebooks_run_on_voc_with_the_fcn_resnet50_teacher
     torch.manual_seed(0)
     torch.save(build_model("fcn_resnet50").state_dict(), weights)
     monkeypatch.setenv("KDLIB_TEACHER_WEIGHTS", str(weights))
-    params = {"dataset": "voc", "data_root": str(tmp_path / "voc"), "image_size": 64, "profile": "smoke",
-              "runs_dir": str(tmp_path / "runs"), "figures_dir": str(tmp_path / "figures"),
-              "report_dir": str(tmp_path / "report")}  # fmt: skip
+    params = {
+        "dataset": "voc",
+        "data_root": str(tmp_path / "voc"),
+        "image_size": 64,
+        "profile": "smoke",
+        "runs_dir": str(tmp_path / "runs"),
+        "figures_dir": str(tmp_path / "figures"),
+        "report_dir": str(tmp_path / "report"),
+    }
     for name in ("02_train_none.ipynb", "04_train_response.ipynb", "07_results.ipynb"):
         run_notebook(NOTEBOOKS / name, params, tmp_path / "executed", timeout=600)
     config = json.loads((tmp_path / "runs" / "response" / "seed0" / "config.json").read_text())
@@ -150,8 +177,15 @@ def test_smoke_copies_keep_the_committed_outputs_and_set_the_smoke_profile(tmp_p
         values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
         assert values["profile"] == "smoke" and values["runs_dir"] == str(tmp_path.resolve() / "runs")
         assert set(values) == PARAMETERS
-        assert [c.get("outputs") for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])] \
-            == [c.get("outputs") for c in src.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+        assert [
+            c.get("outputs")
+            for c in nb.cells
+            if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+        ] == [
+            c.get("outputs")
+            for c in src.cells
+            if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+        ]
 
 
 def test_committed_notebooks_declare_the_demo_configuration():
@@ -175,7 +209,9 @@ def test_a_parameter_injected_but_not_declared_is_refused_inside_the_kernel():
     declared = 'dataset = "shapes"\nepochs = None\n'
     check_injected_parameters(["", declared, "# Parameters\nepochs = 3\n", "x = 1"])  # declared: fine
     check_injected_parameters(["", declared, "epoch = 3"])  # nothing injected by papermill: not its business
-    with pytest.raises(UnknownParameterError, match="no parameter.s. epoch; its parameters cell declares dataset, epochs"):
+    with pytest.raises(
+        UnknownParameterError, match="no parameter.s. epoch; its parameters cell declares dataset, epochs"
+    ):
         check_injected_parameters(["", declared, "# Parameters\nepoch = 3\nepochs = 2\n"])
 
 
@@ -186,9 +222,14 @@ def test_papermill_used_directly_stops_at_an_undeclared_parameter(tmp_path):
     import papermill as pm
 
     with pytest.raises(pm.PapermillExecutionError) as caught:
-        pm.execute_notebook(str(NOTEBOOKS / "03_train_feature.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"epoch": 50}, kernel_name="python3", cwd=str(tmp_path),
-                            progress_bar=False)  # fmt: skip
+        pm.execute_notebook(
+            str(NOTEBOOKS / "03_train_feature.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"epoch": 50},
+            kernel_name="python3",
+            cwd=str(tmp_path),
+            progress_bar=False,
+        )
     error = caught.value
     assert error.ename == "UnknownParameterError" and "epoch" in error.evalue and "epochs" in error.evalue
     assert error.exec_count == 3  # parameters, papermill's injected cell, then the check: nothing else ran
@@ -214,11 +255,15 @@ def test_make_demo_reports_a_failing_cell_in_a_few_lines(tmp_path, monkeypatch, 
 
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    params = new_code_cell('dataset = "shapes"\ndata_root = "x"\ndevice = "cpu"\nprofile = "demo"\nruns_dir = "r"\n'
-                           'figures_dir = "f"\nreport_dir = "p"')  # fmt: skip
+    params = new_code_cell(
+        'dataset = "shapes"\ndata_root = "x"\ndevice = "cpu"\nprofile = "demo"\nruns_dir = "r"\n'
+        'figures_dir = "f"\nreport_dir = "p"'
+    )
     params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[new_markdown_cell("# a chapter"), params, new_code_cell("# why\nvalue = 1 / 0")],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = new_notebook(
+        cells=[new_markdown_cell("# a chapter"), params, new_code_cell("# why\nvalue = 1 / 0")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     nbformat.write(nb, str(folder / "00_broken.ipynb"))
     monkeypatch.setattr(demo, "NOTEBOOKS", folder)
     monkeypatch.setattr(demo, "ROOT", tmp_path)
@@ -250,8 +295,14 @@ def test_make_lab_serves_the_notebooks_with_the_projects_kernel():
         port = s.getsockname()[1]
     token = secrets.token_hex(8)
     args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.open_browser=False"
-    lab = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=ROOT, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lab = subprocess.Popen(
+        ["make", "-s", "lab", f"LAB_ARGS={args}"],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def get(path):
         request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"})

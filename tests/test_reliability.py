@@ -21,8 +21,17 @@ from kdlib.train import fit
 
 
 def _cfg(root, out, **kw):
-    base = dict(method="none", dataset="shapes", data_root=str(root), out=str(out), epochs=1,
-                batch_size=4, workers=0, progress="none", seed=0)  # fmt: skip
+    base = dict(
+        method="none",
+        dataset="shapes",
+        data_root=str(root),
+        out=str(out),
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        progress="none",
+        seed=0,
+    )
     return Config(**(base | kw))
 
 
@@ -31,8 +40,26 @@ def _snapshot(folder):
 
 
 def _train_cmd(root, out, epochs):
-    return [sys.executable, "-m", "kdlib", "train", "--method", "none", "--data-root", str(root), "--out", str(out),
-            "--epochs", str(epochs), "--batch-size", "2", "--workers", "0", "--progress", "none"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "kdlib",
+        "train",
+        "--method",
+        "none",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--progress",
+        "none",
+    ]
 
 
 def test_second_run_on_a_busy_folder_is_refused(tiny_shapes, tmp_path, capsys):
@@ -111,13 +138,16 @@ def test_file_size_limit_from_the_kernel_ends_the_cli_cleanly(tiny_shapes, tmp_p
     def limit():  # checkpoints are ~44 MB, the JSON/CSV files a few kB
         resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
 
-    proc = subprocess.run(_train_cmd(tiny_shapes, out, 2) + ["--resume"], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit)  # fmt: skip
+    proc = subprocess.run(
+        _train_cmd(tiny_shapes, out, 2) + ["--resume"], capture_output=True, text=True, timeout=300, preexec_fn=limit
+    )
     assert proc.returncode == 1, proc.stderr
     assert "could not write" in proc.stderr and ".pt" in proc.stderr and "previous version is unchanged" in proc.stderr
     assert "Traceback" not in proc.stderr
     after = _snapshot(out)
-    assert {k: v for k, v in after.items() if k != "config.json"} == {k: v for k, v in before.items() if k != "config.json"}
+    assert {k: v for k, v in after.items() if k != "config.json"} == {
+        k: v for k, v in before.items() if k != "config.json"
+    }
 
 
 def test_failed_figure_write_keeps_the_previous_png(tmp_path, monkeypatch):
@@ -138,7 +168,9 @@ def test_failed_figure_write_keeps_the_previous_png(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_loss_stops_with_the_component_and_keeps_checkpoints(tiny_shapes, tmp_path, monkeypatch, capsys, bad):
+def test_non_finite_loss_stops_with_the_component_and_keeps_checkpoints(
+    tiny_shapes, tmp_path, monkeypatch, capsys, bad
+):
     from kdlib import train
 
     out = tmp_path / "run"
@@ -155,11 +187,31 @@ def test_non_finite_loss_stops_with_the_component_and_keeps_checkpoints(tiny_sha
         return loss, parts
 
     monkeypatch.setattr(train, "_objective", poisoned)
-    args = ["train", "--method", "none", "--data-root", str(tiny_shapes), "--out", str(out), "--epochs", "2",
-            "--batch-size", "4", "--workers", "0", "--progress", "none", "--resume"]  # fmt: skip
+    args = [
+        "train",
+        "--method",
+        "none",
+        "--data-root",
+        str(tiny_shapes),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--progress",
+        "none",
+        "--resume",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "train loss component(s) ['ce']" in err and "non-finite at epoch 2, step 1" in err and "last.pt and best.pt" in err
+    assert (
+        "train loss component(s) ['ce']" in err
+        and "non-finite at epoch 2, step 1" in err
+        and "last.pt and best.pt" in err
+    )
     after = _snapshot(out)
     for name in ("last.pt", "best.pt", "history.csv", "metrics.json"):
         assert after[name] == before[name], name
@@ -180,8 +232,10 @@ def test_broken_checkpoints_get_a_clear_error(tiny_shapes, tmp_path, capsys):
     no_keys = tmp_path / "no_keys.pt"
     torch.save({"weights": {}}, no_keys)
     ten_classes = tmp_path / "ten.pt"
-    torch.save({"model": build_model("student", 10).state_dict(), "config": {"model": "student", "num_classes": 10}},
-               ten_classes)  # fmt: skip
+    torch.save(
+        {"model": build_model("student", 10).state_dict(), "config": {"model": "student", "num_classes": 10}},
+        ten_classes,
+    )
     mislabelled = tmp_path / "mislabelled.pt"  # says 21 classes, holds a 10-class head
     torch.save({"model": build_model("student", 10).state_dict(), "config": {"model": "student"}}, mislabelled)
     cases = {
@@ -197,8 +251,21 @@ def test_broken_checkpoints_get_a_clear_error(tiny_shapes, tmp_path, capsys):
         assert exc.value.code == 2 and str(path) in err and message in err, err
         assert "size mismatch for" not in err or err.count("size mismatch") == 1
     # a student checkpoint given as the teacher: another architecture
-    args = ["train", "--method", "response", "--data-root", str(tiny_shapes), "--out", str(tmp_path / "kd"),
-            "--epochs", "1", "--workers", "0", "--teacher-weights", str(good)]  # fmt: skip
+    args = [
+        "train",
+        "--method",
+        "response",
+        "--data-root",
+        str(tiny_shapes),
+        "--out",
+        str(tmp_path / "kd"),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--teacher-weights",
+        str(good),
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert str(good) in err and "holds a 'student', not the expected 'lraspp_resnet18'" in err
@@ -212,8 +279,22 @@ def test_resume_from_another_architecture_is_refused(tiny_shapes, tmp_path, caps
     foreign = build_model("lraspp_resnet18").state_dict()
     ckpt = torch.load(out / "last.pt", weights_only=True)
     torch.save(ckpt | {"model": foreign}, out / "last.pt")
-    args = ["train", "--method", "none", "--data-root", str(tiny_shapes), "--out", str(out), "--epochs", "2",
-            "--workers", "0", "--batch-size", "4", "--resume"]  # fmt: skip
+    args = [
+        "train",
+        "--method",
+        "none",
+        "--data-root",
+        str(tiny_shapes),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--resume",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"checkpoint {out / 'last.pt'} does not fit the 'student' of this run" in err and "Traceback" not in err

@@ -46,8 +46,11 @@ def test_sample_is_a_pure_function_of_seed_split_index():
     a = shapes.render_sample(0, "train", 5, 64)
     b = shapes.render_sample(0, "train", 5, 64)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-    for other in (shapes.render_sample(1, "train", 5, 64), shapes.render_sample(0, "val", 5, 64),
-                  shapes.render_sample(0, "train", 6, 64)):  # fmt: skip
+    for other in (
+        shapes.render_sample(1, "train", 5, 64),
+        shapes.render_sample(0, "val", 5, 64),
+        shapes.render_sample(0, "train", 6, 64),
+    ):
         assert not np.array_equal(a[0], other[0])
 
 

@@ -27,8 +27,15 @@ def test_shipped_teacher_reaches_its_card_on_a_regenerated_val_split(tmp_path):
     card = read_card()
     bench = card["benchmark"]
     # val images are a pure function of (seed, split, index): the other splits can be tiny
-    root = shapes.generate(tmp_path, teacher_train=1, train=1, val=bench["splits"]["val"], size=bench["size"],
-                           seed=bench["seed"], progress=False)
+    root = shapes.generate(
+        tmp_path,
+        teacher_train=1,
+        train=1,
+        val=bench["splits"]["val"],
+        size=bench["size"],
+        seed=bench["seed"],
+        progress=False,
+    )
     result = evaluate_checkpoint(SHAPES_TEACHER, dataset="shapes", data_root=str(root), device="cpu")
     assert result["images"] == bench["splits"]["val"]
     assert result["miou"] >= card["val_miou"] - 0.01
@@ -41,8 +48,15 @@ def test_the_students_colour_jitter_preserves_labels(tmp_path):
     moves no object into another class."""
     card = read_card()
     bench = card["benchmark"]
-    root = shapes.generate(tmp_path, teacher_train=1, train=1, val=bench["splits"]["val"], size=bench["size"],
-                           seed=bench["seed"], progress=False)
+    root = shapes.generate(
+        tmp_path,
+        teacher_train=1,
+        train=1,
+        val=bench["splits"]["val"],
+        size=bench["size"],
+        seed=bench["seed"],
+        progress=False,
+    )
     model = load_model(SHAPES_TEACHER)
     clean = evaluate_model(model, build_dataset("shapes", root, "val", train=False, image_size=bench["size"]))
     jittered = evaluate_augmented(model, "shapes", root, "val", augment="color")

@@ -24,7 +24,9 @@ def test_cache_holds_the_teachers_native_logits_and_is_reused(tiny_shapes, tiny_
     ds = build_dataset("shapes", tiny_shapes, "train", train=True, image_size=64)
     messages = []
     maps, card = ensure_cache(teacher, ds, tmp_path, 64, log=messages.append)
-    assert card["built"] and card["shape"] == [len(ds), 21, 16, 16] and card["bytes_per_image"] == 21 * 16 * 16 * 2  # stride 4
+    assert (
+        card["built"] and card["shape"] == [len(ds), 21, 16, 16] and card["bytes_per_image"] == 21 * 16 * 16 * 2
+    )  # stride 4
     plain = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
     expected = teacher.native_logits(torch.stack([plain[i][0] for i in range(len(plain))]))
     got = torch.stack([maps[i] for i in range(len(maps))]).float()
@@ -64,9 +66,18 @@ def test_training_from_the_cache_never_runs_the_teacher(tiny_shapes, tiny_teache
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(TeacherWrapper, "teacher_forward", counting)
-    cfg = Config(method="response", dataset="shapes", data_root=str(tiny_shapes), out=str(tmp_path / "run"), epochs=2,
-                 batch_size=4, workers=2, teacher_weights=str(tiny_teacher), progress="none",
-                 teacher_cache=str(tmp_path / "cache"))  # fmt: skip
+    cfg = Config(
+        method="response",
+        dataset="shapes",
+        data_root=str(tiny_shapes),
+        out=str(tmp_path / "run"),
+        epochs=2,
+        batch_size=4,
+        workers=2,
+        teacher_weights=str(tiny_teacher),
+        progress="none",
+        teacher_cache=str(tmp_path / "cache"),
+    )
     metrics = fit(cfg)
     assert calls["n"] == 0 and metrics["epochs_run"] == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())

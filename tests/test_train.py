@@ -15,8 +15,17 @@ from kdlib.train import RunFolderError, fit
 
 
 def _cfg(root, teacher, out, **kw):
-    base = dict(dataset="shapes", data_root=str(root), out=str(out), epochs=2, batch_size=4,
-                workers=0, teacher_weights=str(teacher), progress="none", seed=0)  # fmt: skip
+    base = dict(
+        dataset="shapes",
+        data_root=str(root),
+        out=str(out),
+        epochs=2,
+        batch_size=4,
+        workers=0,
+        teacher_weights=str(teacher),
+        progress="none",
+        seed=0,
+    )
     return Config(**(base | kw))
 
 
@@ -109,8 +118,11 @@ def test_plateau_scheduler_and_early_stopping_follow_val_miou(tiny_shapes, tiny_
     # patience 0: after every epoch without a better val mIoU the lr is multiplied by 0.2 (not
     # below min_lr), after a better one it stays; early stopping after 3 bad epochs in a row
     out = tmp_path / "es"
-    metrics = fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=40, lr=1e-4, lr_patience=0, min_lr=1e-7,
-                       early_stop=3, max_batches=1))  # fmt: skip
+    metrics = fit(
+        _cfg(
+            tiny_shapes, tiny_teacher, out, epochs=40, lr=1e-4, lr_patience=0, min_lr=1e-7, early_stop=3, max_batches=1
+        )
+    )
     rows = _history(out)
     assert metrics["early_stopped"] and metrics["epochs_run"] == len(rows) < 40
     best, bad = -1.0, 0
@@ -152,12 +164,39 @@ def test_cli_rejects_bad_settings_before_work(tmp_path, capsys):
 
 def test_cli_train_and_evaluate(tiny_shapes, tiny_teacher, tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["train", "--method", "response", "--data-root", str(tiny_shapes), "--out", str(out),
-            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--teacher-weights", str(tiny_teacher)]  # fmt: skip
+    args = [
+        "train",
+        "--method",
+        "response",
+        "--data-root",
+        str(tiny_shapes),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--teacher-weights",
+        str(tiny_teacher),
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs_run"] == 1
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data-root", str(tiny_shapes),
-                 "--json", str(tmp_path / "e.json")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--data-root",
+                str(tiny_shapes),
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "mIoU" in table and "pixel accuracy" in table and "red striped disk" in table
     result = json.loads((tmp_path / "e.json").read_text())
@@ -201,12 +240,26 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
     script = tmp_path / "eval.py"
     script.write_text(EVAL_SCRIPT)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "one.json")],
-                   check=True, env=env)  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]  # fmt: skip
-    subprocess.run(torchrun + [str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "two.json")],
-                   check=True, env=env, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "one.json")], check=True, env=env
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+    ]
+    subprocess.run(
+        torchrun + [str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "two.json")],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
     assert one["world"] == 1 and two["world"] == 2
@@ -216,10 +269,34 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
 @pytest.mark.slow
 def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "kdlib", "train",
-           "--method", "both", "--data-root", str(tiny_shapes), "--out", str(out), "--epochs", "1",
-           "--batch-size", "2", "--workers", "0", "--teacher-weights", str(tiny_teacher)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "kdlib",
+        "train",
+        "--method",
+        "both",
+        "--data-root",
+        str(tiny_shapes),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--teacher-weights",
+        str(tiny_teacher),
+    ]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
@@ -259,9 +336,26 @@ def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path,
     import time
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "kdlib", "train", "--method", "response", "--data-root", str(tiny_shapes),
-           "--out", str(out), "--epochs", "4", "--batch-size", "2", "--workers", "0",
-           "--teacher-weights", str(tiny_teacher)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdlib",
+        "train",
+        "--method",
+        "response",
+        "--data-root",
+        str(tiny_shapes),
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--teacher-weights",
+        str(tiny_teacher),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "history.csv").is_file() and time.time() < deadline and proc.poll() is None:
@@ -303,7 +397,10 @@ def test_finished_run_of_another_teacher_is_trained_again(tiny_shapes, tiny_teac
     train_method("response", teacher_weights=str(other), **kw)
     out = capsys.readouterr().out
     assert "is stale, it was trained with other teacher weights, not other.pt" in out and "reused" not in out
-    assert json.loads((runs / "response" / "seed0" / "config.json").read_text())["teacher_sha256"] != config["teacher_sha256"]
+    assert (
+        json.loads((runs / "response" / "seed0" / "config.json").read_text())["teacher_sha256"]
+        != config["teacher_sha256"]
+    )
 
     # another setting that defines the run: trained again, not reused or resumed
     train_method("response", teacher_weights=str(other), lr=5e-4, **kw)
@@ -342,8 +439,9 @@ def test_profile_jobs_train_seeds_side_by_side(tiny_shapes, tmp_path, monkeypatc
 
     smoke = experiment.PROFILES["smoke"] | {"jobs": 2, "seeds": [0, 1]}
     monkeypatch.setitem(experiment.PROFILES, "smoke", smoke)
-    runs = experiment.train_method("none", dataset="shapes", data_root=str(tiny_shapes),
-                                   runs_dir=str(tmp_path), profile="smoke")  # fmt: skip
+    runs = experiment.train_method(
+        "none", dataset="shapes", data_root=str(tiny_shapes), runs_dir=str(tmp_path), profile="smoke"
+    )
     assert sorted(runs["seed"]) == [0, 1]
     out = capsys.readouterr().out
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
