@@ -218,3 +218,29 @@ def augment_batch(
             teacher.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
         )
     return img, mask, warped_teacher
+
+
+def prepare_batch(batch: dict, device, channels_last: bool = False):
+    """A loader's batch of samples (:class:`kdlib.data.SegmentationFolder` items: uint8 images,
+    uint8 masks, each sample's augmentation parameters, and cached teacher logits when the
+    data set serves them) as the networks take it: on ``device``, augmented by each sample's
+    parameters (the identity for an evaluation split: resize was all), normalised. Returns
+    (images N×3×H×W float, masks N×H×W long, teacher logits N×C×H×W or None)."""
+    teacher = batch.get("teacher")
+    x, y, t = augment_batch(
+        batch["image"].to(device, non_blocking=True),
+        batch["mask"].to(device, non_blocking=True),
+        batch["params"].to(device, non_blocking=True),
+        None if teacher is None else teacher.to(device, non_blocking=True),
+    )
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y, t
+
+
+def prepare_sample(sample: dict):
+    """One sample as :func:`prepare_batch` prepares it, on the CPU: (image 3×H×W, mask H×W)."""
+    from torch.utils.data import default_collate
+
+    x, y, _ = prepare_batch(default_collate([sample]), "cpu")
+    return x[0], y[0]

@@ -10,8 +10,8 @@ Two settings by default, each measured in one process so that ratios compare lik
 For each: parameters and GFLOPs (``torch.utils.flop_counter``: 2 FLOPs per multiply-add) of
 student and teacher; inference latency (batch 1) and throughput (batch ``batch_size``);
 training images/s per method *compute only* (one batch already in memory) and *end to end*
-(the real DataLoader with the report's augmentation and the default worker count); and the
-three ratios of issue #6:
+(the real DataLoader with the report's augmentation and the default worker count); and three
+ratios:
 
 - ``kd_overhead_ratio[method]`` = KD step ÷ (teacher forward + plain student step): what a KD
   step costs beyond the two computations it cannot avoid;
@@ -24,7 +24,6 @@ Times are medians over repeats after a warm-up.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from .augment import prepare_batch
 from .checkpoints import load_model
 from .config import SHAPES_TEACHER, Config
 from .conventions import upsample_logits
@@ -43,12 +43,12 @@ from .data import build_dataset
 from .files import atomic_write_text
 from .losses import METHODS, needs_features, needs_teacher
 from .models import TeacherWrapper, build_model, count_parameters
-from .teacher_cache import ensure_cache, feature_bytes_per_image
-from .train import SeededSampler, SeededView, _to, environment, setup_runtime, train_step
+from .teacher_cache import WithTeacherMaps, ensure_cache, feature_bytes_per_image
+from .train import environment, setup_runtime, train_loader, train_step
 
 # repeats, end-to-end batches and the images of the timed epochs (None: the whole train split)
-# are per device kind: a CPU pays ~13 s per FCN-ResNet50 batch; on a GPU a 32-image epoch is two
-# batches, too short for an epoch ratio (the first H100 run measured 1.25 on it)
+# are per device kind: a CPU pays seconds per FCN-ResNet50 batch; on a GPU a 32-image epoch is two
+# batches, too short for an epoch ratio to mean anything
 SETTINGS = {
     "report": {
         "image_size": 224,
@@ -104,14 +104,6 @@ def _teacher(setting: str, teacher_weights: str | None) -> TeacherWrapper:
     return TeacherWrapper(load_model(teacher_weights or SHAPES_TEACHER, expect="lraspp_resnet18"))
 
 
-def _subset(dataset, n: int | None):
-    if n is None or n >= len(dataset):
-        return dataset
-    part = copy.copy(dataset)
-    part.ids, part.images, part.masks = dataset.ids[:n], dataset.images[:n], dataset.masks[:n]
-    return part
-
-
 def bench_setting(
     setting: str,
     *,
@@ -127,7 +119,8 @@ def bench_setting(
     log=print,
 ) -> dict:
     spec = SETTINGS[setting]
-    dev = setup_runtime(device).device
+    runtime = setup_runtime(device)
+    dev = runtime.device
     knobs = spec["cuda" if dev.type == "cuda" else "cpu"]
     repeats = repeats or knobs["repeats"]
     e2e_batches = e2e_batches or knobs["e2e_batches"]
@@ -146,12 +139,14 @@ def bench_setting(
     cl = torch.channels_last
     student = build_model("student").to(dev, memory_format=cl)
     teacher = _teacher(setting, teacher_weights).to(dev, memory_format=cl)
-    train_set = _subset(build_dataset(dataset, data_root, "train", train=True, image_size=size), knobs["images"])
+    train_set = build_dataset(dataset, data_root, "train", train=True, image_size=size)
+    if knobs["images"] is not None and knobs["images"] < len(train_set):
+        train_set = train_set.subset(knobs["images"])
     train_set.preload()  # as the trainer does: steady state, images decoded once
-    x, y = next(iter(torch.utils.data.DataLoader(train_set, batch_size, shuffle=False)))
-    if len(x) < batch_size:
+    if len(train_set) < batch_size:
         raise ValueError(f"the {dataset} train split at {data_root} has fewer than {batch_size} images")
-    x, y, _ = _to((x, y), dev, True)
+    first = next(iter(torch.utils.data.DataLoader(train_set.evaluation_view(), batch_size, shuffle=False)))
+    x, y, _ = prepare_batch(first, dev, True)
     x1 = x[:1]
     result = {
         "image_size": size,
@@ -228,23 +223,13 @@ def bench_setting(
     e2e, epoch_s = {}, {}
     cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="kdlib-bench-cache-"))
     for method in methods:
-        ds = copy.copy(train_set)
-        ds.defer_augmentation = True  # as the trainer does: augmented per batch in _to
+        ds = train_set
         if method == "response_cached":
             maps, card = ensure_cache(teacher, ds, cache_dir, size, device=dev, batch_size=batch_size, log=log)
-            ds.attach_teacher_maps(maps)
+            ds = WithTeacherMaps(ds, maps)
             result["cache"] = {"bytes_per_image": card["bytes_per_image"], "build_seconds": card["seconds"]}
-        cfg = dataclasses.replace(base, method="response" if method == "response_cached" else method)
-        view = SeededView(ds)
-        sampler = SeededSampler(view, num_replicas=1, rank=0, shuffle=True, seed=0)
-        loader = torch.utils.data.DataLoader(
-            view,
-            batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=dev.type == "cuda",
-            persistent_workers=workers > 0,
-        )
+        cfg = dataclasses.replace(base, method="response" if method == "response_cached" else method, workers=workers)
+        loader, sampler = train_loader(cfg, runtime, ds)  # the trainer's own wiring
         online = teacher if needs_teacher(method) else None
         whole_epoch = method in ("none", "response_cached")  # the cached-vs-plain epoch ratio
         limit = None if whole_epoch else e2e_batches
@@ -254,7 +239,7 @@ def bench_setting(
             for i, batch in enumerate(loader):
                 if epoch == 0 and (i >= 1 or heavy and online is not None) or (limit is not None and i >= limit):
                     break
-                xb, yb, cb = _to(batch, dev, True)
+                xb, yb, cb = prepare_batch(batch, dev, True)
                 train_step(cfg, student, online, optimizers[method], xb, yb, cb)
                 seen += len(xb)
             _sync(dev)

@@ -8,13 +8,15 @@ Both live on disk in the VOC layout::
         ImageSets/Segmentation/<split>.txt  one <id> per line
 
 and are read by :class:`SegmentationFolder`, resized with ``torchvision.transforms.v2``
-(masks: nearest). Training samples carry the parameters of the report's Table 2
-augmentation, which :mod:`kdlib.augment` applies to image and mask together (masks: nearest,
-void fill), per batch on the training device or per sample when indexed directly.
+(masks: nearest). Every sample is the same kind of item, a dict of the uint8 image, the uint8
+mask and its augmentation parameters (Table 2's, drawn per sample, for a training split; the
+identity for an evaluation split); :func:`kdlib.augment.prepare_batch` applies them to whole
+batches on the device and normalises.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .augment import MODES, augment_batch, sample_params
+from .augment import IDENTITY, MODES, sample_params
 from .conventions import MEAN, NUM_CLASSES, STD, VOC_CLASSES, VOID
 
 DATASETS = ("voc", "shapes")
@@ -65,7 +67,7 @@ class DataError(ValueError):
 
 
 class SegmentationFolder(Dataset):
-    """(image, mask) pairs from a VOC-layout folder; the same code reads VOC and ``shapes``.
+    """The samples of a VOC-layout folder; the same code reads VOC and ``shapes``.
 
     ``mask_dir`` is ``SegmentationClass`` (VOC's own) or ``SegmentationClassAug`` (SBD's
     ``train_aug``). Images decode to uint8 tensors, masks from palette (or grayscale) PNGs to
@@ -74,6 +76,9 @@ class SegmentationFolder(Dataset):
     :class:`DataError` naming the file. With ``skip_bad=True`` the whole split is checked
     up front instead, broken pairs are left out with a warning, and ``self.skipped`` lists
     them (the trainer counts them in the run's metrics).
+
+    ``augment`` (a mode of :mod:`kdlib.augment`) makes it a training split: each sample then
+    carries its own random augmentation parameters (see :meth:`__getitem__`).
     """
 
     def __init__(
@@ -88,9 +93,8 @@ class SegmentationFolder(Dataset):
         image_size=None,
     ):
         self.root, self.split, self.transforms, self.name = Path(root), split, transforms, name
-        self.augment = augment  # None, or a mode of kdlib.augment (transforms then only resize)
+        self.augment = augment  # None (an evaluation split), or a mode of kdlib.augment
         self.image_size = image_size  # (H, W) the transforms resize to
-        self.defer_augmentation = False  # the trainer augments whole batches on its device
         self._decoded = None  # training pairs kept after their first read (see _resized)
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         problems = [str(p) for p in (self.root / "JPEGImages", self.root / mask_dir, list_file) if not p.exists()]
@@ -174,36 +178,22 @@ class SegmentationFolder(Dataset):
             )
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.uint8))
 
-    teacher_maps = None  # set by attach_teacher_maps
-
-    def attach_teacher_maps(self, maps) -> None:
-        """Serve a cached teacher map with every sample: ``maps[index]`` is the frozen
-        teacher's C×h×w logits of sample ``index`` at its output stride (see
-        :mod:`kdlib.teacher_cache`). With augmentation they are warped by the image's own
-        flip and affine (:func:`kdlib.augment.augment_batch`) and upsampled to its size."""
-        if maps is not None and len(maps) != len(self):
-            raise ValueError(f"teacher maps hold {len(maps)} samples, the {self.split!r} split {len(self)}")
-        self.teacher_maps = maps
-
     # training images are decoded and resized once, then kept (uint8) while they fit this
     DECODED_CACHE_BYTES = 2 << 30
 
     def _resized(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sample after the transforms, mask still uint8: the training pair at the
-        training size (kept in memory after the first read), or the normalised evaluation
-        pair."""
-        if self.augment is not None:
-            if self._decoded is None or self._decoded and len(self._decoded) != len(self):  # first use, a subset
-                h, w = self.image_size
-                fits = len(self) * 4 * h * w <= self.DECODED_CACHE_BYTES
-                self._decoded = [None] * len(self) if fits else []
-            if self._decoded and self._decoded[index] is not None:
-                return self._decoded[index]
+        """The uint8 pair at the model's size. A training split keeps its pairs in memory after
+        their first read when they fit; its evaluation view shares them."""
+        if self.augment is not None and self._decoded is None:
+            h, w = self.image_size
+            self._decoded = [None] * len(self) if len(self) * 4 * h * w <= self.DECODED_CACHE_BYTES else []
+        if self._decoded and self._decoded[index] is not None:
+            return self._decoded[index]
         image, mask = self.read(index)
-        if self.augment is None or tuple(image.shape[-2:]) != tuple(self.image_size):
+        if tuple(image.shape[-2:]) != tuple(self.image_size):
             pair = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
             image, mask = (t.as_subclass(torch.Tensor) for t in pair)
-        if self.augment is not None and self._decoded:
+        if self._decoded:
             self._decoded[index] = (image, mask)
         return image, mask
 
@@ -218,26 +208,34 @@ class SegmentationFolder(Dataset):
                 return False
         return True
 
-    def __getitem__(self, key):
-        """(image, mask[, teacher logits]): a normalised float image and a long mask.
+    def __getitem__(self, key) -> dict:
+        """``{"image": uint8 3×H×W, "mask": uint8 H×W, "params": float 15}`` at the model's size.
 
-        ``key`` is an index, or ``(index, seed)``: with ``augment`` set, the sample's
-        augmentation parameters are drawn here from a generator seeded with ``seed`` (from
-        torch's global generator for a plain index). ``defer_augmentation`` then returns the
-        uint8 image, the mask and the parameters as a dict, for
-        :func:`kdlib.augment.augment_batch` to apply to the whole batch."""
+        ``params`` are the sample's augmentation (:func:`kdlib.augment.sample_params`) on a
+        training split, the identity on an evaluation split. ``key`` is an index, or
+        ``(index, seed)``: the parameters are then drawn from a generator seeded with ``seed``
+        (from torch's global generator for a plain index), so a sample's augmentation depends
+        on its seed only, never on workers or ranks."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self._resized(index)
-        teacher = self.teacher_maps[index].float() if self.teacher_maps is not None else None
         if self.augment is None:
-            return (image, mask.long()) if teacher is None else (image, mask.long(), teacher)
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        params = sample_params(self.augment, *image.shape[-2:], generator)
-        if self.defer_augmentation:
-            sample = {"image": image, "mask": mask, "params": params}
-            return sample if teacher is None else sample | {"teacher": teacher}
-        x, y, t = augment_batch(image[None], mask[None], params[None], None if teacher is None else teacher[None])
-        return (x[0], y[0]) if t is None else (x[0], y[0], t[0])
+            params = IDENTITY.clone()
+        else:
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            params = sample_params(self.augment, *image.shape[-2:], generator)
+        return {"image": image, "mask": mask, "params": params}
+
+    def subset(self, n: int) -> SegmentationFolder:
+        """The first ``n`` samples, as a data set of their own."""
+        part = copy.copy(self)
+        part.ids, part.images, part.masks, part._decoded = self.ids[:n], self.images[:n], self.masks[:n], None
+        return part
+
+    def evaluation_view(self) -> SegmentationFolder:
+        """The same samples without augmentation (what a frozen teacher is run on once)."""
+        view = copy.copy(self)
+        view.augment = None
+        return view
 
 
 # --------------------------------------------------------------------------- transforms
@@ -247,20 +245,9 @@ AUGMENTATIONS = MODES  # table2 (the report's), geometric, color, none: see kdli
 
 
 def resize_transforms(image_size: int = 224) -> v2.Compose:
-    """The training images before augmentation: resized (nearest for the mask), still uint8.
-    The augmentation itself runs batched on the training device (:mod:`kdlib.augment`)."""
+    """Every split's transform: resized (nearest for the mask), still uint8. Augmentation and
+    normalisation run batched on the device (:func:`kdlib.augment.prepare_batch`)."""
     return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])
-
-
-def eval_transforms(image_size: int = 224) -> v2.Compose:
-    """Resize only (nearest for the mask), then the teacher's normalisation."""
-    return v2.Compose(
-        [
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(MEAN, STD),
-        ]
-    )
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -298,9 +285,8 @@ def build_dataset(
         raise ValueError(f"image_size must be a multiple of 32 (the student's stride), got {image_size}")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment={augment!r}: choose one of {AUGMENTATIONS}")
-    # training sets keep their decoded uint8 images in memory and are normalised per batch, on the
-    # device, by kdlib.augment (augment="none" there is the identity); evaluation sets are not cached
-    transforms = resize_transforms(image_size) if train else eval_transforms(image_size)
+    # training sets keep their decoded uint8 images in memory; evaluation sets are read each time
+    transforms = resize_transforms(image_size)
     options = {"skip_bad": skip_bad, "augment": augment if train else None, "image_size": (image_size, image_size)}
     if name == "shapes":
         return SegmentationFolder(root, split, transforms, name="shapes", **options)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .augment import prepare_batch
 from .checkpoints import load_model
 from .config import Config, resolve_device
 from .conventions import NUM_CLASSES
@@ -23,10 +24,11 @@ def predict(model, dataset, device="cpu", batch_size: int = 16, keep_logits: boo
     device = resolve_device(str(device))
     model = model.to(device).eval()
     preds, targets, probs = [], [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = model(x.to(device).contiguous(memory_format=torch.channels_last))["out"].float()
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        x, y, _ = prepare_batch(batch, device, channels_last=True)
+        logits = model(x)["out"].float()
         preds.append(logits.argmax(1).to(torch.uint8).cpu())
-        targets.append(y.to(torch.uint8))
+        targets.append(y.to(torch.uint8).cpu())
         if keep_logits:
             probs.append(logits.softmax(1).half().cpu())
     return (
@@ -44,14 +46,14 @@ def evaluate_model(model, dataset, device="cpu", batch_size: int = 16) -> dict:
 @torch.no_grad()
 def score(model, loader, device, channels_last: bool = True) -> dict:
     """mIoU, pixel accuracy and per-class IoU of ``model`` (in eval mode) over a loader's
-    (image, mask) batches, from one confusion matrix; under torch.distributed every rank must
-    call it with its shard (torchmetrics sums the matrix across ranks)."""
+    batches (each augmented by its samples' parameters: the identity for an evaluation split),
+    from one confusion matrix; under torch.distributed every rank must call it with its shard
+    (torchmetrics sums the matrix across ranks)."""
     model.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, device)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        metrics.update(model(x)["out"].float(), y.to(device, non_blocking=True))
+    for batch in loader:
+        x, y, _ = prepare_batch(batch, device, channels_last)
+        metrics.update(model(x)["out"].float(), y)
     return metrics.compute()
 
 

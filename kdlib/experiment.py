@@ -17,7 +17,7 @@ import pandas as pd
 from .config import Config
 from .files import atomic_write_text
 from .losses import METHODS
-from .train import fit, teacher_fingerprint
+from .train import fit, teacher_weights_sha256
 
 # Run names: the four methods, and response KD distilled from the teacher-output cache
 # (kdlib/teacher_cache.py), the offline variant whose accuracy the report compares.
@@ -146,7 +146,7 @@ def stale_reason(out: Path, cfg: Config) -> str | None:
         ]
     if changed:
         return "it was trained with other settings (" + ", ".join(changed) + ")"
-    current = teacher_fingerprint(resolved)
+    current = teacher_weights_sha256(resolved)
     if current is None or recorded.get("teacher_sha256") == current:
         return None
     now = f"{Path(resolved.teacher_weights).name} (sha256 {current[:12]})"
@@ -337,14 +337,15 @@ def load_teacher(dataset: str, teacher_weights=None):
 def sample_batch(dataset: str, data_root, split: str = "val", n: int = 8, image_size=None):
     """The first ``n`` images of ``split`` as the models see them at evaluation (resized,
     normalised): ``(images N×3×H×W, masks N×H×W)``. The notebooks show each loss at work on it."""
-    import torch
+    from torch.utils.data import default_collate
 
+    from .augment import prepare_batch
     from .data import build_dataset
 
     size = resolve_image_size(dataset, data_root, image_size)
     items = build_dataset(dataset, data_root, split, train=False, image_size=size)
-    pairs = [items[i][:2] for i in range(min(n, len(items)))]
-    return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+    x, y, _ = prepare_batch(default_collate([items[i] for i in range(min(n, len(items)))]), "cpu")
+    return x, y
 
 
 def evaluate_teacher(dataset: str, data_root, image_size=None, device: str = "cpu", report_dir=None) -> dict:

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
+from .augment import prepare_sample
 from .conventions import VOID, voc_palette
 from .data import denormalize
 from .files import save_figure_bytes
@@ -56,17 +57,13 @@ def save_figure(fig, path, dpi: int = 100) -> Path:
 def augmentation_grid(eval_set, train_set, indices, views: int = 3, class_names=None, seed: int = 0):
     """Rows: samples. Columns: image, its mask, then ``views`` augmented (image, mask) pairs
     drawn from Table 2's transforms with fixed seeds."""
-    import torch
-
     cols = 2 + 2 * views
     fig, axes = plt.subplots(len(indices), cols, figsize=(1.6 * cols, 1.6 * len(indices) + 0.9), squeeze=False)
     for row, index in enumerate(indices):
-        image, mask = eval_set[index]
+        image, mask = prepare_sample(eval_set[index])
         panels = [(to_rgb(image), "image"), (colorize(mask.numpy()), "mask")]
         for v in range(views):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1000 + index * 10 + v)
-                aug_image, aug_mask = train_set[index]
+            aug_image, aug_mask = prepare_sample(train_set[(index, seed * 1000 + index * 10 + v)])
             panels += [(to_rgb(aug_image), f"aug {v + 1}"), (colorize(aug_mask.numpy()), f"mask {v + 1}")]
         for col, (panel, title) in enumerate(panels):
             ax = axes[row, col]

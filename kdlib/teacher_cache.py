@@ -27,7 +27,6 @@ the warped image. The projections also train, so only the frozen part could be c
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -37,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import eval_transforms
+from .augment import prepare_batch
 from .files import atomic_write_text, waiting_lock
 
 FORMAT_VERSION = 1
 
 
-def teacher_fingerprint(teacher) -> str:
+def state_dict_sha256(teacher) -> str:
     """SHA-256 of the frozen teacher's architecture and weights (its state dict, in order)."""
     digest = hashlib.sha256(type(teacher.model).__name__.encode())
     for name, tensor in teacher.model.state_dict().items():
@@ -91,6 +90,24 @@ class TeacherMaps:
         return int(np.prod(self.shape[1:])) * 2
 
 
+class WithTeacherMaps(torch.utils.data.Dataset):
+    """A data set's samples, each with its cached teacher logits added as ``"teacher"``
+    (:func:`kdlib.augment.prepare_batch` warps them with the sample's own flip and affine).
+    Keys pass through unchanged, ``(index, seed)`` included."""
+
+    def __init__(self, dataset, maps: TeacherMaps):
+        if len(maps) != len(dataset):
+            raise ValueError(f"teacher maps hold {len(maps)} samples, the {dataset.split!r} split {len(dataset)}")
+        self.dataset, self.maps = dataset, maps
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> dict:
+        index = key[0] if isinstance(key, tuple) else key
+        return self.dataset[key] | {"teacher": self.maps[index].float()}
+
+
 def cache_paths(folder, dataset, image_size: int) -> tuple[Path, Path]:
     stem = f"{dataset.name}-{dataset.split}-{image_size}"
     return Path(folder) / f"{stem}.f16", Path(folder) / f"{stem}.json"
@@ -99,7 +116,7 @@ def cache_paths(folder, dataset, image_size: int) -> tuple[Path, Path]:
 def cache_key(teacher, dataset, image_size: int) -> dict:
     return {
         "format": FORMAT_VERSION,
-        "teacher_sha256": teacher_fingerprint(teacher),
+        "teacher_sha256": state_dict_sha256(teacher),
         "image_size": image_size,
         "data": data_fingerprint(dataset),
     }
@@ -153,19 +170,19 @@ def _ensure(teacher, dataset, data_path, card_path, key, image_size, device, bat
 
 @torch.no_grad()
 def build_cache(teacher, dataset, data_path: Path, image_size: int, *, device="cpu", batch_size: int = 16) -> dict:
-    """Run the teacher once over the un-augmented split (evaluation transform) and write its
-    native-stride logits as float16 into ``data_path`` (temporary file, then rename)."""
+    """Run the teacher once over the un-augmented split and write its native-stride logits as
+    float16 into ``data_path`` (temporary file, then rename)."""
     start = time.perf_counter()
-    plain = copy.copy(dataset)
-    plain.transforms, plain.teacher_maps, plain.augment = eval_transforms(image_size), None, None
+    plain = dataset.evaluation_view()
     loader = torch.utils.data.DataLoader(plain, batch_size=batch_size, shuffle=False)
     teacher = teacher.to(device).eval()
     data_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
     array, offset = None, 0
     try:
-        for image, _ in loader:
-            logits = teacher.native_logits(image.to(device)).float().cpu()
+        for batch in loader:
+            image, _, _ = prepare_batch(batch, device)
+            logits = teacher.native_logits(image).float().cpu()
             if array is None:
                 shape = (len(plain), *logits.shape[1:])
                 array = np.memmap(tmp, dtype=np.float16, mode="w+", shape=shape)

@@ -1,6 +1,6 @@
 """The report's training recipe (Table 1, Section 2) as one resumable, reproducible trainer.
 
-Read top to bottom: the runtime and samplers, ``build_data``, ``build_teacher``,
+Read top to bottom: the runtime and samplers, ``build_datasets`` and the loaders, ``build_teacher``,
 ``train_one_epoch``, ``evaluate``, ``fit``; the settings are :class:`kdlib.config.Config`, the
 checkpoint and RNG-state I/O :mod:`kdlib.checkpoints`. ``python -m kdlib train`` is
 ``fit`` behind an argument parser (see ``kdlib/cli.py``).
@@ -30,10 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
-from .augment import augment_batch
+from .augment import prepare_batch
 from .checkpoints import load_checkpoint, load_model, load_weights, rng_state, set_rng_state
 from .config import Config, resolve_device
-from .conventions import NUM_CLASSES, upsample_logits
+from .conventions import NUM_CLASSES
 from .data import SegmentationFolder, build_dataset
 from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
@@ -106,28 +106,6 @@ class SeededSampler(DistributedSampler):
         return super().__len__() * self.repeats
 
 
-class SeededView(torch.utils.data.Dataset):
-    """A dataset indexed by ``(index, seed)``: the sample's random augmentation depends on
-    ``seed`` only. A :class:`~kdlib.data.SegmentationFolder` takes such keys itself (a
-    seeded generator per sample); any other dataset runs under torch's global generator
-    seeded with ``seed``. Plain ints index it without reseeding."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.takes_seeds = isinstance(dataset, SegmentationFolder)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple) and not self.takes_seeds:
-            index, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self.dataset[index]
-        return self.dataset[key]
-
-
 class ShardSampler(torch.utils.data.Sampler):
     """Evaluation order without padding: rank r gets indices r, r+W, r+2W, ... so that the
     ranks together see every sample exactly once (metrics then equal a single process's)."""
@@ -142,26 +120,31 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, SeededSampler]:
-    train_set = SeededView(
-        build_dataset(
-            cfg.dataset,
-            cfg.data_root,
-            cfg.train_split,
-            train=True,
-            image_size=cfg.image_size,
-            download=cfg.download,
-            augment=cfg.augment,
-            skip_bad=cfg.skip_bad,
-        )
+def build_datasets(cfg: Config) -> tuple[SegmentationFolder, SegmentationFolder]:
+    """The run's training split (augmented by ``cfg.augment``, decoded once and kept in
+    memory when it fits) and its validation split."""
+    train_set = build_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        cfg.train_split,
+        train=True,
+        image_size=cfg.image_size,
+        download=cfg.download,
+        augment=cfg.augment,
+        skip_bad=cfg.skip_bad,
     )
-    train_set.dataset.defer_augmentation = True  # augmented per batch, on the device, in _to
-    train_set.dataset.preload()  # decoded once, in memory (when it fits), shared with the workers
+    train_set.preload()  # before the loader starts: its workers then share the decoded images
     val_set = build_dataset(
         cfg.dataset, cfg.data_root, cfg.val_split, train=False, image_size=cfg.image_size, skip_bad=cfg.skip_bad
     )
+    return train_set, val_set
+
+
+def train_loader(cfg: Config, rt: Runtime, dataset) -> tuple[DataLoader, SeededSampler]:
+    """The training loader: this rank's share of ``cfg.train_repeats`` shuffled passes per
+    epoch, each sample keyed with its own augmentation seed (:func:`sample_seed`)."""
     sampler = SeededSampler(
-        train_set,
+        dataset,
         repeats=cfg.train_repeats,
         num_replicas=rt.world,
         rank=rt.rank,
@@ -169,24 +152,28 @@ def build_data(cfg: Config, rt: Runtime) -> tuple[DataLoader, DataLoader, Seeded
         seed=cfg.seed,
         drop_last=False,
     )
-    common = {
-        "num_workers": cfg.workers,
-        "pin_memory": rt.device.type == "cuda",
-        "persistent_workers": cfg.workers > 0,
-    }
-    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=False, **common)
-    val_loader = DataLoader(val_set, cfg.batch_size, sampler=ShardSampler(len(val_set), rt.rank, rt.world), **common)
-    return train_loader, val_loader, sampler
+    return DataLoader(dataset, cfg.batch_size, sampler=sampler, drop_last=False, **_loader_options(cfg, rt)), sampler
 
 
-def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, datasets) -> dict:
-    """Build (rank 0) or reuse the teacher-logit cache of each split and attach it to the
-    data sets, which then serve (image, mask, warped teacher logits)."""
-    from .teacher_cache import ensure_cache
+def eval_loader(cfg: Config, rt: Runtime, dataset) -> DataLoader:
+    """A whole split in order, this rank's shard only (:class:`ShardSampler`)."""
+    sampler = ShardSampler(len(dataset), rt.rank, rt.world)
+    return DataLoader(dataset, cfg.batch_size, sampler=sampler, **_loader_options(cfg, rt))
+
+
+def _loader_options(cfg: Config, rt: Runtime) -> dict:
+    return {"num_workers": cfg.workers, "pin_memory": rt.device.type == "cuda", "persistent_workers": cfg.workers > 0}
+
+
+def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, datasets) -> tuple[list, dict]:
+    """Build (rank 0) or reuse the teacher-logit cache of each split: the data sets that serve
+    each sample with its cached logits (:class:`kdlib.teacher_cache.WithTeacherMaps`), and
+    the caches' cards."""
+    from .teacher_cache import WithTeacherMaps, ensure_cache
 
     if rt.world > 1 and not rt.main:
         dist.barrier()  # rank 0 builds; the others then find the cache fresh
-    cards = {}
+    served, cards = [], {}
     for ds in datasets:
         maps, card = ensure_cache(
             teacher,
@@ -197,11 +184,11 @@ def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, data
             batch_size=cfg.batch_size,
             log=lambda m: _log(cfg, rt, m),
         )
-        ds.attach_teacher_maps(maps)
+        served.append(WithTeacherMaps(ds, maps))
         cards[ds.split] = {k: card[k] for k in ("shape", "bytes_per_image", "seconds", "built")}
     if rt.world > 1 and rt.main:
         dist.barrier()
-    return cards
+    return served, cards
 
 
 def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
@@ -225,33 +212,6 @@ def _batches(loader, cap):
         if cap is not None and i >= cap:
             break
         yield batch
-
-
-def _to(batch, device, channels_last):
-    """A loader's batch on ``device`` as (images, masks, teacher logits or None).
-
-    Training batches arrive unaugmented (uint8 images, masks and each sample's parameters,
-    see ``SegmentationFolder.defer_augmentation``) and are augmented here, on the device, in
-    one pass (:func:`kdlib.augment.augment_batch`); cached teacher logits are warped with them.
-    Evaluation batches are (images, masks[, logits at the teacher's stride]).
-    """
-    if isinstance(batch, dict):
-        teacher = batch.get("teacher")
-        x, y, t = augment_batch(
-            batch["image"].to(device, non_blocking=True),
-            batch["mask"].to(device, non_blocking=True),
-            batch["params"].to(device, non_blocking=True),
-            None if teacher is None else teacher.to(device, non_blocking=True),
-        )
-    else:
-        x, y, *cached = batch
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        t = cached[0].to(device, non_blocking=True) if cached else None
-        if t is not None and t.shape[-2:] != x.shape[-2:]:
-            t = upsample_logits(t.float(), x.shape[-2:])
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y, t
 
 
 class NonFiniteLossError(RuntimeError):
@@ -311,7 +271,7 @@ def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progres
         teacher.train()
     sums, seen, start = {}, 0, time.perf_counter()
     for step, batch in enumerate(progress(_batches(loader, cfg.max_batches), epoch)):
-        x, y, cached = _to(batch, rt.device, cfg.channels_last)
+        x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
         parts = train_step(cfg, student, teacher, optimizer, x, y, cached, rt, where=(epoch, step))
         n = x.shape[0]
         seen += n
@@ -367,7 +327,7 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
     sums, seen = {}, 0
     with_features = needs_features(cfg.method)
     for step, batch in enumerate(loader):
-        x, y, cached = _to(batch, rt.device, cfg.channels_last)
+        x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
         with _autocast(cfg, rt.device):
             teacher_out = {"out": cached, "features": []} if cached is not None else None
             if teacher is not None and cached is None:
@@ -412,7 +372,7 @@ def _log(cfg: Config, rt: Runtime, text: str) -> None:
         print(text, flush=True)
 
 
-def teacher_fingerprint(cfg: Config) -> str | None:
+def teacher_weights_sha256(cfg: Config) -> str | None:
     """SHA-256 of the teacher's weights file a (resolved) config distils from; None without
     one (no KD, or torchvision's hub checkpoint found elsewhere). Saved in ``config.json`` so
     that a finished run trained with another teacher is recognised as stale."""
@@ -500,13 +460,18 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     out = _prepare_out(cfg, rt)
     seed_everything(cfg.seed)
 
-    train_loader, val_loader, sampler = build_data(cfg, rt)
+    train_set, val_set = build_datasets(cfg)
+    skipped = {"train": [i for i, _ in train_set.skipped], "val": [i for i, _ in val_set.skipped]}
+    split_sizes = {cfg.train_split: len(train_set), cfg.val_split: len(val_set)}
+    train_eval_set = train_set.evaluation_view()  # the train split scored like val (train mIoU)
     student = build_model(cfg.model, NUM_CLASSES).to(rt.device)
     teacher = build_teacher(cfg, rt.device)
     cache_cards = None
     if cfg.teacher_cache:  # offline response KD: the teacher runs once per image, then goes
-        cache_cards = attach_teacher_cache(cfg, rt, teacher, [train_loader.dataset.dataset, val_loader.dataset])
+        (train_set, val_set), cache_cards = attach_teacher_cache(cfg, rt, teacher, [train_set, val_set])
         teacher = None
+    train_batches, sampler = train_loader(cfg, rt, train_set)
+    val_loader = eval_loader(cfg, rt, val_set)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -543,38 +508,29 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         set_rng_state(ckpt["rng"])
         _log(cfg, rt, f"resumed {out} after epoch {state['epoch']}")
     run_config = dataclasses.asdict(cfg) | {
-        "skipped_samples": {
-            "train": [sample_id for sample_id, _ in train_loader.dataset.dataset.skipped],
-            "val": [sample_id for sample_id, _ in val_loader.dataset.skipped],
-        },
+        "skipped_samples": skipped,
         "num_classes": NUM_CLASSES,
-        "split_sizes": {cfg.train_split: len(train_loader.dataset), cfg.val_split: len(val_loader.dataset)},
+        "split_sizes": split_sizes,
         "world_size": rt.world,
         "device_name": str(rt.device),
         "environment": environment(),
         "student_parameters": count_parameters(student),
-        "teacher_sha256": teacher_fingerprint(cfg),
+        "teacher_sha256": teacher_weights_sha256(cfg),
         "teacher_cache_cards": cache_cards,
     }
     if rt.main:
         atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
 
-    train_eval_loader = None
-    if cfg.train_miou:  # the same protocol as val (every rank its shard), so train and val mIoU compare
-        train_eval_set = build_dataset(
-            cfg.dataset, cfg.data_root, cfg.train_split, train=False, image_size=cfg.image_size, skip_bad=cfg.skip_bad
-        )
-        train_eval_loader = DataLoader(
-            train_eval_set, cfg.batch_size, sampler=ShardSampler(len(train_eval_set), rt.rank, rt.world)
-        )
-    progress = _progress_factory(cfg, rt, len(train_loader))
+    # the same protocol as val (every rank its shard), so that train and val mIoU compare
+    train_eval_loader = eval_loader(cfg, rt, train_eval_set) if cfg.train_miou else None
+    progress = _progress_factory(cfg, rt, len(train_batches))
     val_cache = ValTeacherCache(len(val_loader)) if teacher is not None else None
     stop = state["bad_epochs"] >= cfg.early_stop
     while state["epoch"] < cfg.epochs and not stop:
         epoch = state["epoch"] + 1
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        train = train_one_epoch(cfg, model, teacher, optimizer, train_loader, rt, epoch, progress)
+        train = train_one_epoch(cfg, model, teacher, optimizer, train_batches, rt, epoch, progress)
         val = evaluate(cfg, student, teacher, val_loader, rt, epoch, val_cache)
         if train_eval_loader is not None:
             val["train_miou"] = score(student, train_eval_loader, rt.device, cfg.channels_last)["miou"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from kdlib.augment import IDENTITY, augment_batch, color_jitter, sample_params, warp_grid
+from kdlib.augment import IDENTITY, augment_batch, color_jitter, prepare_sample, sample_params, warp_grid
 from kdlib.checkpoints import load_model
 from kdlib.config import SHAPES_TEACHER
 from kdlib.conventions import MEAN, STD, VOID, upsample_logits
@@ -73,12 +73,12 @@ def test_colour_jitter_equals_torchvision_in_each_sampled_order(batch):
 
 def test_same_seed_same_sample_and_identity_is_the_eval_transform(tiny_shapes, batch):
     train = build_dataset("shapes", tiny_shapes, "train", train=True, image_size=64)
-    a, b, c = train[(0, 11)], train[(0, 11)], train[(0, 12)]
+    a, b, c = (prepare_sample(train[key]) for key in ((0, 11), (0, 11), (0, 12)))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
     evaluation = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
     images, masks = batch
     x, y, _ = augment_batch(images, masks, IDENTITY.expand(len(images), -1).clone())
-    assert torch.allclose(x, torch.stack([evaluation[i][0] for i in range(len(images))]), atol=1e-5)
+    assert torch.allclose(x, torch.stack([prepare_sample(evaluation[i])[0] for i in range(len(images))]), atol=1e-5)
     assert torch.equal(y, masks)
 
 
@@ -89,7 +89,7 @@ def test_no_augmentation_is_the_eval_transform_kept_in_memory(tiny_shapes, batch
     evaluation = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
     assert train.preload() and all(pair is not None for pair in train._decoded)
     for i in range(len(train)):
-        (x, y), (ex, ey) = train[(i, 7)], evaluation[i]
+        (x, y), (ex, ey) = prepare_sample(train[(i, 7)]), prepare_sample(evaluation[i])
         assert torch.allclose(x, ex, atol=1e-5) and torch.equal(y, ey)
     images, masks = batch
     identity = IDENTITY.expand(len(images), -1).clone()

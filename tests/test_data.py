@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from kdlib.augment import prepare_sample
 from kdlib.conventions import MEAN, STD, VOID, voc_palette
 from kdlib.data import DatasetNotFoundError, build_dataset, denormalize
 
@@ -55,7 +56,7 @@ def test_voc_shapes_dtypes_labels(voc_root, train):
     ds = build_dataset("voc", voc_root, "train", train=train, image_size=64)
     assert len(ds) == len(SIZES)
     for i in range(len(ds)):
-        image, mask = ds[i]
+        image, mask = prepare_sample(ds[i])
         assert image.dtype == torch.float32 and image.shape == (3, 64, 64)
         assert mask.dtype == torch.int64 and mask.shape == (64, 64)
         assert set(mask.unique().tolist()) <= LABELS
@@ -70,7 +71,7 @@ def test_voc_root_may_be_any_level(voc_root):
 def test_eval_image_and_mask_equal_the_resized_originals(voc_root):
     ds = build_dataset("voc", voc_root, "val", train=False, image_size=96)
     raw_image, raw_mask = ds.read(1)
-    image, mask = ds[1]
+    image, mask = prepare_sample(ds[1])
     expected = F.interpolate(raw_mask[None, None].float(), size=(96, 96), mode="nearest")[0, 0].long()
     assert torch.equal(mask, expected)
     # the image is the antialiased resize, normalised with the teacher's statistics
@@ -89,7 +90,7 @@ def test_augmentation_keeps_label_set_and_fills_void(voc_root):
     saw_void = 0
     for _ in range(12):
         for i in range(len(ds)):
-            _, mask = ds[i]
+            _, mask = prepare_sample(ds[i])
             values = set(mask.unique().tolist())
             assert values <= LABELS, f"augmented mask has labels {values - LABELS}"
             saw_void += (mask[0] == VOID).any().item() or (mask[:, 0] == VOID).any().item()
@@ -103,7 +104,7 @@ def test_all_foreground_mask_never_gains_background(tmp_path):
     exposed = 0
     for _ in range(25):
         for i in range(len(ds)):
-            _, mask = ds[i]
+            _, mask = prepare_sample(ds[i])
             values = set(mask.unique().tolist())
             assert values <= {7, VOID}, f"background appeared: {values}"
             exposed += int((mask == VOID).sum())
@@ -113,10 +114,10 @@ def test_all_foreground_mask_never_gains_background(tmp_path):
 def test_augmentation_is_random_but_reproducible(voc_root):
     ds = build_dataset("voc", voc_root, "train", train=True, image_size=64)
     torch.manual_seed(3)
-    a = ds[0]
+    a = prepare_sample(ds[0])
     torch.manual_seed(3)
-    b = ds[0]
-    c = ds[0]
+    b = prepare_sample(ds[0])
+    c = prepare_sample(ds[0])
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(b[0], c[0])
 
@@ -127,7 +128,6 @@ def test_colour_jitter_leaves_mask_alone(voc_root):
     from kdlib.augment import TABLE2, augment_batch, sample_params
 
     ds = build_dataset("voc", voc_root, "train", train=True, image_size=64)
-    ds.defer_augmentation = True
     sample = ds[(0, 7)]
     jittered = sample["params"]
     plain = jittered.clone()
@@ -186,4 +186,33 @@ def test_sbd_train_aug_reads_its_own_masks(voc_root):
         Image.fromarray(np.full((h, w), 5, np.uint8)).save(voc / "SegmentationClassAug" / f"{i}.png")
     (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(ids[:2]))
     ds = build_dataset("voc", voc_root, "train_aug", train=False, image_size=32)
-    assert len(ds) == 2 and set(ds[0][1].unique().tolist()) == {5}
+    assert len(ds) == 2 and set(ds[0]["mask"].unique().tolist()) == {5}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_every_split_serves_one_kind_of_item(voc_root, train):
+    """A dict of the uint8 image and mask at the model's size and the sample's augmentation
+    parameters (the identity on an evaluation split); nothing is augmented or normalised yet."""
+    from kdlib.augment import IDENTITY
+
+    ds = build_dataset("voc", voc_root, "train", train=train, image_size=64)
+    for key in (0, (1, 5)):
+        item = ds[key]
+        assert set(item) == {"image", "mask", "params"}
+        assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 64, 64)
+        assert item["mask"].dtype == torch.uint8 and item["mask"].shape == (64, 64)
+        assert torch.equal(item["params"], IDENTITY) != train
+    assert torch.equal(ds.evaluation_view()[(0, 5)]["params"], IDENTITY)
+    assert len(ds.subset(2)) == 2 and ds.subset(2).ids == ds.ids[:2]
+
+
+def test_cached_teacher_maps_travel_with_their_sample(voc_root):
+    from kdlib.teacher_cache import WithTeacherMaps
+
+    ds = build_dataset("voc", voc_root, "train", train=True, image_size=64)
+    maps = [torch.full((21, 8, 8), float(i)) for i in range(len(ds))]
+    served = WithTeacherMaps(ds, maps)
+    item = served[(2, 9)]
+    assert torch.equal(item["params"], ds[(2, 9)]["params"]) and torch.equal(item["teacher"], maps[2])
+    with pytest.raises(ValueError, match="teacher maps hold 1 samples"):
+        WithTeacherMaps(ds, maps[:1])

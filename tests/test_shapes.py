@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from kdlib import shapes
-from kdlib.augment import TABLE2
+from kdlib.augment import TABLE2, prepare_sample
 from kdlib.cli import main
 from kdlib.conventions import VOID
 from kdlib.data import build_dataset, class_names
@@ -103,7 +103,7 @@ def test_cli_writes_voc_layout_deterministically(tmp_path, capsys):
     assert card["classes"] == list(shapes.CLASS_NAMES)
     # the very reading code of VOC
     ds = build_dataset("shapes", a, "train", train=True, image_size=64)
-    image, mask = ds[0]
+    image, mask = prepare_sample(ds[0])
     assert image.shape == (3, 64, 64) and mask.dtype == torch.int64
     raw_mask = ds.read(0)[1]
     expected = shapes.render_sample(3, "train", 0, 64)[1]

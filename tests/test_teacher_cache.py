@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from kdlib.augment import prepare_sample
 from kdlib.checkpoints import load_model
 from kdlib.cli import main
 from kdlib.config import Config
@@ -28,7 +29,7 @@ def test_cache_holds_the_teachers_native_logits_and_is_reused(tiny_shapes, tiny_
         card["built"] and card["shape"] == [len(ds), 21, 16, 16] and card["bytes_per_image"] == 21 * 16 * 16 * 2
     )  # stride 4
     plain = build_dataset("shapes", tiny_shapes, "train", train=False, image_size=64)
-    expected = teacher.native_logits(torch.stack([plain[i][0] for i in range(len(plain))]))
+    expected = teacher.native_logits(torch.stack([prepare_sample(plain[i])[0] for i in range(len(plain))]))
     got = torch.stack([maps[i] for i in range(len(maps))]).float()
     assert torch.allclose(got, expected, atol=2e-3 * expected.abs().max().item())
     _, again = ensure_cache(teacher, ds, tmp_path, 64, log=messages.append)

@@ -211,10 +211,10 @@ EVAL_SCRIPT = r"""
 import json, os, sys, torch
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
-from kdlib.train import build_data, setup_runtime, evaluate
+from kdlib.train import build_datasets, eval_loader, setup_runtime, evaluate
 cfg = Config(dataset="shapes", data_root=sys.argv[1], workers=0, batch_size=4, channels_last=False).resolved()
 rt = setup_runtime("cpu")
-_, val_loader, _ = build_data(cfg, rt)
+val_loader = eval_loader(cfg, rt, build_datasets(cfg)[1])
 model = load_model(sys.argv[2])
 result = evaluate(cfg, model, None, val_loader, rt)
 if rt.rank == 0:
@@ -305,11 +305,11 @@ def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path)
 
 def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypatch):
     from kdlib.models import CustomSegmentationModel
-    from kdlib.train import ValTeacherCache, build_data, build_teacher, evaluate, setup_runtime
+    from kdlib.train import ValTeacherCache, build_datasets, build_teacher, eval_loader, evaluate, setup_runtime
 
     cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both").resolved()
     rt = setup_runtime("cpu")
-    _, val_loader, _ = build_data(cfg, rt)
+    val_loader = eval_loader(cfg, rt, build_datasets(cfg)[1])
     torch.manual_seed(0)
     student, teacher = CustomSegmentationModel(21), build_teacher(cfg, rt.device)
     plain = evaluate(cfg, student, teacher, val_loader, rt)
@@ -450,3 +450,81 @@ def test_profile_jobs_train_seeds_side_by_side(tiny_shapes, tmp_path, monkeypatc
     for seed in (0, 1):
         config = json.loads((tmp_path / "none" / f"seed{seed}" / "config.json").read_text())
         assert config["seed"] == seed and config["environment"]["cpu_threads"] == threads
+
+
+DDP_STEP_SCRIPT = r"""
+import copy, json, sys, torch
+import torch.distributed as dist
+from torch import nn
+from kdlib.checkpoints import load_model
+from kdlib.config import Config
+from kdlib.models import TeacherWrapper, build_model
+from kdlib.train import setup_runtime, train_step
+
+cfg = Config(method="feature", dataset="shapes", teacher_weights=sys.argv[1], channels_last=False)
+rt = setup_runtime("cpu")
+torch.manual_seed(0)
+student, teacher = build_model("student"), TeacherWrapper(load_model(sys.argv[1]))
+reference = copy.deepcopy((student, teacher))
+batches = [(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(10 + r)),
+            torch.randint(0, 21, (2, 64, 64), generator=torch.Generator().manual_seed(20 + r))) for r in range(2)]
+
+
+def step(student, teacher, batch, model=None, rt=None):
+    params = list(student.parameters()) + list(teacher.projections.parameters())
+    train_step(cfg, model or student, teacher, torch.optim.SGD(params, lr=0.0), *batch, rt=rt)
+    return [p.grad.clone() for p in teacher.projections.parameters()]
+
+
+got = step(student, teacher, batches[rt.rank], nn.parallel.DistributedDataParallel(student), rt)
+if rt.rank == 0:  # what one process computes for each rank's batch, averaged
+    each = [step(*copy.deepcopy(reference), batch) for batch in batches]
+    expected = [(a + b) / 2 for a, b in zip(*each)]
+    json.dump({"max_diff": max(float((g - e).abs().max()) for g, e in zip(got, expected)),
+               "scale": max(float(e.abs().max()) for e in expected),
+               "rank_differs": max(float((a - b).abs().max()) for a, b in zip(*each))}, open(sys.argv[2], "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_averages_the_projections_gradients_like_the_students(tiny_teacher, tmp_path):
+    """The projections live outside the DDP-wrapped student, so the trainer all-reduces their
+    gradients itself: two ranks with different batches must end up with the mean of the two
+    gradients one process computes, not their sum and not their own."""
+    script, out = tmp_path / "step.py", tmp_path / "out.json"
+    script.write_text(DDP_STEP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), str(script), str(tiny_teacher), str(out)]
+    subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["rank_differs"] > 10 * result["max_diff"]  # the two batches pull differently
+    assert result["max_diff"] <= 1e-5 * max(1.0, result["scale"]), result
+
+
+def test_the_settings_reach_the_objective_that_trains_the_student(tiny_teacher):
+    """T, α, β and scale_by_t2 of the Config are the ones the training step optimises, and a
+    few steps lower its loss."""
+    import copy
+
+    from kdlib.checkpoints import load_model
+    from kdlib.losses import distillation_loss
+    from kdlib.models import TeacherWrapper, build_model
+    from kdlib.train import train_step
+
+    torch.manual_seed(0)
+    student, teacher = build_model("student"), TeacherWrapper(load_model(tiny_teacher))
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 21, (2, 64, 64))
+    totals = []
+    for settings in ({}, {"temperature": 2.0, "alpha": 0.4, "beta": 0.9, "scale_by_t2": True}):
+        cfg = Config(method="both", dataset="shapes", channels_last=False, **settings)
+        s, t = copy.deepcopy(student), copy.deepcopy(teacher)
+        expected, _ = distillation_loss(
+            "both", s(x), t(x), y, cfg.alpha, cfg.beta, cfg.temperature, cfg.scale_by_t2
+        )  # train mode, as the step runs it
+        optimizer = torch.optim.Adam(list(s.parameters()) + list(t.projections.parameters()), lr=1e-3)
+        steps = [float(train_step(cfg, s, t, optimizer, x, y)["total"]) for _ in range(8)]
+        assert steps[0] == pytest.approx(expected.item(), rel=1e-5)
+        assert steps[-1] < 0.95 * steps[0]
+        totals.append(steps[0])
+    assert totals[0] != pytest.approx(totals[1], rel=1e-3)
