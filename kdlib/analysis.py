@@ -143,7 +143,7 @@ def teacher_dependency(student_ious: np.ndarray, teacher_ious: np.ndarray, fail_
     }
 
 
-def per_image_miou(pred: np.ndarray, target: np.ndarray, num_classes: int = 21) -> np.ndarray:
+def per_image_miou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """mIoU of each image over the classes present in its ground truth or prediction."""
     scores = np.empty(len(pred))
     for i in range(len(pred)):

@@ -84,19 +84,9 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import Config
-    from .data import AUGMENTATIONS, DATASETS
-    from .losses import METHODS
-    from .models import ARCHITECTURES
+    from .config import CHOICES, Config
 
-    special = {
-        "method": {"choices": METHODS},
-        "dataset": {"choices": DATASETS},
-        "model": {"choices": ARCHITECTURES},
-        "teacher": {"choices": ("fcn_resnet50", "lraspp_resnet18")},
-        "progress": {"choices": ("auto", "bar", "lines", "none")},
-        "lr_schedule": {"choices": ("plateau", "cosine")},
-        "augment": {"choices": AUGMENTATIONS},
+    special = {name: {"choices": allowed} for name, allowed in CHOICES.items()} | {
         "image_size": {"type": _image_size},
         "batch_size": {"type": _positive_int},
         "epochs": {"type": _positive_int},

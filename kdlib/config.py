@@ -19,6 +19,17 @@ from .models import ARCHITECTURES
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_lraspp_resnet18.pt"
 
+# The settings that take one of a few values: checked by Config.validate, offered by the CLI.
+CHOICES = {
+    "method": METHODS,
+    "dataset": DATASETS,
+    "model": ARCHITECTURES,
+    "teacher": ("fcn_resnet50", "lraspp_resnet18"),
+    "augment": AUGMENTATIONS,
+    "lr_schedule": ("plateau", "cosine"),
+    "progress": ("auto", "bar", "lines", "none"),
+}
+
 
 @dataclass
 class Config:
@@ -67,13 +78,11 @@ class Config:
 
     def validate(self) -> None:
         """Refuse bad settings before any work starts; each message names the setting."""
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.dataset not in DATASETS:
-            problems.append(f"dataset={self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        if self.model not in ARCHITECTURES:
-            problems.append(f"model={self.model!r}: choose one of {', '.join(ARCHITECTURES)}")
+        problems = [
+            f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}"
+            for name, allowed in CHOICES.items()
+            if getattr(self, name) not in allowed and not (name == "teacher" and self.teacher is None)
+        ]
         if self.model != "student" and needs_teacher(self.method):
             problems.append(f"model={self.model!r} trains only with method='none'")
         if self.temperature <= 0:
@@ -92,17 +101,11 @@ class Config:
             problems.append(f"lr={self.lr}: must be > 0")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"augment={self.augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
-        if self.lr_schedule not in ("plateau", "cosine"):
-            problems.append(f"lr_schedule={self.lr_schedule!r}: choose plateau or cosine")
         if self.teacher_cache and self.method != "response":
             problems.append(
                 f"teacher_cache={self.teacher_cache!r} serves method='response' only (got {self.method!r}): "
                 "feature KD needs the teacher's features of every augmented image, see kdlib/teacher_cache.py"
             )
-        if self.progress not in ("auto", "bar", "lines", "none"):
-            problems.append(f"progress={self.progress!r}: choose auto, bar, lines or none")
         if problems:
             raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
 

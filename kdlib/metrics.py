@@ -51,15 +51,3 @@ class SegmentationMetrics:
             "per_class_iou": iou,
             "confusion_matrix": confmat.long().tolist(),
         }
-
-
-def iou_from_confusion(confmat) -> tuple[float, list[float]]:
-    """(mIoU over present classes, per-class IoU with NaN for absent) from a C×C count matrix
-    whose rows are ground truth and columns predictions."""
-    cm = torch.as_tensor(confmat, dtype=torch.float64)
-    tp = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, math.nan))
-    present = union > 0
-    miou = float(iou[present].mean()) if present.any() else math.nan
-    return miou, iou.tolist()

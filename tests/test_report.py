@@ -1,0 +1,116 @@
+"""report.py and plots.py on synthetic runs whose right answers are known by construction."""
+
+import json
+import statistics
+
+import pandas as pd
+import pytest
+
+from kdlib import plots, report
+from kdlib.analysis import paired_comparison
+
+MIOU = {  # method -> per-seed best val mIoU
+    "none": [0.20, 0.22, 0.18, 0.21],
+    "response": [0.30, 0.33, 0.29, 0.31],  # about +0.10 on every seed: beyond noise
+    "feature": [0.19, 0.23, 0.17, 0.22],  # -0.01 to +0.01: noise
+    "both": [0.10, 0.12, 0.09, 0.11],  # about -0.10: worse
+}
+
+
+def write_runs(root, epochs=8):
+    for method, values in MIOU.items():
+        for seed, miou in enumerate(values):
+            run = root / method / f"seed{seed}"
+            run.mkdir(parents=True)
+            history = pd.DataFrame(
+                {
+                    "epoch": range(1, epochs + 1),
+                    "val_miou": [miou * min(1.0, e / (epochs - 2)) for e in range(1, epochs + 1)],
+                    "train_miou": [2 * miou] * epochs,
+                    "train_total": [1.0] * epochs,
+                    "val_total": [1.0] * epochs,
+                    "train_ce": [1.0] * epochs,
+                    "val_ce": [1.0] * epochs,
+                }
+            )
+            history.to_csv(run / "history.csv", index=False)
+            metrics = {
+                "method": method,
+                "seed": seed,
+                "best_miou": miou,
+                "pixel_accuracy": 0.9,
+                "best_epoch": epochs - 2,
+            }
+            metrics |= {"epochs_run": epochs, "total_seconds": 60.0, "per_class_iou": [miou] * 21}
+            (run / "metrics.json").write_text(json.dumps(metrics))
+            config = {"train_split": "train", "val_split": "val", "image_size": 64, "epochs": epochs}
+            config |= {"train_repeats": 8, "lr_schedule": "cosine", "batch_size": 16, "lr": 0.01}
+            config |= {"weight_decay": 1e-4, "temperature": 4.0, "alpha": 0.7, "beta": 0.3, "augment": "table2"}
+            config |= {"device_name": "cpu", "environment": {"cpu_threads": 1, "torch": "x"}}
+            config |= {"student_parameters": 3689061, "split_sizes": {"train": 32, "val": 300}}
+            (run / "config.json").write_text(json.dumps(config))
+
+
+def test_the_report_states_each_verdict_from_the_runs(tmp_path):
+    write_runs(tmp_path / "runs")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "teacher_eval.json").write_text(
+        json.dumps({"model": "t", "miou": 0.8, "per_class_iou": [0.8] * 21})
+    )
+    text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
+    for method, values in MIOU.items():
+        row = f"| {report.METHOD_NAMES[method]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | 4 |"
+        assert row in text, row
+    assert "- **Response** beats no KD: +0.1050 mIoU over 4 paired seeds" in text
+    assert "- **Feature & Response** is worse than no KD: -0.0975" in text
+    assert "- **Feature** does not differ from no KD by more than seed noise: +0.0000" in text
+    # the gap closed: (0.3075 - 0.2025) / (0.8 - 0.2025)
+    gap = report.gap_closed(pd.DataFrame(_runs_rows()), {"miou": 0.8})
+    assert gap.set_index("method").loc["Response", "gap closed"] == pytest.approx(0.105 / 0.5975)
+    assert "16 of 16 runs have" in text  # every synthetic curve levels off two epochs before the end
+    assert (tmp_path / "report" / "runs" / "both" / "seed3" / "history.csv").is_file()
+
+
+def _runs_rows():
+    return [
+        {"method": m, "seed": s, "miou": v, "epochs": 8, "seconds": 60.0}
+        for m, vs in MIOU.items()
+        for s, v in enumerate(vs)
+    ]
+
+
+def test_verdicts_follow_the_sign_and_the_interval():
+    paired = paired_comparison(pd.DataFrame(_runs_rows()))
+    lines = {r.split("**")[1]: r for r in report.verdicts(paired)}
+    assert "beats no KD" in lines["Response"] and "is worse than no KD" in lines["Feature & Response"]
+    assert "does not differ" in lines["Feature"]
+    one = paired_comparison(pd.DataFrame([r for r in _runs_rows() if r["seed"] == 0]))
+    assert all("one seed, no verdict" in line for line in report.verdicts(one))
+
+
+def test_figures_have_their_panels_and_save_to_the_same_bytes(tmp_path):
+    import numpy as np
+    import torch
+
+    history = pd.DataFrame(
+        {"epoch": [1, 2], "train_total": [2.0, 1.0], "val_total": [2.1, 1.2], "train_ce": [1.5, 0.8]}
+    )
+    history = history.assign(val_ce=[1.6, 0.9], train_feature=[0.5, 0.2], val_feature=[0.6, 0.3], val_miou=[0.1, 0.2])
+    figures = {
+        "loss": (plots.loss_curves(history, "t"), 4),  # total, ce, feature, val mIoU
+        "soft": (
+            plots.soft_targets(
+                {"T = 1": np.eye(21)[3], "T = 4": np.full(21, 1 / 21)}, [str(i) for i in range(21)], (3,)
+            ),
+            1,
+        ),
+        "cosine": (plots.cosine_maps([torch.zeros(4, 4), torch.ones(2, 2)], ["a", "b"], image=torch.zeros(3, 8, 8)), 3),
+    }
+    for name, (fig, panels) in figures.items():
+        assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == panels, name
+        first, second = tmp_path / f"{name}1.png", tmp_path / f"{name}2.png"
+        plots.save_figure(fig, first)
+        plots.save_figure(fig, second)
+        assert first.read_bytes() == second.read_bytes()
+    bars = figures["soft"][0].axes[0].patches
+    assert len(bars) == 42 and max(b.get_height() for b in bars) == pytest.approx(1.0)
