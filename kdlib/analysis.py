@@ -326,16 +326,28 @@ def predict_all(dataset: str, data_root, runs_dir, image_size: int, device: str 
             continue
         row = rows.sort_values("seed").iloc[0] if seed is None else rows[rows["seed"] == seed].iloc[0]
         preds[method] = predict(load_model(Path(row["run"]) / "best.pt"), val, device)[0]
-    images = np.stack([_raw_resized(val, i, image_size) for i in range(len(val))])
+    images = np.stack([val[i]["image"].permute(1, 2, 0).numpy() for i in range(len(val))])
     return images, targets, preds
 
 
-def _raw_resized(dataset, index: int, size: int) -> np.ndarray:
-    from PIL import Image
+def position_similarity(features) -> list[float]:
+    """Per feature level (each N×C×h×w): the mean cosine between the vectors at two different
+    positions of the same image. Near 1, every position points the same way and the map says
+    nothing about where things are; a feature-KD target that has collapsed so (a trainable
+    projection can make it) is met by a student whose features have collapsed too."""
+    import torch
+    import torch.nn.functional as F
 
-    image, _ = dataset.read(index)
-    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    return np.asarray(pil.resize((size, size), Image.BILINEAR))
+    values = []
+    for f in features:
+        v = F.normalize(f.detach().float().flatten(2), dim=1)  # N×C×P unit vectors
+        p = v.shape[-1]
+        if p < 2:
+            values.append(math.nan)
+            continue
+        gram = torch.einsum("ncp,ncq->npq", v, v)
+        values.append(float(((gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / (p * (p - 1))).mean()))
+    return values
 
 
 def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> dict:

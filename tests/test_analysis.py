@@ -136,3 +136,14 @@ def test_convergence_compares_the_last_quarter_with_the_epochs_before():
     c = analysis.convergence(flat)
     assert c["last_quarter_gain"] == pytest.approx(0.01) and c["converged"] and c["best_epoch"] == 7
     assert analysis.convergence(rising, early_stopped=True)["converged"]
+
+
+def test_position_similarity_tells_a_collapsed_map_from_a_spatial_one():
+    import torch
+
+    torch.manual_seed(0)
+    spatial = torch.randn(2, 16, 4, 4)
+    collapsed = torch.randn(2, 16, 1, 1).expand(2, 16, 4, 4) * torch.rand(2, 1, 4, 4)  # one direction, any length
+    one_position = torch.randn(2, 16, 1, 1)
+    same, spread, single = analysis.position_similarity([collapsed, spatial, one_position])
+    assert same == pytest.approx(1.0, abs=1e-5) and abs(spread) < 0.2 and math.isnan(single)
