@@ -92,14 +92,14 @@ def sample_params(mode: str, height: int, width: int, generator: torch.Generator
     return torch.tensor(p, dtype=torch.float32)
 
 
-def warp_grid(params: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def warp_grid(params: torch.Tensor, height: int, width: int, device=None) -> torch.Tensor:
     """The sampling grid (N×H×W×2, ``grid_sample``'s normalised coordinates) of flip-then-affine.
 
     In pixel coordinates centred on the image (x right, y down) the affine maps a point by
     ``T·R(a)·S(s)·SHy(sy)·SHx(sx)``; each output pixel therefore reads the input at the inverse
     map of its centre, and a flip before it negates the input's x. (A few scalars per sample:
-    plain Python is faster here than tiny tensor operations.)
-    """
+    plain Python is faster here than tiny tensor operations.) ``params`` are read on the host;
+    the grid is built on ``device`` (default: the parameters')."""
     thetas = []
     for flip, angle, tx, ty, scale, shear_x, shear_y, *_ in params.tolist():
         rot, sx, sy = math.radians(angle), math.radians(shear_x), math.radians(shear_y)
@@ -114,7 +114,7 @@ def warp_grid(params: torch.Tensor, height: int, width: int) -> torch.Tensor:
             i00, i01, o0 = -i00, -i01, -o0
         # pixels → normalised coordinates: x / (W/2), y / (H/2), on both sides of the map
         thetas.append([[i00, i01 * height / width, 2 * o0 / width], [i10 * width / height, i11, 2 * o1 / height]])
-    theta = torch.tensor(thetas, dtype=torch.float32, device=params.device)
+    theta = torch.tensor(thetas, dtype=torch.float32, device=params.device if device is None else device)
     return F.affine_grid(theta, [len(thetas), 1, height, width], align_corners=False)
 
 
@@ -172,7 +172,9 @@ _JITTER = ((7, _brightness, 1.0), (8, _contrast, 1.0), (9, _saturation, 1.0), (1
 def color_jitter(img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1]; each sample's four adjustments in its own order (``op0..op3``).
     Round k applies, to each group of samples whose k-th adjustment is the same, that
-    adjustment at once (identity factors skipped)."""
+    adjustment at once (identity factors skipped). ``params`` stay on the host, where the
+    grouping reads them; only the factors travel to the images' device."""
+    params = params.cpu()
     rows = params[:, 7:15].tolist()
     for k in range(4):
         groups: dict[int, list[int]] = {}
@@ -183,7 +185,7 @@ def color_jitter(img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         for op, members in groups.items():
             column, fn, _ = _JITTER[op]
             idx = torch.tensor(members, device=img.device)
-            factor = params[idx, column].view(-1, 1, 1, 1).to(img.dtype)
+            factor = params[members, column].view(-1, 1, 1, 1).to(img.device, img.dtype)
             img[idx] = fn(img[idx], factor)
     return img
 
@@ -193,12 +195,14 @@ def augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """uint8 images N×3×H×W, masks N×H×W, parameters N×15 (and teacher logits N×C×h×w)
     → normalised float images, long masks (255 where the warp exposed pixels), and the
-    teacher's logits warped and upsampled to H×W."""
+    teacher's logits warped and upsampled to H×W. The parameters are read on the host (keep
+    them there: on a GPU a read of a device tensor waits for the device)."""
+    params = params.cpu()
     n, _, height, width = images.shape
     if (params[:, :7] == IDENTITY[:7].to(params.device)).all():  # no flip, no warp: nothing to resample
         grid, img, mask = None, images.float() / 255, masks.long()
     else:
-        grid = warp_grid(params, height, width).to(images.device)
+        grid = warp_grid(params, height, width, device=images.device)
         ones = torch.ones_like(masks, dtype=torch.float32)[:, None]
         stacked = torch.cat([images.float() / 255, masks[:, None].float(), ones], 1)
         warped = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -206,7 +210,7 @@ def augment_batch(
         img = torch.where(inside, warped[:, :3], torch.zeros(()))
         mask = torch.where(inside[:, 0], warped[:, 3], torch.full((), float(VOID))).round().long()
     if (params[:, 7:11] != IDENTITY[7:11].to(params.device)).any():
-        img = color_jitter(img, params.to(img.device))
+        img = color_jitter(img, params)
     mean = torch.tensor(MEAN, device=img.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=img.device).view(1, 3, 1, 1)
     img = (img - mean) / std
@@ -230,7 +234,7 @@ def prepare_batch(batch: dict, device, channels_last: bool = False):
     x, y, t = augment_batch(
         batch["image"].to(device, non_blocking=True),
         batch["mask"].to(device, non_blocking=True),
-        batch["params"].to(device, non_blocking=True),
+        batch["params"],  # read on the host (augment_batch)
         None if teacher is None else teacher.to(device, non_blocking=True),
     )
     if channels_last:

@@ -218,13 +218,42 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _check_finite(parts: dict, epoch: int, step: int, phase: str) -> None:
-    bad = [k for k, v in parts.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise NonFiniteLossError(
-            f"{phase} loss component(s) {bad} became non-finite at epoch {epoch}, step {step}; "
-            "last.pt and best.pt hold the run before this epoch (try a lower --lr, or --amp off)"
-        )
+class LossTotals:
+    """Per-batch loss components summed on the device, read once per epoch: no host-device
+    synchronisation per step. Also remembers, per component, the first step whose value was
+    not finite, so that a run that blew up stops at the end of the epoch (before anything of
+    it is saved) with the component, epoch and step named."""
+
+    def __init__(self, device):
+        self.device, self.sums, self.first_bad, self.seen = device, {}, {}, 0
+
+    def add(self, parts: dict, n: int, step: int) -> None:
+        self.seen += n
+        for k, v in parts.items():
+            v = v.detach()
+            self.sums[k] = self.sums.get(k, 0) + v.double() * n
+            first = self.first_bad.get(k, torch.full((), -1, device=v.device))
+            self.first_bad[k] = torch.where((first < 0) & ~torch.isfinite(v), step, first)
+
+    def means(self, rt: Runtime, epoch: int, phase: str) -> dict:
+        """Mean of each component over the epoch (over every rank's samples): the one host read."""
+        keys = sorted(self.sums)
+        bad = [self.first_bad[k] for k in keys]
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)
+        totals = torch.stack([self.sums[k] for k in keys] + [seen])
+        if rt.world > 1:
+            dist.all_reduce(totals)
+        steps = torch.stack(bad).tolist() if bad else []
+        failed = {k: s for k, s in zip(keys, steps) if s >= 0}
+        if failed:
+            step = min(failed.values())
+            raise NonFiniteLossError(
+                f"{phase} loss component(s) {sorted(k for k, s in failed.items() if s == step)} became non-finite "
+                f"at epoch {epoch}, step {step}; last.pt and best.pt hold the run before this epoch "
+                "(try a lower --lr, or --amp off)"
+            )
+        *sums, seen = totals.tolist()
+        return {k: v / max(seen, 1) for k, v in zip(keys, sums)}
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -238,13 +267,10 @@ def _objective(cfg: Config, student_out, teacher_out, target):
     )
 
 
-def train_step(
-    cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None, where: tuple[int, int] | None = None
-) -> dict:
+def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None) -> dict:
     """One optimisation step on a batch already on the device: the frozen teacher (online,
     or its ``cached`` logits), the student, the method's loss, backward, Adam. Returns the
-    loss components (detached). With ``where=(epoch, step)`` a non-finite component stops
-    the run before the step touches the weights."""
+    loss components (detached, still on the device: reading them is the caller's choice)."""
     with_features = needs_features(cfg.method)
     with _autocast(cfg, x.device):
         if cached is not None:
@@ -253,8 +279,6 @@ def train_step(
             teacher_out = teacher(x, with_features) if teacher is not None else None
         student_out = student(x)
         loss, parts = _objective(cfg, student_out, teacher_out, y)
-    if where is not None:
-        _check_finite(parts, *where, "train")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if rt is not None and rt.world > 1 and with_features:  # DDP averages the student's gradients; these too
@@ -269,30 +293,16 @@ def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progres
     student.train()
     if teacher is not None:
         teacher.train()
-    sums, seen, start = {}, 0, time.perf_counter()
+    totals, start = LossTotals(rt.device), time.perf_counter()
     for step, batch in enumerate(progress(_batches(loader, cfg.max_batches), epoch)):
         x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
-        parts = train_step(cfg, student, teacher, optimizer, x, y, cached, rt, where=(epoch, step))
-        n = x.shape[0]
-        seen += n
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * n
+        totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
+    means = totals.means(rt, epoch, "train")  # waits for the device once, then checks finiteness
     seconds = time.perf_counter() - start
-    stats = _reduce({k: v for k, v in sums.items()} | {"_n": seen}, rt)
-    n = max(stats.pop("_n"), 1)
-    return {f"train_{k}": v / n for k, v in stats.items()} | {
+    return {f"train_{k}": v for k, v in means.items()} | {
         "train_seconds": seconds,
-        "train_images_per_s": seen * rt.world / seconds if seconds > 0 else math.nan,
+        "train_images_per_s": totals.seen * rt.world / seconds if seconds > 0 else math.nan,
     }
-
-
-def _reduce(values: dict, rt: Runtime) -> dict:
-    if rt.world == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
 
 
 class ValTeacherCache:
@@ -324,7 +334,7 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
     if teacher is not None:
         teacher.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, rt.device)
-    sums, seen = {}, 0
+    totals = LossTotals(rt.device)
     with_features = needs_features(cfg.method)
     for step, batch in enumerate(loader):
         x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
@@ -339,16 +349,11 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
                 teacher_out = {"out": raw["out"], "features": teacher.project(raw["features"])}
             student_out = student(x)
             _, parts = _objective(cfg, student_out, teacher_out, y)
-        _check_finite(parts, epoch, step, "val")
         metrics.update(student_out["out"].float(), y)
-        n = x.shape[0]
-        seen += n
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * n
-    stats = _reduce(sums | {"_n": seen}, rt)
-    n = max(stats.pop("_n"), 1)
+        totals.add(parts, x.shape[0], step)
+    means = totals.means(rt, epoch, "val")
     result = metrics.compute()
-    return {f"val_{k}": v / n for k, v in stats.items()} | {
+    return {f"val_{k}": v for k, v in means.items()} | {
         "val_miou": result["miou"],
         "val_pixel_accuracy": result["pixel_accuracy"],
         "per_class_iou": result["per_class_iou"],

@@ -528,3 +528,46 @@ def test_the_settings_reach_the_objective_that_trains_the_student(tiny_teacher):
         assert steps[-1] < 0.95 * steps[0]
         totals.append(steps[0])
     assert totals[0] != pytest.approx(totals[1], rel=1e-3)
+
+
+def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny_teacher):
+    """On a GPU every .item(), float(), .tolist() or truth test of a device tensor waits for the
+    device. Through the steps of an epoch the trainer, the losses and the models make none: the
+    loss parts are summed on the device and read once per epoch (LossTotals.means), and the
+    augmentation's reads are of the parameters the loader drew on the host."""
+    from torch.overrides import TorchFunctionMode
+
+    from kdlib.augment import prepare_batch
+    from kdlib.train import LossTotals, build_datasets, build_teacher, setup_runtime, train_loader, train_step
+
+    class HostReads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.where = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+                frame, stack = sys._getframe(1), []
+                while frame is not None:
+                    stack.append(frame.f_code.co_filename)
+                    frame = frame.f_back
+                # the loader and its sampler work on the host; so does Adam's step count
+                if not any("/torch/optim/" in f or "/torch/utils/data/" in f for f in stack):
+                    self.where.append(next(f for f in stack if "/kdlib/" in f or "/tests/" in f))
+            return func(*args, **(kwargs or {}))
+
+    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both").resolved()
+    rt = setup_runtime("cpu")
+    loader, _ = train_loader(cfg, rt, build_datasets(cfg)[0])
+    torch.manual_seed(0)
+    from kdlib.models import build_model
+
+    student, teacher = build_model("student"), build_teacher(cfg, rt.device)
+    optimizer = torch.optim.Adam(list(student.parameters()) + list(teacher.projections.parameters()), lr=1e-3)
+    totals = LossTotals(rt.device)
+    with HostReads() as reads:
+        for step, batch in enumerate(loader):
+            x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
+            totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
+    assert {f.split("/kdlib/")[-1] for f in reads.where} <= {"augment.py"}, reads.where
+    assert totals.means(rt, 1, "train")["total"] > 0
