@@ -221,6 +221,7 @@ def cmd_bench(args) -> int:
         device=args.device,
         workers=args.workers,
         repeats=args.repeats,
+        steps=args.steps,
         teacher_weights=args.teacher_weights,
     )
     return 0
@@ -293,10 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=("voc", "shapes"), default="shapes", help="images for the end-to-end timings")
     p.add_argument("--data-root", default="data/shapes")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="default: per setting and device (kdlib/bench.py)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the trainer's)")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats (default: per device)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="timed rounds (default: per device and setting)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="steps per method and round (default: per device)")
     p.add_argument("--teacher-weights", default=None, help="the shapes teacher (default: the shipped one)")
     p.add_argument("--out", default="bench.json")
 
