@@ -571,3 +571,30 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
             totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
     assert {f.split("/kdlib/")[-1] for f in reads.where} <= {"augment.py"}, reads.where
     assert totals.means(rt, 1, "train")["total"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_training_step_never_synchronises_with_the_gpu(tiny_shapes, tiny_teacher):
+    """On a GPU: the steps of an epoch under torch.cuda.set_sync_debug_mode("error"), which
+    raises on any operation that makes the host wait for the device."""
+    from kdlib.augment import prepare_batch
+    from kdlib.models import build_model
+    from kdlib.train import LossTotals, build_datasets, build_teacher, setup_runtime, train_loader, train_step
+
+    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both", device="cuda").resolved()
+    rt = setup_runtime("cuda")
+    loader, _ = train_loader(cfg, rt, build_datasets(cfg)[0])
+    student, teacher = build_model("student").to(rt.device), build_teacher(cfg, rt.device)
+    optimizer = torch.optim.Adam(list(student.parameters()) + list(teacher.projections.parameters()), lr=1e-3)
+    totals, batches = LossTotals(rt.device), list(loader)
+    x, y, cached = prepare_batch(batches[0], rt.device, True)
+    train_step(cfg, student, teacher, optimizer, x, y, cached, rt)  # warm-up: allocations, cuDNN choices
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, batch in enumerate(batches):
+            x, y, cached = prepare_batch(batch, rt.device, True)
+            totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert totals.means(rt, 1, "train")["total"] > 0
