@@ -263,6 +263,17 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         md += ["Share of the no-KD student's gap to the teacher that each method closes:", "", _md_table(gap), ""]
     md += convergence_md(runs)
     md += per_class_md(runs_dir, dataset)
+    similarity = tables / "feature_position_similarity.csv"
+    if similarity.is_file():
+        md += [
+            "**What feature KD aligned** (chapter 3, first seed, 8 validation images): the mean cosine between "
+            "two positions of the same image, per level. Near 1, every position points the same way and the map "
+            "says nothing about where anything is; a projected teacher near 1 where the raw teacher is well below "
+            "has collapsed, and a student aligned to it loses its own spatial structure.",
+            "",
+            _md_table(pd.read_csv(similarity), floatfmt=3),
+            "",
+        ]
     md += _figure_md(
         figures_dir,
         report_dir,

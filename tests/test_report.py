@@ -57,7 +57,12 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     (tmp_path / "report" / "teacher_eval.json").write_text(
         json.dumps({"model": "t", "miou": 0.8, "per_class_iou": [0.8] * 21})
     )
+    (tmp_path / "report" / "tables").mkdir()
+    (tmp_path / "report" / "tables" / "feature_position_similarity.csv").write_text(
+        "level,teacher (raw),teacher projected\nlayer4,0.901,0.9996\n"
+    )
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
+    assert "**What feature KD aligned**" in text and "| layer4 | 0.901 | 1.000 |" in text
     for method, values in MIOU.items():
         row = f"| {report.METHOD_NAMES[method]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | 4 |"
         assert row in text, row
