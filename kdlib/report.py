@@ -123,8 +123,9 @@ def _images(config: dict, key: str) -> str:
 
 
 def verdicts(paired: pd.DataFrame) -> list[str]:
-    """One plain sentence per method: does it beat no KD, by how much, and what the seeds can resolve."""
-    lines = []
+    """One plain sentence per method: does it beat no KD, by how much, what the seeds can
+    resolve, and whether it holds once every comparison of the table is corrected for (Holm)."""
+    lines, tests = [], len(paired)
     for _, r in paired.iterrows():
         name = METHOD_NAMES.get(r["method"], r["method"])
         if r["verdict"] == "one seed: no verdict":
@@ -134,10 +135,13 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
             said = "does not differ from no KD by more than seed noise"
         else:
             said = "beats no KD" if r["mean_diff"] > 0 else "is worse than no KD"
+            if tests > 1 and not r["p_holm"] < 0.05:
+                said += f", but not once the {tests} comparisons are corrected for together (Holm)"
         lines.append(
             f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "
             f"(95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f}; smallest detectable "
-            f"difference ±{r['detectable']:.4f})."
+            f"difference ±{r['detectable']:.4f}; paired t-test p = {r['p']:.3f}, Holm-corrected "
+            f"{r['p_holm']:.3f}; Wilcoxon signed-rank p = {r['p_wilcoxon']:.3f})."
         )
     return lines
 
@@ -249,7 +253,8 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         md += [
             "Paired by seed, each method against no KD (95% confidence interval of the mean "
             "difference, Student's t; `detectable` is its half-width, the smallest difference "
-            "these seeds can tell from zero):",
+            "these seeds can tell from zero; `p` the paired t-test, `p_holm` the same corrected "
+            "for all the rows tested together, `p_wilcoxon` the signed-rank test):",
             "",
             _md_table(paired.drop(columns=["vs"])),
             "",

@@ -147,3 +147,38 @@ def test_position_similarity_tells_a_collapsed_map_from_a_spatial_one():
     one_position = torch.randn(2, 16, 1, 1)
     same, spread, single = analysis.position_similarity([collapsed, spatial, one_position])
     assert same == pytest.approx(1.0, abs=1e-5) and abs(spread) < 0.2 and math.isnan(single)
+
+
+def test_p_values_by_hand_and_holms_correction():
+    # Holm: sorted p times (m - rank), kept non-decreasing: 0.01*3, max(0.03*2, 0.03), max(0.04*1, 0.06)
+    assert analysis.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert analysis.holm([0.5, float("nan")])[0] == pytest.approx(0.5)
+    runs = pd.DataFrame(
+        {
+            "method": ["none"] * 3 + ["feature"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "miou": [0.30, 0.32, 0.31, 0.30, 0.35, 0.27],
+        }
+    )
+    row = analysis.paired_comparison(runs).iloc[0]
+    # d = (0, 0.03, -0.04); with 2 degrees of freedom the t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so the
+    # two-sided p is 1 - |t| / sqrt(2 + t^2), t = mean / (sd / sqrt 3)
+    t = (-0.01 / 3) / (0.0351188 / 3**0.5)
+    assert row["p"] == pytest.approx(1 - abs(t) / (2 + t * t) ** 0.5, rel=1e-4)
+    assert row["p_holm"] == pytest.approx(row["p"])  # one comparison: nothing to correct
+    assert row["p_wilcoxon"] == pytest.approx(1.0)  # the zero is dropped; two ranks cannot reject
+
+
+def test_a_verdict_that_does_not_survive_the_correction_says_so():
+    from kdlib import report
+
+    none = [0.20, 0.22, 0.18, 0.21]
+    rows = {"none": none, "response": [v + d for v, d in zip(none, (0.01, 0.02, 0.015, 0.005))]}
+    rows |= {"feature": [v + d for v, d in zip(none, (0.01, -0.02, 0.0, 0.012))], "both": none[::-1]}
+    runs = pd.DataFrame(
+        [{"method": m, "seed": s, "miou": v} for m, values in rows.items() for s, v in enumerate(values)]
+    )
+    paired = analysis.paired_comparison(runs).set_index("method")
+    assert paired.loc["response", "p"] < 0.05 < paired.loc["response", "p_holm"]
+    line = next(v for v in report.verdicts(paired.reset_index()) if "**Response**" in v)
+    assert "beats no KD, but not once the 3 comparisons are corrected for together (Holm)" in line
