@@ -236,23 +236,26 @@ class LossTotals:
             self.first_bad[k] = torch.where((first < 0) & ~torch.isfinite(v), step, first)
 
     def means(self, rt: Runtime, epoch: int, phase: str) -> dict:
-        """Mean of each component over the epoch (over every rank's samples): the one host read."""
+        """Mean of each component over the epoch (over every rank's samples): the one host read.
+        Every rank learns whether any rank saw a non-finite value, so that all of them stop."""
         keys = sorted(self.sums)
-        bad = [self.first_bad[k] for k in keys]
         seen = torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)
-        totals = torch.stack([self.sums[k] for k in keys] + [seen])
+        failed_here = [(self.first_bad[k] >= 0).double() for k in keys]
+        totals = torch.stack([self.sums[k] for k in keys] + [seen] + failed_here)
         if rt.world > 1:
             dist.all_reduce(totals)
-        steps = torch.stack(bad).tolist() if bad else []
-        failed = {k: s for k, s in zip(keys, steps) if s >= 0}
-        if failed:
-            step = min(failed.values())
+        values = totals.tolist()
+        sums, seen, failed_anywhere = values[: len(keys)], values[len(keys)], values[len(keys) + 1 :]
+        if any(failed_anywhere):
+            steps = dict(zip(keys, torch.stack([self.first_bad[k] for k in keys]).tolist()))
+            here = {k: s for k, s in steps.items() if s >= 0}
+            step = min(here.values()) if here else None
+            names = sorted(k for k, s in here.items() if s == step) or [k for k, f in zip(keys, failed_anywhere) if f]
+            where = f"at epoch {epoch}, step {step}" if here else f"at epoch {epoch} on another rank"
             raise NonFiniteLossError(
-                f"{phase} loss component(s) {sorted(k for k, s in failed.items() if s == step)} became non-finite "
-                f"at epoch {epoch}, step {step}; last.pt and best.pt hold the run before this epoch "
-                "(try a lower --lr, or --amp off)"
+                f"{phase} loss component(s) {names} became non-finite {where}; last.pt and best.pt hold the run "
+                "before this epoch (try a lower --lr, or --amp off)"
             )
-        *sums, seen = totals.tolist()
         return {k: v / max(seen, 1) for k, v in zip(keys, sums)}
 
 

@@ -598,3 +598,17 @@ def test_the_training_step_never_synchronises_with_the_gpu(tiny_shapes, tiny_tea
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert totals.means(rt, 1, "train")["total"] > 0
+
+
+def test_loss_totals_average_by_samples_and_name_the_first_bad_step():
+    from kdlib.train import LossTotals, NonFiniteLossError, setup_runtime
+
+    rt = setup_runtime("cpu")
+    totals = LossTotals(rt.device)
+    totals.add({"ce": torch.tensor(1.0), "total": torch.tensor(2.0)}, 4, 0)
+    totals.add({"ce": torch.tensor(4.0), "total": torch.tensor(5.0)}, 2, 1)
+    assert totals.means(rt, 1, "train") == pytest.approx({"ce": 2.0, "total": 3.0})  # (4*1 + 2*4) / 6
+    totals.add({"ce": torch.tensor(float("nan")), "total": torch.tensor(1.0)}, 2, 2)
+    totals.add({"ce": torch.tensor(float("inf")), "total": torch.tensor(float("inf"))}, 2, 3)
+    with pytest.raises(NonFiniteLossError, match=r"\['ce'\] became non-finite at epoch 7, step 2"):
+        totals.means(rt, 7, "train")
