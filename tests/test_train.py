@@ -612,3 +612,35 @@ def test_loss_totals_average_by_samples_and_name_the_first_bad_step():
     totals.add({"ce": torch.tensor(float("inf")), "total": torch.tensor(float("inf"))}, 2, 3)
     with pytest.raises(NonFiniteLossError, match=r"\['ce'\] became non-finite at epoch 7, step 2"):
         totals.means(rt, 7, "train")
+
+
+NAN_ON_ONE_RANK = r"""
+import sys, torch
+import torch.distributed as dist
+from kdlib.train import LossTotals, NonFiniteLossError, setup_runtime
+
+rt = setup_runtime("cpu")
+totals = LossTotals(rt.device)
+for step in range(4):
+    bad = rt.rank == 1 and step == 3
+    totals.add({"ce": torch.tensor(float("nan") if bad else 1.0)}, 2, step)
+try:
+    totals.means(rt, 5, "train")
+    message = "no error"
+except NonFiniteLossError as error:
+    message = str(error)
+open(f"{sys.argv[1]}.{rt.rank}", "w").write(message)
+dist.barrier()  # both ranks reach the next collective: neither is left waiting
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    script = tmp_path / "nan.py"
+    script.write_text(NAN_ON_ONE_RANK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), str(script), str(tmp_path / "out")]
+    subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert "['ce'] became non-finite at epoch 5, step 3" in (tmp_path / "out.1").read_text()
+    assert "['ce'] became non-finite at epoch 5 on another rank" in (tmp_path / "out.0").read_text()
