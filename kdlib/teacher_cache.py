@@ -150,16 +150,16 @@ def ensure_cache(
     data_path, card_path = cache_paths(folder, dataset, image_size)
     key = cache_key(teacher, dataset, image_size)
     with waiting_lock(data_path.with_name(f".{data_path.name}.lock")):  # runs started together build it once
-        return _ensure(teacher, dataset, data_path, card_path, key, image_size, device, batch_size, log)
+        return _ensure(teacher, dataset, data_path, card_path, key, device, batch_size, log)
 
 
-def _ensure(teacher, dataset, data_path, card_path, key, image_size, device, batch_size, log):
+def _ensure(teacher, dataset, data_path, card_path, key, device, batch_size, log):
     reason = _stale_reason(card_path, data_path, key)
     if reason is None:
         card = json.loads(card_path.read_text())
         return TeacherMaps(data_path, card["shape"]), card | {"built": False}
     log(f"teacher cache {data_path}: building ({reason})")
-    card = build_cache(teacher, dataset, data_path, image_size, device=device, batch_size=batch_size)
+    card = build_cache(teacher, dataset, data_path, device=device, batch_size=batch_size)
     card["key"] = key
     atomic_write_text(json.dumps(card, indent=2) + "\n", card_path)
     log(
@@ -169,7 +169,7 @@ def _ensure(teacher, dataset, data_path, card_path, key, image_size, device, bat
 
 
 @torch.no_grad()
-def build_cache(teacher, dataset, data_path: Path, image_size: int, *, device="cpu", batch_size: int = 16) -> dict:
+def build_cache(teacher, dataset, data_path: Path, *, device="cpu", batch_size: int = 16) -> dict:
     """Run the teacher once over the un-augmented split and write its native-stride logits as
     float16 into ``data_path`` (temporary file, then rename)."""
     start = time.perf_counter()

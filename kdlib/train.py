@@ -232,7 +232,9 @@ class LossTotals:
         for k, v in parts.items():
             v = v.detach()
             self.sums[k] = self.sums.get(k, 0) + v.double() * n
-            first = self.first_bad.get(k, torch.full((), -1, device=v.device))
+            if k not in self.first_bad:
+                self.first_bad[k] = torch.full((), -1, device=v.device)
+            first = self.first_bad[k]
             self.first_bad[k] = torch.where((first < 0) & ~torch.isfinite(v), step, first)
 
     def means(self, rt: Runtime, epoch: int, phase: str) -> dict:

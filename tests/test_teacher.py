@@ -27,15 +27,7 @@ def test_shipped_teacher_reaches_its_card_on_a_regenerated_val_split(tmp_path):
     card = read_card()
     bench = card["benchmark"]
     # val images are a pure function of (seed, split, index): the other splits can be tiny
-    root = shapes.generate(
-        tmp_path,
-        teacher_train=1,
-        train=1,
-        val=bench["splits"]["val"],
-        size=bench["size"],
-        seed=bench["seed"],
-        progress=False,
-    )
+    root = _val_split_of_the_card(tmp_path, bench)
     result = evaluate_checkpoint(SHAPES_TEACHER, dataset="shapes", data_root=str(root), device="cpu")
     assert result["images"] == bench["splits"]["val"]
     assert result["miou"] >= card["val_miou"] - 0.01
@@ -48,18 +40,16 @@ def test_the_students_colour_jitter_preserves_labels(tmp_path):
     moves no object into another class."""
     card = read_card()
     bench = card["benchmark"]
-    root = shapes.generate(
-        tmp_path,
-        teacher_train=1,
-        train=1,
-        val=bench["splits"]["val"],
-        size=bench["size"],
-        seed=bench["seed"],
-        progress=False,
-    )
+    root = _val_split_of_the_card(tmp_path, bench)
     model = load_model(SHAPES_TEACHER)
     clean = evaluate_model(model, build_dataset("shapes", root, "val", train=False, image_size=bench["size"]))
     jittered = evaluate_augmented(model, "shapes", root, "val", augment="color")
     assert abs(jittered["miou"] - clean["miou"]) <= 0.02
     assert jittered["miou"] == pytest.approx(card["val_miou_color_jitter"], abs=0.01)
     assert clean["miou"] >= 0.85
+
+
+def _val_split_of_the_card(folder, bench):
+    """The benchmark the card names, with its full val split and a token image elsewhere."""
+    splits = {"teacher_train": 1, "train": 1, "val": bench["splits"]["val"]}
+    return shapes.generate(folder, **splits, size=bench["size"], seed=bench["seed"], progress=False)

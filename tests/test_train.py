@@ -233,6 +233,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _torchrun(processes: int = 2) -> list[str]:
+    """The command that starts ``processes`` local ranks on a free loopback port."""
+    ranks = [f"--nproc_per_node={processes}", "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    return [sys.executable, "-m", "torch.distributed.run", *ranks]
+
+
 @pytest.mark.slow
 def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_path):
     fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "run", epochs=1))
@@ -243,19 +249,8 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
     subprocess.run(
         [sys.executable, str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "one.json")], check=True, env=env
     )
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-    ]
     subprocess.run(
-        torchrun + [str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "two.json")],
+        _torchrun() + [str(script), str(tiny_shapes), str(ckpt), str(tmp_path / "two.json")],
         check=True,
         env=env,
         timeout=300,
@@ -269,16 +264,7 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
 @pytest.mark.slow
 def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
+    cmd = _torchrun() + [
         "-m",
         "kdlib",
         "train",
@@ -494,8 +480,7 @@ def test_ddp_averages_the_projections_gradients_like_the_students(tiny_teacher, 
     gradients one process computes, not their sum and not their own."""
     script, out = tmp_path / "step.py", tmp_path / "out.json"
     script.write_text(DDP_STEP_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), str(script), str(tiny_teacher), str(out)]
+    cmd = _torchrun() + [str(script), str(tiny_teacher), str(out)]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
     result = json.loads(out.read_text())
     assert result["rank_differs"] > 10 * result["max_diff"]  # the two batches pull differently
@@ -639,8 +624,7 @@ dist.destroy_process_group()
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     script = tmp_path / "nan.py"
     script.write_text(NAN_ON_ONE_RANK)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), str(script), str(tmp_path / "out")]
+    cmd = _torchrun() + [str(script), str(tmp_path / "out")]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=120)
     assert "['ce'] became non-finite at epoch 5, step 3" in (tmp_path / "out.1").read_text()
     assert "['ce'] became non-finite at epoch 5 on another rank" in (tmp_path / "out.0").read_text()
