@@ -1,7 +1,11 @@
-"""The report's loss terms (Section 2), one pure function each: tensors in, scalar out.
+"""The distillation objectives, one pure function per loss term: tensors in, scalar out.
 
-Every term leaves out pixels labelled ``VOID`` (255). When a batch holds no valid pixel at
-all, each term is 0 (with a zero gradient) rather than NaN.
+The report's terms (Section 2: cross entropy, response KD, feature KD) and three later ones
+from the segmentation-KD literature: pair-wise similarity (Liu et al., 2019), channel-wise
+distillation (Shu et al., 2021) and DIST (Huang et al., 2022). Every term leaves out pixels
+outside its mask (by default those labelled ``VOID``, 255; on unlabeled images the
+distillation terms see every pixel). When a batch holds no valid pixel at all, each term is 0
+(with a zero gradient) rather than NaN.
 """
 
 from __future__ import annotations
@@ -11,7 +15,28 @@ import torch.nn.functional as F
 
 from .conventions import VOID
 
-METHODS = ("none", "response", "feature", "both")
+REPORT_METHODS = ("none", "response", "feature", "both")  # the report's comparison (the demo's rows)
+NEW_METHODS = ("pairwise", "cwd", "dist")  # beyond the report (`make methods`)
+METHODS = (*REPORT_METHODS, *NEW_METHODS)
+
+# Each method's default loss weights and temperature, from its paper and its authors' code: the
+# objective is alpha·L_ce + beta·L_kd (see distillation_loss). Settings left unset (None) in a
+# Config take these; the resolved values are saved in every run's config.json.
+#   report's methods: Table 1 (alpha 0.7, beta 0.3, T 4)
+#   pairwise: SKD's released training script: lambda_pa 0.5, nodes from max-pooling patches of
+#     half the map (a 2×2 grid); the cross entropy keeps weight 1
+#   cwd: CWD paper, semantic segmentation on logits: loss weight 3, tau 4
+#   dist: DIST paper / code for segmentation: beta = gamma = 1, tau 1, loss weight 1
+METHOD_DEFAULTS = {
+    "none": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},  # only L_ce; recorded as Table 1's
+    "response": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},
+    "feature": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},
+    "both": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},
+    "pairwise": {"alpha": 1.0, "beta": 0.5, "temperature": 1.0},  # T unused
+    "cwd": {"alpha": 1.0, "beta": 3.0, "temperature": 4.0},
+    "dist": {"alpha": 1.0, "beta": 1.0, "temperature": 1.0},
+}
+PAIRWISE_GRID = 2  # nodes per side of the pair-wise affinity (SKD: patches of half the map)
 
 
 def needs_teacher(method: str) -> bool:
@@ -20,13 +45,19 @@ def needs_teacher(method: str) -> bool:
 
 
 def needs_features(method: str) -> bool:
-    """Whether ``method``'s objective aligns feature maps (so the teacher's projections train)."""
+    """Whether ``method``'s objective aligns projected feature maps (so the teacher's
+    projections train)."""
     return method in ("feature", "both")
 
 
+def needs_raw_features(method: str) -> bool:
+    """Whether ``method``'s objective reads the teacher's own (unprojected) feature maps."""
+    return method == "pairwise"
+
+
 def needs_logits(method: str) -> bool:
-    """Whether ``method``'s objective matches the teacher's softened logits."""
-    return method in ("response", "both")
+    """Whether ``method``'s objective reads the teacher's logits."""
+    return method in ("response", "both", "cwd", "dist")
 
 
 def _masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -192,29 +223,168 @@ def feature_kd_loss(
     return torch.stack(terms).mean()
 
 
+def _pool_to(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return f if tuple(f.shape[-2:]) == size else F.adaptive_max_pool2d(f, size)
+
+
+def affinity(feature: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity between every pair of positions of an N×C×H×W map: N×HW×HW."""
+    f = F.normalize(feature.float().flatten(2), dim=1, eps=1e-8)
+    return f.transpose(1, 2) @ f
+
+
+def pairwise_loss(
+    student_feature: torch.Tensor, teacher_feature: torch.Tensor, grid: int = PAIRWISE_GRID
+) -> torch.Tensor:
+    """Pair-wise similarity distillation (Liu et al., "Structured Knowledge Distillation for
+    Semantic Segmentation", CVPR 2019, Eq. 2):
+
+        L_pa = 1/(N·P²) · Σ_n Σ_{i,j} (a^s_ij - a^t_ij)²,   a_ij = f_iᵀf_j / (‖f_i‖·‖f_j‖)
+
+    over the P nodes of each map: both maps are max-pooled to the same grid of at most
+    ``grid``×``grid`` nodes (SKD pools patches of half the map: 2×2 nodes), so the cost does
+    not grow with the image and the two networks' strides need not match. The affinity does
+    not depend on the channel count, so no projection is needed. Void pixels are not masked:
+    a node summarises a whole region.
+    """
+    if student_feature.dim() != 4 or teacher_feature.dim() != 4:
+        raise ValueError("pairwise_loss: expects N×C×H×W student and teacher feature maps")
+    if grid < 1:
+        raise ValueError(f"pairwise_loss: grid must be >= 1, got {grid}")
+    size = tuple(min(grid, s, t) for s, t in zip(student_feature.shape[-2:], teacher_feature.shape[-2:]))
+    a_s = affinity(_pool_to(student_feature, size))
+    a_t = affinity(_pool_to(teacher_feature.detach(), size))
+    return (a_s - a_t).pow(2).mean()
+
+
+# Stands in for the logits of pixels outside the mask: exp() of it is exactly 0 in float32,
+# while it stays finite, so 0·log-ratio terms are 0 instead of NaN.
+_MASKED_LOGIT = -1e9
+
+
+def cwd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 4.0,
+    valid_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., "Channel-wise Knowledge Distillation for Dense
+    Prediction", ICCV 2021, Eq. 3-4): each channel c of the logits becomes a distribution
+    over the positions p of its image,
+
+        φ(z)_c,p = exp(z_c,p / T) / Σ_p' exp(z_c,p' / T),
+        L_cwd = T²/(N·C) · Σ_n Σ_c Σ_p φ(z_t)_c,p · log(φ(z_t)_c,p / φ(z_s)_c,p)
+
+    (KL from teacher to student, summed over positions, averaged over images and channels).
+    With ``valid_mask`` the distributions range over an image's valid positions only; an
+    image without any contributes 0.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"cwd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
+        )
+    if temperature <= 0:
+        raise ValueError(f"cwd_loss: temperature must be > 0, got {temperature}")
+    n, c = student_logits.shape[:2]
+    zs = student_logits.float().reshape(n, c, -1) / temperature
+    zt = teacher_logits.detach().float().reshape(n, c, -1) / temperature
+    if valid_mask is not None:
+        outside = ~valid_mask.reshape(n, 1, -1)
+        zs, zt = zs.masked_fill(outside, _MASKED_LOGIT), zt.masked_fill(outside, _MASKED_LOGIT)
+    log_ps, log_pt = F.log_softmax(zs, dim=-1), F.log_softmax(zt, dim=-1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # N×C
+    return kl.mean() * temperature**2
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pearson correlation of ``a`` and ``b`` along ``dim``, with optional non-negative
+    ``weights`` (broadcast along ``dim``) for the means and sums: cosine of the centred vectors."""
+    if weights is None:
+        weights = torch.ones_like(a)
+    total = weights.sum(dim, keepdim=True).clamp_min(1e-12)
+    a = a - (weights * a).sum(dim, keepdim=True) / total
+    b = b - (weights * b).sum(dim, keepdim=True) / total
+    num = (weights * a * b).sum(dim)
+    # at least 1e-8 (a constant vector correlates 0), and no infinite sqrt' at 0
+    den = ((weights * a * a).sum(dim) * (weights * b * b).sum(dim)).clamp_min(1e-16).sqrt()
+    return num / den
+
+
+def dist_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    valid_mask: torch.Tensor | None = None,
+    inter_weight: float = 1.0,
+    intra_weight: float = 1.0,
+) -> torch.Tensor:
+    """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022,
+    Eq. 5-8), with each pixel an instance as in the paper's segmentation experiments:
+    Y = softmax(z/T) over classes, one row per pixel of the batch (B pixels × C classes),
+
+        L_inter = 1 - 1/B · Σ_i ρ(Y_s[i,:], Y_t[i,:])     (a pixel's ranking of the classes)
+        L_intra = 1 - 1/C · Σ_j ρ(Y_s[:,j], Y_t[:,j])     (a class's scores across the pixels)
+        L_DIST  = T² · (β·L_inter + γ·L_intra)             β = ``inter_weight``, γ = ``intra_weight``
+
+    with ρ the Pearson correlation, which ignores a shift and a scale of the student's
+    predictions: only their relations must match, not their values (KL's exact match).
+    With ``valid_mask`` the pixels outside it take no part in either term.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"dist_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
+        )
+    if temperature <= 0:
+        raise ValueError(f"dist_loss: temperature must be > 0, got {temperature}")
+    c = student_logits.shape[1]
+    ys = F.softmax(student_logits.float() / temperature, dim=1).transpose(0, 1).reshape(c, -1)  # C×B
+    yt = F.softmax(teacher_logits.detach().float() / temperature, dim=1).transpose(0, 1).reshape(c, -1)
+    w = None if valid_mask is None else valid_mask.reshape(1, -1).to(ys.dtype)
+    per_pixel = _pearson(ys, yt, dim=0)  # B
+    inter = 1.0 - _masked_mean(per_pixel, None if w is None else w[0] > 0)
+    intra = 1.0 - _pearson(ys, yt, dim=1, weights=w).mean()
+    loss = (inter_weight * inter + intra_weight * intra) * temperature**2
+    return loss if w is None else loss * (w.sum() > 0).to(loss.dtype)  # 0 without any valid pixel
+
+
 def distillation_loss(
     method: str,
     student_out: dict,
     teacher_out: dict | None,
     target: torch.Tensor,
-    alpha: float = 0.7,
-    beta: float = 0.3,
-    temperature: float = 4.0,
+    alpha: float | None = None,
+    beta: float | None = None,
+    temperature: float | None = None,
     scale_by_t2: bool = False,
+    kd_mask: torch.Tensor | None = None,
+    pairwise_grid: int = PAIRWISE_GRID,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The report's combined objective for one KD method.
+    """The combined objective of one KD method.
 
         none:      L = L_ce                                  (the baseline: plain CE)
-        response:  L = α·L_ce + β·L_response
+        response:  L = α·L_ce + β·L_response                 (the report's three)
         feature:   L = α·L_ce + β·L_feature
         both:      L = α·L_ce + β·(L_response + L_feature)
+        pairwise:  L = α·L_ce + β·L_pa      (last feature level; :func:`pairwise_loss`)
+        cwd:       L = α·L_ce + β·L_cwd     (logits; :func:`cwd_loss`)
+        dist:      L = α·L_ce + β·L_DIST    (logits; :func:`dist_loss`)
 
+    α, β and T left None take the method's :data:`METHOD_DEFAULTS`.
     ``student_out`` and ``teacher_out`` are the models' dicts (``"out"``: logits at input size,
-    ``"features"``: the four levels, teacher's already projected). Void pixels are left out of
-    every term. Returns the total and a dict of every component (detached), for the plots.
+    ``"features"``: the four levels, the teacher's projected; ``"raw_features"``: the teacher's
+    own, for ``pairwise``). Void pixels are left out of the cross entropy; the distillation
+    terms see the pixels of ``kd_mask`` (default: the non-void ones; on unlabeled images, whose
+    targets are all void, the trainer passes every pixel). Returns the total and a dict of every
+    component (detached), for the plots.
     """
     if method not in METHODS:
         raise ValueError(f"distillation_loss: unknown method {method!r}; choose one of {METHODS}")
+    defaults = METHOD_DEFAULTS[method]
+    alpha = defaults["alpha"] if alpha is None else alpha
+    beta = defaults["beta"] if beta is None else beta
+    temperature = defaults["temperature"] if temperature is None else temperature
     valid = target != VOID
     ce = supervised_loss(student_out["out"], target)
     parts = {"ce": ce}
@@ -223,15 +393,22 @@ def distillation_loss(
     else:
         if teacher_out is None:
             raise ValueError(f"distillation_loss: method {method!r} needs the teacher's outputs")
-        kd = ce.new_zeros(())
-        if needs_logits(method):
-            parts["response"] = response_kd_loss(
-                student_out["out"], teacher_out["out"], temperature, valid, scale_by_t2
-            )
-            kd = kd + parts["response"]
+        kd_valid = valid if kd_mask is None else kd_mask
+        zs, zt = student_out["out"], teacher_out.get("out")
+        terms = {}
+        if method in ("response", "both"):
+            terms["response"] = response_kd_loss(zs, zt, temperature, kd_valid, scale_by_t2)
         if needs_features(method):
-            parts["feature"] = feature_kd_loss(student_out["features"], teacher_out["features"], valid)
-            kd = kd + parts["feature"]
-        total = alpha * ce + beta * kd
+            terms["feature"] = feature_kd_loss(student_out["features"], teacher_out["features"], kd_valid)
+        if method == "pairwise":
+            terms["pairwise"] = pairwise_loss(
+                student_out["features"][-1], teacher_out["raw_features"][-1], pairwise_grid
+            )
+        if method == "cwd":
+            terms["cwd"] = cwd_loss(zs, zt, temperature, kd_valid)
+        if method == "dist":
+            terms["dist"] = dist_loss(zs, zt, temperature, kd_valid)
+        parts |= terms
+        total = alpha * ce + beta * sum(terms.values())
     parts["total"] = total
     return total, {k: v.detach() for k, v in parts.items()}

@@ -1,13 +1,18 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kdlib.conventions import VOID
 from kdlib.losses import (
+    affinity,
+    cwd_loss,
+    dist_loss,
     distillation_loss,
     feature_kd_loss,
+    pairwise_loss,
     response_kd_loss,
     supervised_loss,
 )
@@ -192,14 +197,162 @@ def test_response_gradient_in_closed_form_equals_autograds(monkeypatch, chunk):
                 assert torch.allclose(response_kd_loss(s, t, 3.0, valid, scale_by_t2=scale), slow, rtol=1e-5, atol=1e-6)
 
 
-def test_the_method_predicates_say_which_terms_each_objective_holds():
-    from kdlib.losses import METHODS, needs_features, needs_logits, needs_teacher
+def test_the_method_predicates_say_which_teacher_outputs_each_objective_reads():
+    """Each method runs on a teacher dict holding only what the predicates say it reads, and
+    its parts are the cross entropy plus its own terms."""
+    from kdlib.losses import METHODS, needs_features, needs_logits, needs_raw_features, needs_teacher
 
-    torch.manual_seed(0)
-    student = {"out": torch.randn(2, 21, 8, 8), "features": [torch.randn(2, 4, 4, 4)]}
-    teacher = {"out": torch.randn(2, 21, 8, 8), "features": [torch.randn(2, 4, 4, 4)]}
-    target = torch.randint(0, 21, (2, 8, 8))
+    s, t, y = _outputs()
+    t["raw_features"] = [torch.randn(2, 2 * f.shape[1], *f.shape[-2:]) for f in t["features"]]
+    terms = {
+        "none": set(),
+        "response": {"response"},
+        "feature": {"feature"},
+        "both": {"response", "feature"},
+        "pairwise": {"pairwise"},
+        "cwd": {"cwd"},
+        "dist": {"dist"},
+    }
+    assert set(terms) == set(METHODS)
     for method in METHODS:
-        _, parts = distillation_loss(method, student, teacher if needs_teacher(method) else None, target)
-        assert ("response" in parts) == needs_logits(method) and ("feature" in parts) == needs_features(method)
-        assert needs_teacher(method) == (needs_logits(method) or needs_features(method))
+        wanted = {"out": needs_logits(method), "features": needs_features(method)}
+        wanted["raw_features"] = needs_raw_features(method)
+        teacher = {k: v for k, v in t.items() if wanted[k]} if needs_teacher(method) else None
+        _, parts = distillation_loss(method, s, teacher, y)
+        assert set(parts) == {"ce", "total"} | terms[method], method
+        assert needs_teacher(method) == any(wanted.values())
+
+
+def test_method_defaults_are_the_papers():
+    from kdlib.losses import METHOD_DEFAULTS, METHODS, PAIRWISE_GRID
+
+    assert set(METHOD_DEFAULTS) == set(METHODS)
+    for m in ("none", "response", "feature", "both"):  # the report's Table 1
+        assert METHOD_DEFAULTS[m] == {"alpha": 0.7, "beta": 0.3, "temperature": 4.0}
+    assert METHOD_DEFAULTS["pairwise"]["beta"] == 0.5 and PAIRWISE_GRID == 2  # SKD: lambda_pa 0.5, pool 0.5
+    assert METHOD_DEFAULTS["cwd"] | {} == {"alpha": 1.0, "beta": 3.0, "temperature": 4.0}  # CWD: 3, tau 4
+    assert METHOD_DEFAULTS["dist"] == {"alpha": 1.0, "beta": 1.0, "temperature": 1.0}  # DIST: beta=gamma=1, tau 1
+
+
+# --------------------------------------------------------------------------- beyond the report
+
+
+def test_pairwise_by_hand():
+    # two nodes (a 1×2 map). Student: orthogonal features -> affinity [[1, 0], [0, 1]];
+    # teacher (other channel count): (1, 0, 0) and (1, 1, 0), cosine 1/√2.
+    # Squared differences: 0, 1/2, 1/2, 0 -> mean 1/4.
+    fs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).view(1, 2, 1, 2)
+    ft = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]).view(1, 3, 1, 2)
+    assert pairwise_loss(fs, ft).item() == pytest.approx(0.25, abs=1e-6)
+    assert pairwise_loss(fs, 5 * ft).item() == pytest.approx(0.25, abs=1e-6)  # scale-free
+    assert pairwise_loss(ft, ft).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pairwise_pools_both_maps_to_one_small_grid():
+    torch.manual_seed(0)
+    fs, ft = torch.randn(2, 8, 4, 4), torch.randn(2, 16, 16, 16)
+    # grid 2: both maps max-pooled over blocks of half their side
+    ps = fs.view(2, 8, 2, 2, 2, 2).amax((3, 5))
+    pt = ft.view(2, 16, 2, 8, 2, 8).amax((3, 5))
+    a_s = F.normalize(ps.flatten(2), dim=1)
+    a_t = F.normalize(pt.flatten(2), dim=1)
+    expected = ((a_s.transpose(1, 2) @ a_s - a_t.transpose(1, 2) @ a_t) ** 2).mean()
+    assert pairwise_loss(fs, ft, grid=2).item() == pytest.approx(expected.item(), rel=1e-5)
+    # a grid finer than the smaller map stops at the smaller map's size (4×4 nodes here)
+    assert affinity(fs).shape == (2, 16, 16)
+    pt4 = ft.view(2, 16, 4, 4, 4, 4).amax((3, 5))
+    expected4 = ((affinity(fs) - affinity(pt4)) ** 2).mean()
+    assert pairwise_loss(fs, ft, grid=64).item() == pytest.approx(expected4.item(), rel=1e-5)
+
+
+def test_cwd_by_hand():
+    # one channel over two positions. T = 1: teacher logits (0, ln 3) -> (1/4, 3/4);
+    # student (0, 0) -> (1/2, 1/2): KL = 1/4·ln(1/2) + 3/4·ln(3/2)
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    t = torch.tensor([0.0, math.log(3)]).view(1, 1, 1, 2)
+    s = torch.zeros_like(t)
+    assert cwd_loss(s, t, temperature=1.0).item() == pytest.approx(kl, rel=1e-6)
+    # T = 2 with the teacher's logits doubled: the same distributions, times T² = 4
+    assert cwd_loss(s, 2 * t, temperature=2.0).item() == pytest.approx(4 * kl, rel=1e-6)
+    # the mean over channels and images: a second channel where student = teacher adds 0
+    s2, t2 = torch.cat([s, t], 1), torch.cat([t, t], 1)
+    assert cwd_loss(s2, t2, 1.0).item() == pytest.approx(kl / 2, rel=1e-6)
+
+
+def test_cwd_distributions_range_over_valid_positions_only():
+    t = torch.tensor([0.0, math.log(3), 7.0]).view(1, 1, 1, 3)
+    s = torch.tensor([0.0, 0.0, -9.0]).view(1, 1, 1, 3).requires_grad_()
+    valid = torch.tensor([[[True, True, False]]])
+    kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    loss = cwd_loss(s, t, 1.0, valid)
+    assert loss.item() == pytest.approx(kl, rel=1e-6)
+    loss.backward()
+    assert s.grad[0, 0, 0, 2].item() == 0.0 and torch.isfinite(s.grad).all()
+    none_valid = torch.zeros_like(valid)
+    s.grad = None
+    empty = cwd_loss(s, t, 1.0, none_valid)
+    empty.backward()
+    assert empty.item() == 0.0 and (s.grad == 0).all()
+
+
+def _pearson_oracle(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_dist_against_numpys_correlations():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    for temp in (1.0, 2.0):
+        ys = F.softmax(s / temp, 1).permute(0, 2, 3, 1).reshape(-1, 4).numpy()  # pixels × classes
+        yt = F.softmax(t / temp, 1).permute(0, 2, 3, 1).reshape(-1, 4).numpy()
+        inter = 1 - np.mean([_pearson_oracle(ys[i], yt[i]) for i in range(len(ys))])
+        intra = 1 - np.mean([_pearson_oracle(ys[:, j], yt[:, j]) for j in range(4)])
+        got = dist_loss(s, t, temperature=temp, inter_weight=2.0, intra_weight=0.5).item()
+        assert got == pytest.approx(temp**2 * (2.0 * inter + 0.5 * intra), rel=1e-5)
+        # masked: the same as the valid pixels alone
+        valid = torch.rand(2, 3, 3) > 0.4
+        keep = valid.reshape(-1).numpy()
+        inter = 1 - np.mean([_pearson_oracle(ys[i], yt[i]) for i in np.flatnonzero(keep)])
+        intra = 1 - np.mean([_pearson_oracle(ys[keep, j], yt[keep, j]) for j in range(4)])
+        got = dist_loss(s, t, temp, valid).item()
+        assert got == pytest.approx(temp**2 * (inter + intra), rel=1e-5)
+
+
+def test_dist_matches_relations_not_values():
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 4, 4)
+    assert dist_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert dist_loss(-t, t).item() > 1.0  # reversed rankings
+    s = torch.randn(2, 5, 4, 4, requires_grad=True)
+    loss = dist_loss(s, t, valid_mask=torch.zeros(2, 4, 4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(s.grad).all()
+
+
+def test_new_methods_combine_as_alpha_ce_plus_beta_term():
+    s, t, y = _outputs()
+    t["raw_features"] = [torch.randn(2, 7, *f.shape[-2:]) for f in t["features"]]
+    y[:, :4] = VOID
+    ce = supervised_loss(s["out"], y)
+    cases = {
+        "pairwise": pairwise_loss(s["features"][-1], t["raw_features"][-1], 2),
+        "cwd": cwd_loss(s["out"], t["out"], 4.0, y != VOID),
+        "dist": dist_loss(s["out"], t["out"], 4.0, y != VOID),
+    }
+    for method, term in cases.items():
+        total, parts = distillation_loss(method, s, t, y, alpha=1.0, beta=3.0, temperature=4.0)
+        assert total.item() == pytest.approx(ce.item() + 3.0 * term.item(), rel=1e-5)
+        assert parts[method].item() == pytest.approx(term.item(), rel=1e-6)
+
+
+def test_kd_mask_lets_distillation_see_pixels_the_cross_entropy_does_not():
+    """On unlabeled images (all void) the cross entropy is 0 and the distillation terms see
+    every pixel of ``kd_mask``."""
+    s, t, y = _outputs()
+    unlabeled = torch.full_like(y, VOID)
+    everywhere = torch.ones_like(y, dtype=torch.bool)
+    for method in ("response", "cwd", "dist"):
+        _, parts = distillation_loss(method, s, t, unlabeled, kd_mask=everywhere)
+        _, reference = distillation_loss(method, s, t, torch.zeros_like(y))  # every pixel labelled
+        assert parts["ce"].item() == 0.0
+        assert parts[method].item() == pytest.approx(reference[method].item(), rel=1e-6)
