@@ -13,7 +13,7 @@ DEVICE    ?= cpu
 PROFILE   ?= demo
 DEMO_ARGS  = --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 
-.PHONY: demo test lab bench report teacher lint clean-venv
+.PHONY: demo test lab bench report teacher methods sweep lint clean-venv
 
 # The virtual environment: rebuilt only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -42,6 +42,16 @@ lab: $(STAMP)
 # Time every KD method on this device (report and embedded settings): a table and report/bench.json.
 bench: $(STAMP)
 	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out report/bench.json
+
+# The rows beyond the report (chapter 8: pairwise, cwd, dist, Hinton's T², unlabeled images), then the
+# results chapter and report with them: about 30 minutes on 2 CPU cores, on top of `make demo`'s runs.
+methods: $(STAMP)
+	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True
+
+# The hyper-parameter map (chapter 9: T × β for response KD and the best new method, 3 seeds), then
+# the results chapter and report: about 70 minutes on 2 CPU cores.
+sweep: $(STAMP)
+	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True
 
 # Figures, tables and report/ again from the finished runs of `make demo` (no training).
 report: $(STAMP)

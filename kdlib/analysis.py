@@ -291,8 +291,12 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(runs: pd.DataFrame, order=("none", "feature", "response", "both", "response_cached")) -> pd.DataFrame:
-    """Section 4's table: mIoU mean ± std over seeds, epochs, total training time."""
+REPORT_ORDER = ("none", "feature", "response", "both", "response_cached")
+
+
+def summary_table(runs: pd.DataFrame, order=None) -> pd.DataFrame:
+    """Section 4's table: mIoU mean ± std over seeds, epochs, total training time. Rows in
+    ``order``, by default the report's methods first, then the others as they appear."""
     g = runs.groupby("method")
     table = pd.DataFrame(
         {
@@ -303,6 +307,8 @@ def summary_table(runs: pd.DataFrame, order=("none", "feature", "response", "bot
             "seconds_mean": g["seconds"].mean(),
         }
     )
+    if order is None:
+        order = [*REPORT_ORDER, *(m for m in runs["method"].unique() if m not in REPORT_ORDER)]
     return table.loc[[m for m in order if m in table.index]]
 
 

@@ -45,7 +45,7 @@ from .config import SHAPES_TEACHER, Config
 from .conventions import upsample_logits
 from .data import build_dataset
 from .files import atomic_write_text
-from .losses import METHODS, needs_features, needs_teacher
+from .losses import METHODS, needs_features, needs_raw_features, needs_teacher
 from .models import TeacherWrapper, build_model, count_parameters
 from .teacher_cache import WithTeacherMaps, ensure_cache, feature_bytes_per_image
 from .train import environment, setup_runtime, train_loader, train_step
@@ -333,7 +333,11 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
         epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
     overhead = {
         m: spread(
-            s / (times["teacher_features" if needs_features(m) else "teacher"][r] + times["none"][r])
+            s
+            / (
+                times["teacher_features" if needs_features(m) or needs_raw_features(m) else "teacher"][r]
+                + times["none"][r]
+            )
             for r, s in enumerate(times[m])
         )
         for m in KD_METHODS

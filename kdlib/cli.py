@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HELP = {
-    "method": "KD method: none (plain CE), response, feature or both",
+    "method": "KD method: none (plain CE), the report's response, feature or both, or pairwise, cwd or dist",
     "dataset": "voc (PASCAL VOC 2012 on disk) or shapes (the embedded benchmark)",
     "data_root": "data folder (VOC: VOC2012 or a folder above it; shapes: the generated folder)",
     "out": "run folder for config.json, history.csv, metrics.json, best.pt, last.pt",
@@ -34,9 +34,11 @@ HELP = {
     "lr_patience": "ReduceLROnPlateau patience, epochs",
     "min_lr": "ReduceLROnPlateau floor",
     "early_stop": "stop after this many epochs without a better val mIoU",
-    "temperature": "KD temperature T (> 0)",
-    "alpha": "weight of the cross entropy in KD methods",
-    "beta": "weight of the distillation terms in KD methods",
+    "temperature": "KD temperature T (> 0; None: the method's, 4 for the report's methods)",
+    "alpha": "weight of the cross entropy in KD methods (None: the method's, 0.7 for the report's)",
+    "beta": "weight of the distillation terms in KD methods (None: the method's, 0.3 for the report's)",
+    "pairwise_grid": "pairwise: the affinity's nodes per side (both feature maps max-pooled to it)",
+    "unlabeled_split": "split of extra images whose masks are not read: only the distillation terms see them",
     "scale_by_t2": "multiply the response term by T^2 (Hinton); off in the report",
     "teacher": "teacher architecture (default: fcn_resnet50 for VOC, lraspp_resnet18 for shapes)",
     "teacher_weights": "teacher weights file (default: torch hub cache for VOC, the shipped checkpoint for shapes)",
@@ -93,6 +95,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "train_repeats": {"type": _positive_int},
         "max_batches": {"type": _positive_int},
         "workers": {"type": int},
+        "pairwise_grid": {"type": _positive_int},
         "temperature": {"type": _positive_float},
         "lr": {"type": _positive_float},
         "alpha": {"type": _non_negative_float},
@@ -227,10 +230,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _assignment(text: str) -> tuple[str, object]:
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value  # a plain string
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.dataset, args.data_root, args.device, args.profile)
+    return run_demo(
+        args.dataset, args.data_root, args.device, args.profile, args.notebooks or None, dict(args.set or [])
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data/shapes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", default="demo")
+    p.add_argument("--notebooks", nargs="+", help="these notebooks only, in this order (names in notebooks/)")
+    p.add_argument(
+        "--set",
+        type=_assignment,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a notebook parameter (a Python literal), e.g. train_extra=True (make methods)",
+    )
     return parser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .data import AUGMENTATIONS, DATASETS
-from .losses import METHODS, needs_teacher
+from .losses import METHOD_DEFAULTS, METHODS, PAIRWISE_GRID, needs_features, needs_raw_features, needs_teacher
 from .models import ARCHITECTURES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -37,7 +37,7 @@ class Config:
     from the data set" (224 px and the FCN-ResNet50 teacher for VOC; the benchmark's own size
     and the shipped teacher for ``shapes``). The resolved config is saved with every run."""
 
-    method: str = "none"  # none | response | feature | both
+    method: str = "none"  # none | response | feature | both | pairwise | cwd | dist
     dataset: str = "shapes"  # voc | shapes
     data_root: str = "data/shapes"
     out: str = "runs/none"
@@ -56,10 +56,14 @@ class Config:
     lr_patience: int = 10
     min_lr: float = 1e-7
     early_stop: int = 30  # epochs without a better val mIoU
-    temperature: float = 4.0
-    alpha: float = 0.7
-    beta: float = 0.3
+    # None: the method's own default (losses.METHOD_DEFAULTS: Table 1 for the report's methods,
+    # the papers' for pairwise, cwd and dist)
+    temperature: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
     scale_by_t2: bool = False
+    pairwise_grid: int = PAIRWISE_GRID  # nodes per side of the pair-wise affinity (method pairwise)
+    unlabeled_split: str | None = None  # images without masks: only the distillation terms see them
     teacher: str | None = None  # fcn_resnet50 | lraspp_resnet18
     teacher_weights: str | None = None
     teacher_cache: str | None = None  # folder of cached teacher logits (response KD offline)
@@ -85,10 +89,20 @@ class Config:
         ]
         if self.model != "student" and needs_teacher(self.method):
             problems.append(f"model={self.model!r} trains only with method='none'")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             problems.append(f"temperature={self.temperature}: must be > 0")
-        if self.alpha < 0 or self.beta < 0:
-            problems.append(f"alpha={self.alpha}, beta={self.beta}: must be >= 0")
+        for name in ("alpha", "beta"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.pairwise_grid < 1:
+            problems.append(f"pairwise_grid={self.pairwise_grid}: must be >= 1")
+        if self.unlabeled_split and not needs_teacher(self.method):
+            problems.append(
+                f"unlabeled_split={self.unlabeled_split!r} needs a KD method (got {self.method!r}): "
+                "only the distillation terms can learn from images without masks"
+            )
+        if self.unlabeled_split and self.unlabeled_split in (self.train_split, self.val_split):
+            problems.append(f"unlabeled_split={self.unlabeled_split!r} is also the train or val split")
         if self.image_size is not None and (self.image_size <= 0 or self.image_size % 32):
             problems.append(f"image_size={self.image_size}: must be a positive multiple of 32")
         if self.batch_size < 1:
@@ -101,10 +115,11 @@ class Config:
             problems.append(f"lr={self.lr}: must be > 0")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
-        if self.teacher_cache and self.method != "response":
+        if self.teacher_cache and not logits_only(self.method):
             problems.append(
-                f"teacher_cache={self.teacher_cache!r} serves method='response' only (got {self.method!r}): "
-                "feature KD needs the teacher's features of every augmented image, see kdlib/teacher_cache.py"
+                f"teacher_cache={self.teacher_cache!r} serves the methods that read the teacher's logits only "
+                f"(response, cwd, dist; got {self.method!r}): feature methods need the teacher's features of "
+                "every augmented image, see kdlib/teacher_cache.py"
             )
         if problems:
             raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
@@ -112,6 +127,9 @@ class Config:
     def resolved(self) -> Config:
         """A copy with the data-set-dependent defaults filled in."""
         cfg = dataclasses.replace(self)
+        for name, value in METHOD_DEFAULTS[cfg.method].items():
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, value)
         if cfg.workers is None:
             cfg.workers = default_workers()
         if cfg.image_size is None:
@@ -121,6 +139,11 @@ class Config:
         if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and needs_teacher(cfg.method):
             cfg.teacher_weights = str(SHAPES_TEACHER)
         return cfg
+
+
+def logits_only(method: str) -> bool:
+    """Whether ``method`` reads nothing of the teacher but its logits (so a cache of them serves)."""
+    return needs_teacher(method) and not needs_features(method) and not needs_raw_features(method)
 
 
 def default_workers() -> int:

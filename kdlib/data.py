@@ -79,6 +79,9 @@ class SegmentationFolder(Dataset):
 
     ``augment`` (a mode of :mod:`kdlib.augment`) makes it a training split: each sample then
     carries its own random augmentation parameters (see :meth:`__getitem__`).
+
+    ``mask_dir=None`` makes it a split of unlabeled images: no mask is read (none needs to
+    exist) and every sample's mask is void, so that only the distillation terms learn from it.
     """
 
     def __init__(
@@ -96,8 +99,10 @@ class SegmentationFolder(Dataset):
         self.augment = augment  # None (an evaluation split), or a mode of kdlib.augment
         self.image_size = image_size  # (H, W) the transforms resize to
         self._decoded = None  # training pairs kept after their first read (see _resized)
+        self.labelled = mask_dir is not None
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        problems = [str(p) for p in (self.root / "JPEGImages", self.root / mask_dir, list_file) if not p.exists()]
+        needed = (self.root / "JPEGImages", list_file) + ((self.root / mask_dir,) if self.labelled else ())
+        problems = [str(p) for p in needed if not p.exists()]
         if problems:
             raise DatasetNotFoundError(
                 f"Data set folder incomplete: missing {', '.join(problems)}.\n" + layout_help(self.root, split, name)
@@ -106,13 +111,13 @@ class SegmentationFolder(Dataset):
         if not self.ids:
             raise DatasetNotFoundError(f"{list_file} lists no image ids; the split is empty.")
         self.images = [self.root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
-        self.masks = [self.root / mask_dir / f"{i}.png" for i in self.ids]
+        self.masks = [self.root / mask_dir / f"{i}.png" if self.labelled else None for i in self.ids]
         self.skipped: list[tuple[str, str]] = []
         missing = [
             (i, f"{p} is missing")
             for i, im, m in zip(self.ids, self.images, self.masks)
             for p in (im, m)
-            if not p.is_file()
+            if p is not None and not p.is_file()
         ]
         if missing and not skip_bad:
             shown = "\n  ".join(reason for _, reason in missing[:5])
@@ -155,6 +160,9 @@ class SegmentationFolder(Dataset):
                 image = np.array(jpeg.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{image_path}: cannot read the image ({exc})") from exc
+        if mask_path is None:  # an unlabeled image: every pixel void
+            void = torch.full(image.shape[:2], VOID, dtype=torch.uint8)
+            return torch.from_numpy(image).permute(2, 0, 1).contiguous(), void
         try:
             with Image.open(mask_path) as png:
                 mode = png.mode
@@ -270,14 +278,17 @@ def build_dataset(
     download: bool = False,
     augment: str = "table2",
     skip_bad: bool = False,
+    labelled: bool = True,
 ) -> SegmentationFolder:
     """The one way to get a data set: ``name`` in ``voc | shapes``.
 
     ``train`` picks the training augmentation (``augment``: Table 2 by default), else resize
-    only. For ``voc``, ``root`` may be the
-    ``VOC2012`` folder or a folder above it; ``split`` is ``train``, ``val``, ``trainval`` or
-    ``train_aug`` (SBD's 10,582 images, read from ``SegmentationClassAug/`` next to
-    ``SegmentationClass/`` when the user has it). Downloads only with ``download=True``.
+    only. For ``voc``, ``root`` may be the ``VOC2012`` folder or a folder above it; ``split``
+    is ``train``, ``val``, ``trainval`` or ``train_aug`` (SBD's 10,582 images, read from
+    ``SegmentationClassAug/`` next to ``SegmentationClass/`` when the user has it), or any
+    list in ``ImageSets/Segmentation/``. Downloads only with ``download=True``.
+    ``labelled=False`` reads the images of ``split`` only (e.g. a list of extra image ids
+    without masks, such as SBD's): every mask is void.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
@@ -289,14 +300,15 @@ def build_dataset(
     transforms = resize_transforms(image_size)
     options = {"skip_bad": skip_bad, "augment": augment if train else None, "image_size": (image_size, image_size)}
     if name == "shapes":
-        return SegmentationFolder(root, split, transforms, name="shapes", **options)
+        mask_dir = "SegmentationClass" if labelled else None
+        return SegmentationFolder(root, split, transforms, mask_dir=mask_dir, name="shapes", **options)
     voc_root = resolve_voc_root(root)
     if download and not (voc_root / "JPEGImages").is_dir():
         from torchvision.datasets import VOCSegmentation
 
         VOCSegmentation(str(root), year="2012", image_set="trainval", download=True)
         voc_root = resolve_voc_root(root)
-    mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
+    mask_dir = ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass") if labelled else None
     return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc", **options)
 
 

@@ -156,6 +156,13 @@ def smoke_parameters(folder: Path) -> dict:
         "runs_dir": str(folder / "runs"),
         "figures_dir": str(folder / "figures"),
         "report_dir": str(folder / "report"),
+        # chapters 8 and 9 train their rows and a small map, so that every path runs
+        "train_extra": True,
+        "run_sweep": True,
+        "sweep_methods": None,
+        "sweep_temperatures": [1.0, 4.0],
+        "sweep_betas": [0.3],
+        "sweep_seeds": [0],
     }
 
 
@@ -196,8 +203,16 @@ def demo_parameters(dataset: str, data_root: str, device: str, profile: str) -> 
 
 
 def run_demo(
-    dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu", profile: str = "demo", notebooks=None
+    dataset: str = "shapes",
+    data_root: str = "data/shapes",
+    device: str = "cpu",
+    profile: str = "demo",
+    notebooks=None,
+    parameters: dict | None = None,
 ) -> int:
+    """Execute ``notebooks`` (default: every numbered one) in order; ``parameters`` are set in
+    each notebook that declares them (e.g. ``train_extra=True`` for `make methods`), on top of
+    the configuration's."""
     from papermill.exceptions import PapermillExecutionError
 
     from .experiment import profile_settings
@@ -216,8 +231,10 @@ def run_demo(
         t0 = time.perf_counter()
         print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
         declared = _declared(nb)
+        injected = {} if in_place else {k: v for k, v in params.items() if k in declared}
+        injected |= {k: v for k, v in (parameters or {}).items() if k in declared}
         try:
-            executed = run_notebook(nb, {} if in_place else {k: v for k, v in params.items() if k in declared}, out_dir)
+            executed = run_notebook(nb, injected, out_dir)
         except PapermillExecutionError as error:
             print(failure_message(nb, error, out_dir / nb.name), file=sys.stderr)
             return 1

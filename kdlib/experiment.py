@@ -16,13 +16,26 @@ import pandas as pd
 
 from .config import Config
 from .files import atomic_write_text
-from .losses import METHODS
+from .losses import METHODS, NEW_METHODS, REPORT_METHODS, needs_teacher
 from .train import fit, teacher_weights_sha256
 
-# Run names: the four methods, and response KD distilled from the teacher-output cache
-# (kdlib/teacher_cache.py), the offline variant whose accuracy the report compares.
-VARIANTS = {"response_cached": {"method": "response"}}
+# The split of images without masks each data set offers to `<method>_unlabeled` runs (VOC has
+# none of its own: pass unlabeled_split=, e.g. a list of SBD's extra image ids).
+UNLABELED_SPLITS = {"shapes": "teacher_train"}
+
+# Run names: every method, and variants of one: response KD distilled from the teacher-output
+# cache (kdlib/teacher_cache.py; the offline variant whose accuracy the report compares),
+# response KD in Hinton's form (×T²), and each KD method with the unlabeled images added.
+VARIANTS = {
+    "response_cached": {"method": "response"},
+    "response_t2": {"method": "response", "scale_by_t2": True},
+    **{f"{m}_unlabeled": {"method": m, "unlabeled": True} for m in METHODS if needs_teacher(m)},
+}
 RUN_NAMES = (*METHODS, *VARIANTS)
+
+# The rows beyond the report, trained by `make methods` rather than `make demo` (their time
+# does not fit its 20 minutes); the unlabeled-images row is added to the best KD method then.
+EXTRA_RUNS = ("response_t2", *NEW_METHODS)
 
 
 # Settings per profile. `full` is the report's Table 1. `demo` is the report's situation in
@@ -54,7 +67,8 @@ PROFILES = {
         "jobs": 2,
         "benchmark": {},
         "train": {"lr": 1e-2, "lr_schedule": "cosine", "train_repeats": 8},
-        "runs": METHODS,
+        "runs": REPORT_METHODS,
+        "extra_runs": (*EXTRA_RUNS, *(n for n in VARIANTS if n.endswith("_unlabeled"))),
     },
     "full": {
         "epochs": 300,
@@ -120,6 +134,8 @@ RUN_DEFINING = (
     "alpha",
     "beta",
     "scale_by_t2",
+    "pairwise_grid",
+    "unlabeled_split",
     "teacher",
     "seed",
 )
@@ -182,9 +198,18 @@ def run_config(
     if name not in RUN_NAMES:
         raise ValueError(f"unknown method {name!r}; choose one of {RUN_NAMES}")
     method = name
-    if name in VARIANTS:  # e.g. response_cached: method response, teacher logits from the cache
-        overrides = {"teacher_cache": str(Path(runs_dir) / "teacher_cache"), **overrides}
-        method = VARIANTS[name]["method"]
+    if name in VARIANTS:
+        variant = dict(VARIANTS[name])
+        method = variant.pop("method")
+        if name == "response_cached":  # teacher logits from the cache, one per runs folder
+            variant["teacher_cache"] = str(Path(runs_dir) / "teacher_cache")
+        if variant.pop("unlabeled", False):
+            variant["unlabeled_split"] = UNLABELED_SPLITS.get(dataset)
+            if "unlabeled_split" not in overrides and variant["unlabeled_split"] is None:
+                raise ValueError(
+                    f"run {name!r}: the {dataset!r} data set has no unlabeled split; pass unlabeled_split="
+                )
+        overrides = {**variant, **overrides}
     settings = profile_settings(profile)
     cfg = Config(
         method=method,
@@ -225,40 +250,52 @@ def train_method(
     CPU two one-thread runs together do 1.47 times the work of one two-thread run); a line
     per finished run is printed."""
     settings = profile_settings(profile)
-    if method not in settings.get("runs", RUN_NAMES):
+    if method not in (*settings.get("runs", RUN_NAMES), *settings.get("extra_runs", ())):
         print(f"[{method}] not trained in the {profile!r} profile (see kdlib/experiment.py PROFILES)")
         return collect_runs(runs_dir, methods=[method])
-    seeds = settings["seeds"] if seeds is None else list(seeds)
+    todo = pending_runs(
+        method,
+        dataset=dataset,
+        data_root=data_root,
+        runs_dir=runs_dir,
+        profile=profile,
+        seeds=seeds,
+        epochs=epochs,
+        image_size=image_size,
+        device=device,
+        **overrides,
+    )
+    train_runs(todo, settings.get("jobs", 1), method)
+    return collect_runs(runs_dir, methods=[method])
+
+
+def pending_runs(name: str, *, runs_dir, profile: str, seeds=None, **settings) -> list[Config]:
+    """The runs of ``name`` (one per seed) that still have to train, each set to resume an
+    interrupted run or to start over a stale one; finished runs are reported and left out."""
+    seeds = profile_settings(profile)["seeds"] if seeds is None else list(seeds)
     todo = []
     for seed in seeds:
-        cfg = run_config(
-            method,
-            seed,
-            dataset=dataset,
-            data_root=data_root,
-            runs_dir=runs_dir,
-            profile=profile,
-            epochs=epochs,
-            image_size=image_size,
-            device=device,
-            **overrides,
-        )
+        cfg = run_config(name, seed, runs_dir=runs_dir, profile=profile, **settings)
         out = Path(cfg.out)
         stale = stale_reason(out, cfg) if (out / "config.json").is_file() else None
         if stale:
-            print(f"[{method}] seed {seed}: {out} is stale, {stale}; training it again")
+            print(f"[{name}] seed {seed}: {out} is stale, {stale}; training it again")
         elif is_finished(out, cfg.epochs):
-            print(run_line(method, seed, json.loads((out / "metrics.json").read_text()), out, "finished run reused: "))
+            print(run_line(name, seed, json.loads((out / "metrics.json").read_text()), out, "finished run reused: "))
             continue
         resume = not stale and (out / "last.pt").is_file()
         todo.append(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
-    jobs = min(settings.get("jobs", 1), len(todo))
-    if jobs <= 1 or device != "cpu":
-        for cfg in todo:
-            print(run_line(method, cfg.seed, fit(cfg), cfg.out))
+    return todo
+
+
+def train_runs(configs: list[Config], jobs: int, name: str) -> None:
+    """Train ``configs``, ``jobs`` side by side on a CPU (one after the other on a GPU)."""
+    jobs = min(jobs, len(configs))
+    if jobs <= 1 or any(cfg.device != "cpu" for cfg in configs):
+        for cfg in configs:
+            print(run_line(name, cfg.seed, fit(cfg), cfg.out))
     else:
-        _fit_side_by_side(todo, jobs, method)
-    return collect_runs(runs_dir, methods=[method])
+        _fit_side_by_side(configs, jobs, name)
 
 
 def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
@@ -312,6 +349,118 @@ def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["method", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "run"]
     )
+
+
+def is_extra_run(name: str) -> bool:
+    """Whether run ``name`` is one of `make methods`' rows rather than `make demo`'s."""
+    return name in EXTRA_RUNS or name.endswith("_unlabeled")
+
+
+def best_kd_method(runs: pd.DataFrame, among=None) -> str:
+    """The KD method (no variant; of ``among`` when given) with the highest mean val mIoU in ``runs``."""
+    candidates = [m for m in METHODS if needs_teacher(m)] if among is None else list(among)
+    kd = runs[runs["method"].isin(candidates)]
+    if kd.empty:
+        raise ValueError(
+            f"no finished run of {candidates} to choose the best method from: train them first (make methods)"
+        )
+    return str(kd.groupby("method")["miou"].mean().idxmax())
+
+
+# What must agree for two runs to be compared: the data, the student and the training budget
+# (a method's own settings, and its seed, may differ).
+REGIME = (
+    "dataset",
+    "model",
+    "train_split",
+    "val_split",
+    "split_sizes",
+    "image_size",
+    "augment",
+    "epochs",
+    "train_repeats",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "lr_schedule",
+)
+
+
+def regime(run) -> dict:
+    """The :data:`REGIME` settings of a run folder (its ``config.json``; {} without one)."""
+    path = Path(run) / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    split_sizes = config.get("split_sizes", {})
+    config["split_sizes"] = {k: split_sizes.get(k) for k in (config.get("train_split"), config.get("val_split"))}
+    return {k: config.get(k) for k in REGIME}
+
+
+def collect_with_committed(runs_dir, committed_dir, names=RUN_NAMES) -> pd.DataFrame:
+    """:func:`collect_runs` of ``runs_dir``, completed by the committed results (``report/runs/``,
+    the same layout) of every run name this machine has not trained, when they were trained in
+    the same regime (:data:`REGIME`) as this machine's runs: the rows of `make methods` then
+    appear in every report of the demo. ``source`` says where each row comes from."""
+    here = collect_runs(runs_dir, names).assign(source="this machine")
+    missing = [n for n in names if n not in set(here["method"])]
+    committed = collect_runs(committed_dir, missing).assign(source="committed") if missing else here.iloc[:0]
+    if not here.empty and not committed.empty:
+        ours = regime(here["run"].iloc[0])
+        committed = committed[[regime(r) == ours for r in committed["run"]]]
+    return pd.concat([here, committed], ignore_index=True)
+
+
+# The hyper-parameter map (chapter 9, `make sweep`): every (T, β) over a few seeds.
+SWEEP_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+SWEEP_BETAS = (0.1, 0.3, 0.5, 0.7)
+SWEEP_SEEDS = (0, 1, 2)
+
+
+def sweep_dir(runs_dir, temperature: float, beta: float) -> Path:
+    return Path(runs_dir) / "sweep" / f"T{temperature:g}_b{beta:g}"
+
+
+def sweep(
+    method: str,
+    *,
+    dataset: str,
+    data_root: str,
+    runs_dir,
+    profile: str = "demo",
+    temperatures=SWEEP_TEMPERATURES,
+    betas=SWEEP_BETAS,
+    seeds=SWEEP_SEEDS,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Train ``method`` at every temperature × β (α as the method's default) for each seed,
+    under ``<runs_dir>/sweep/T<T>_b<β>/<method>/seed<k>`` (finished runs are reused), all cells'
+    runs side by side as the profile allows. One row per run: method, temperature, beta, seed,
+    best val mIoU, best epoch, epochs, seconds."""
+    settings = profile_settings(profile)
+    todo = []
+    for t in temperatures:
+        for b in betas:
+            todo += pending_runs(
+                method,
+                dataset=dataset,
+                data_root=data_root,
+                runs_dir=sweep_dir(runs_dir, t, b),
+                profile=profile,
+                seeds=seeds,
+                device=device,
+                temperature=float(t),
+                beta=float(b),
+            )
+    train_runs(todo, settings.get("jobs", 1), f"{method} sweep")
+    rows = []
+    for t in temperatures:
+        for b in betas:
+            runs = collect_runs(sweep_dir(runs_dir, t, b), [method])
+            runs = runs[runs["seed"].isin(list(seeds))]
+            rows += [
+                {"method": method, "temperature": float(t), "beta": float(b), **r} for r in runs.to_dict("records")
+            ]
+    table = pd.DataFrame(rows)
+    return table.drop(columns=["run", "pixel_accuracy"], errors="ignore")
 
 
 def load_history(run) -> pd.DataFrame:

@@ -233,3 +233,33 @@ def cosine_maps(maps, titles, image=None, suptitle: str = ""):
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
+
+
+def sweep_heatmap(means, temperatures, betas, baseline: float, title: str = "", marked=None):
+    """One panel per method: mean val mIoU of every (T, β) cell, coloured against the no-KD
+    level ``baseline`` (white; red above it, blue below), each cell annotated with its mean
+    and its difference to no KD. ``means``: {method: T×β array}; ``marked``: a (T, β) cell to
+    outline (the report's setting)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    values = np.concatenate([np.ravel(m) for m in means.values()])
+    spread = max(float(np.nanmax(np.abs(values - baseline))), 1e-4)
+    norm = TwoSlopeNorm(vcenter=baseline, vmin=baseline - spread, vmax=baseline + spread)
+    fig, axes = plt.subplots(1, len(means), figsize=(4.6 * len(means) + 1.0, 4.2), squeeze=False)
+    for ax, (method, grid) in zip(axes[0], means.items()):
+        image = ax.imshow(grid, cmap="RdBu_r", norm=norm, origin="lower")
+        for i in range(len(temperatures)):
+            for j in range(len(betas)):
+                ax.text(j, i, f"{grid[i, j]:.3f}\n{grid[i, j] - baseline:+.3f}", ha="center", va="center", fontsize=8)
+        if marked is not None and marked[0] in temperatures and marked[1] in betas:
+            i, j = list(temperatures).index(marked[0]), list(betas).index(marked[1])
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+        ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_yticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
+        ax.set_xlabel("β (weight of the distillation term)")
+        ax.set_ylabel("temperature T")
+        ax.set_title(method)
+    fig.colorbar(image, ax=axes[0].tolist(), label=f"mean val mIoU (white: no KD, {baseline:.4f})")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import CONVERGED_GAIN, convergence_table, paired_comparison, summary_table
-from .experiment import collect_runs
+from .experiment import collect_with_committed, is_extra_run
 from .files import atomic_write_text
 
 METHOD_NAMES = {
@@ -23,7 +23,35 @@ METHOD_NAMES = {
     "response": "Response",
     "both": "Feature & Response",
     "response_cached": "Response, cached teacher (offline)",
+    "response_t2": "Response ×T² (Hinton's form)",
+    "pairwise": "Pair-wise similarity (SKD)",
+    "cwd": "Channel-wise (CWD)",
+    "dist": "DIST",
+    **{
+        f"{m}_unlabeled": f"{name} + unlabeled images"
+        for m, name in (
+            ("response", "Response"),
+            ("feature", "Feature"),
+            ("both", "Feature & Response"),
+            ("pairwise", "Pair-wise similarity (SKD)"),
+            ("cwd", "Channel-wise (CWD)"),
+            ("dist", "DIST"),
+        )
+    },
 }
+
+
+def method_name(run_name: str) -> str:
+    return METHOD_NAMES.get(run_name, run_name)
+
+
+def _source(runs: pd.DataFrame, method: str) -> str:
+    """Which target trains a row, and whether its numbers are this machine's or committed."""
+    target = "`make methods`" if is_extra_run(method) else "`make demo`"
+    committed = "source" in runs and (runs.loc[runs["method"] == method, "source"] == "committed").any()
+    return f"{target}, committed" if committed else target
+
+
 FIGURES = {  # file name in figures/ -> caption
     "architecture.png": "Student and teacher: every stage's output shape and parameters (Section 1).",
     "data_augmentation.png": "Samples, masks and Table 2's augmentation.",
@@ -37,6 +65,7 @@ FIGURES = {  # file name in figures/ -> caption
     "qualitative_both.png": "Feature & response KD: successes and failures (Figure 10).",
     "failure_buckets.png": "Object IoU by size, illumination and occlusion.",
     "per_class_iou.png": "Per-class IoU of the teacher and each method.",
+    "sweep.png": "Hyper-parameter map (chapter 9, `make sweep`): mean val mIoU of every T × β against no KD.",
 }
 
 
@@ -60,7 +89,9 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
         std = "" if math.isnan(r["miou_std"]) else f" ± {r['miou_std']:.4f}"
         rows.append(
             {
-                "KD type": METHOD_NAMES[method],
+                "KD type": method_name(method),
+                "from": _source(runs, method),
+                "α / β / T": _weights(runs[runs["method"] == method]["run"].iloc[0]),
                 "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
                 "seeds": int(r["seeds"]),
                 "# training epochs": f"{r['epochs_mean']:.1f}",
@@ -71,6 +102,8 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
         rows.append(
             {
                 "KD type": f"Teacher ({teacher['model']}, upper bound)",
+                "from": "`make demo`",
+                "α / β / T": "—",
                 "mIoU (mean ± std)": f"{teacher['miou']:.4f}",
                 "seeds": "—",
                 "# training epochs": "—",
@@ -78,6 +111,17 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _weights(run) -> str:
+    """A run's loss weights and temperature as its config.json records them."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        return "?"
+    c = json.loads(path.read_text())
+    if c["method"] == "none":
+        return "—"
+    return f"{c['alpha']:g} / {c['beta']:g} / {c['temperature']:g}"
 
 
 def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
@@ -88,7 +132,7 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     base, top = summary.loc["none", "miou_mean"], teacher["miou"]
     rows = [
         {
-            "method": METHOD_NAMES[m],
+            "method": method_name(m),
             "mIoU": r["miou_mean"],
             "gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
         }
@@ -117,6 +161,98 @@ def cached_vs_online(runs: pd.DataFrame) -> list[str]:
     ]
 
 
+def unlabeled_md(runs: pd.DataFrame) -> list[str]:
+    """What the unlabeled images add to a method: ``<m>_unlabeled`` against ``<m>``, paired by seed."""
+    lines = []
+    for name in sorted(m for m in runs["method"].unique() if m.endswith("_unlabeled")):
+        base = name.removesuffix("_unlabeled")
+        pair = runs[runs["method"].isin([base, name])]
+        if base not in set(pair["method"]):
+            continue
+        diff = paired_comparison(pair, baseline=base).drop(columns=["vs", "p_holm"])
+        lines += [
+            f"**Unlabeled images.** {method_name(base)} with the unlabeled split added (distillation terms "
+            "only, as many unlabeled images per step as labeled ones) against the same method without them, "
+            "paired by seed:",
+            "",
+            _md_table(diff),
+            "",
+        ]
+    return lines
+
+
+def sweep_md(path: Path) -> list[str]:
+    """The hyper-parameter map's headline (chapter 9, ``make sweep``): each method's best (T, β)
+    cell and the report's (T = 4, β = 0.3), against the no-KD runs of the sweep's seeds (which
+    the table holds too)."""
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    none, table = table[table["method"] == "none"], table[table["method"] != "none"]
+    seeds = sorted(table["seed"].unique())
+    return [
+        f"**Hyper-parameter map** (chapter 9, `make sweep`, committed `{path.name}`): mean val mIoU over seeds "
+        f"{', '.join(map(str, seeds))} of every T ∈ "
+        f"{{{', '.join(f'{t:g}' for t in sorted(table['temperature'].unique()))}}} × β ∈ "
+        f"{{{', '.join(f'{b:g}' for b in sorted(table['beta'].unique()))}}}; no KD over the same seeds: "
+        f"{none['miou'].mean():.4f}. The best cell is chosen after seeing the results, so its margin is an "
+        "optimistic estimate; `p` is corrected (Holm) over all the cells of the method.",
+        "",
+        _md_table(sweep_headline(table, none)),
+        "",
+    ]
+
+
+def sweep_cells(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every (method, T, β) cell of a sweep: mean and std of val mIoU over its seeds, and the
+    paired difference to no KD (same seeds) with its detectable difference and Holm-corrected p
+    over all the cells of the method."""
+    none = runs[runs["method"] == "none"][["seed", "miou"]]
+    rows = []
+    for method, of_method in table.groupby("method", sort=False):
+        label = [f"T{t:g}_b{b:g}" for t, b in zip(of_method["temperature"], of_method["beta"])]
+        cells = of_method.assign(method=label)[["method", "seed", "miou"]]
+        paired = paired_comparison(pd.concat([none.assign(method="none"), cells]))
+        stats = cells.groupby("method")["miou"].agg(["mean", "std"])
+        for _, r in paired.iterrows():
+            t, b = (float(v[1:]) for v in r["method"].split("_"))
+            rows.append(
+                {
+                    "method": method,
+                    "T": t,
+                    "beta": b,
+                    "miou_mean": stats.loc[r["method"], "mean"],
+                    "miou_std": stats.loc[r["method"], "std"],
+                    "vs_none": r["mean_diff"],
+                    "detectable": r["detectable"],
+                    "p_holm": r["p_holm"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def sweep_headline(table: pd.DataFrame, runs: pd.DataFrame, report_cell=(4.0, 0.3)) -> pd.DataFrame:
+    """Per method: its best cell and the report's cell (T = 4, β = 0.3)."""
+    cells = sweep_cells(table, runs)
+    rows = []
+    for method, of_method in cells.groupby("method", sort=False):
+        best = of_method.loc[of_method["miou_mean"].idxmax()]
+        rows.append({"method": method, "cell": f"best: T={best['T']:g}, β={best['beta']:g}", **_cell(best)})
+        mine = of_method[(of_method["T"] == report_cell[0]) & (of_method["beta"] == report_cell[1])]
+        if not mine.empty:
+            rows.append({"method": method, "cell": "the report's: T=4, β=0.3", **_cell(mine.iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def _cell(r) -> dict:
+    return {
+        "mIoU (mean ± std)": f"{r['miou_mean']:.4f} ± {r['miou_std']:.4f}",
+        "vs no KD": f"{r['vs_none']:+.4f}",
+        "detectable": f"±{r['detectable']:.4f}",
+        "p (Holm, all cells)": f"{r['p_holm']:.3f}",
+    }
+
+
 def _images(config: dict, key: str) -> str:
     n = config.get("split_sizes", {}).get(config[key])
     return f" ({n} images)" if n is not None else ""
@@ -127,7 +263,7 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
     resolve, and whether it holds once every comparison of the table is corrected for (Holm)."""
     lines, tests = [], len(paired)
     for _, r in paired.iterrows():
-        name = METHOD_NAMES.get(r["method"], r["method"])
+        name = method_name(r["method"])
         if r["verdict"] == "one seed: no verdict":
             lines.append(f"- **{name}**: one seed, no verdict.")
             continue
@@ -166,9 +302,9 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
         train_miou=("train_miou", "mean"),
         val_miou=("val_miou", "mean"),
     )
-    order = [m for m in METHOD_NAMES if m in summary.index]
+    order = [m for m in METHOD_NAMES if m in summary.index] + [m for m in summary.index if m not in METHOD_NAMES]
     summary = summary.loc[order].reset_index()
-    summary["method"] = [METHOD_NAMES[m] for m in summary["method"]]
+    summary["method"] = [method_name(m) for m in summary["method"]]
     summary["converged"] = summary["converged"].astype(int).astype(str) + " of " + summary["runs"].astype(str)
     for column in ("best_epoch", "epochs"):
         summary[column] = [f"{v:.1f}" for v in summary[column]]
@@ -194,27 +330,30 @@ def per_class_md(runs_dir, dataset: str, k: int = 3) -> list[str]:
         change = (table[method] - table["none"]).dropna().sort_values()
         gains = ", ".join(f"{c} {v:+.3f}" for c, v in change[::-1][:k].items())
         losses = ", ".join(f"{c} {v:+.3f}" for c, v in change[:k].items())
-        lines.append(f"- {METHOD_NAMES.get(method, method)}: gains {gains}; losses {losses}.")
+        lines.append(f"- {method_name(method)}: gains {gains}; losses {losses}.")
     return lines + [""]
 
 
 def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> Path:
     runs_dir, figures_dir, report_dir = Path(runs_dir), Path(figures_dir), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    runs = collect_runs(runs_dir)
-    if runs.empty:
+    runs = collect_with_committed(runs_dir, report_dir / "runs")
+    if not (runs["source"] == "this machine").any():
         raise FileNotFoundError(f"no finished runs under {runs_dir}: run the training notebooks (make demo) first")
     teacher_path = report_dir / "teacher_eval.json"
     teacher = json.loads(teacher_path.read_text()) if teacher_path.is_file() else None
     config = json.loads((Path(runs["run"].iloc[0]) / "config.json").read_text())
     tables = report_dir / "tables"
 
-    # trace: copy every run's metrics.json and history.csv under report/runs/ (and nothing else)
-    shutil.rmtree(report_dir / "runs", ignore_errors=True)
-    for run in runs["run"]:
+    # trace: every run's metrics.json, history.csv and config.json under report/runs/<name>/seed<k>/
+    # (and nothing else); the names this machine did not train keep their committed files
+    here = runs[runs["source"] == "this machine"]
+    for method in here["method"].unique():
+        shutil.rmtree(report_dir / "runs" / method, ignore_errors=True)
+    for run in here["run"]:
         dst = report_dir / "runs" / Path(run).relative_to(runs_dir)
         dst.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.json", "history.csv"):
+        for name in ("metrics.json", "history.csv", "config.json"):
             shutil.copyfile(Path(run) / name, dst / name)
     seeds = sorted(runs["seed"].unique().tolist())
     paired = paired_comparison(runs)
@@ -263,6 +402,9 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     offline = cached_vs_online(runs)
     if offline:
         md += offline
+    md += unlabeled_md(runs)
+    sweep = sweep_md(tables / "sweep.csv")
+    md += sweep + (_figure_md(figures_dir, report_dir, ["sweep.png"]) if sweep else [])
     gap = gap_closed(runs, teacher)
     if not gap.empty:
         md += ["Share of the no-KD student's gap to the teacher that each method closes:", "", _md_table(gap), ""]

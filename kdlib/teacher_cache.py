@@ -55,7 +55,7 @@ def data_fingerprint(dataset) -> dict:
     """The samples a split holds and the state of their files (size, modification time)."""
     ids = hashlib.sha256("\n".join(dataset.ids).encode()).hexdigest()
     files = hashlib.sha256()
-    for path in (*dataset.images, *dataset.masks):
+    for path in (*dataset.images, *(m for m in dataset.masks if m is not None)):  # None: an unlabeled split
         stat = os.stat(path)
         files.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return {

@@ -33,11 +33,11 @@ from . import __version__
 from .augment import prepare_batch
 from .checkpoints import load_checkpoint, load_model, load_weights, rng_state, set_rng_state
 from .config import Config, resolve_device
-from .conventions import NUM_CLASSES
+from .conventions import NUM_CLASSES, VOID
 from .data import SegmentationFolder, build_dataset
 from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
-from .losses import distillation_loss, needs_features, needs_teacher
+from .losses import distillation_loss, needs_features, needs_raw_features, needs_teacher
 from .metrics import SegmentationMetrics
 from .models import TeacherWrapper, build_model, count_parameters
 
@@ -161,6 +161,50 @@ def eval_loader(cfg: Config, rt: Runtime, dataset) -> DataLoader:
     return DataLoader(dataset, cfg.batch_size, sampler=sampler, **_loader_options(cfg, rt))
 
 
+def build_unlabeled(cfg: Config) -> SegmentationFolder | None:
+    """``cfg.unlabeled_split`` as a training split whose masks are all void (None without one)."""
+    if not cfg.unlabeled_split:
+        return None
+    images = build_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        cfg.unlabeled_split,
+        train=True,
+        image_size=cfg.image_size,
+        augment=cfg.augment,
+        skip_bad=cfg.skip_bad,
+        labelled=False,
+    )
+    images.preload()
+    return images
+
+
+class UnlabeledBatches:
+    """As many batches of unlabeled images per epoch as the labeled loader gives: each
+    epoch its own shuffle of the split (sharded by rank), augmentation keyed like the labeled
+    samples' but under another seed, so an epoch's batches depend on the epoch only (resumes
+    see the same images)."""
+
+    SEED_OFFSET = 7_919  # keeps the unlabeled images' shuffles and augmentations apart from the labeled ones'
+
+    def __init__(self, cfg: Config, rt: Runtime, dataset, batches_per_epoch: int):
+        need = batches_per_epoch * cfg.batch_size * rt.world
+        self.sampler = SeededSampler(
+            dataset,
+            repeats=max(1, math.ceil(need / len(dataset))),
+            num_replicas=rt.world,
+            rank=rt.rank,
+            shuffle=True,
+            seed=cfg.seed + self.SEED_OFFSET,
+            drop_last=False,
+        )
+        self.loader = DataLoader(dataset, cfg.batch_size, sampler=self.sampler, **_loader_options(cfg, rt))
+
+    def epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        return iter(self.loader)
+
+
 def _loader_options(cfg: Config, rt: Runtime) -> dict:
     return {"num_workers": cfg.workers, "pin_memory": rt.device.type == "cuda", "persistent_workers": cfg.workers > 0}
 
@@ -266,27 +310,56 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _objective(cfg: Config, student_out, teacher_out, target):
+def _objective(cfg: Config, student_out, teacher_out, target, kd_mask=None):
     return distillation_loss(
-        cfg.method, student_out, teacher_out, target, cfg.alpha, cfg.beta, cfg.temperature, cfg.scale_by_t2
+        cfg.method,
+        student_out,
+        teacher_out,
+        target,
+        cfg.alpha,
+        cfg.beta,
+        cfg.temperature,
+        cfg.scale_by_t2,
+        kd_mask=kd_mask,
+        pairwise_grid=cfg.pairwise_grid,
     )
 
 
-def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None) -> dict:
+def teacher_outputs(cfg: Config, teacher: TeacherWrapper, raw: dict) -> dict:
+    """What the method's objective reads of the teacher's ``raw`` outputs
+    (:meth:`TeacherWrapper.teacher_forward`): logits, projected features (feature KD), and
+    the teacher's own features (pair-wise KD)."""
+    return {
+        "out": raw["out"],
+        "features": teacher.project(raw["features"]) if needs_features(cfg.method) else [],
+        "raw_features": raw["features"] if needs_raw_features(cfg.method) else [],
+    }
+
+
+def _reads_features(cfg: Config) -> bool:
+    return needs_features(cfg.method) or needs_raw_features(cfg.method)
+
+
+def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None, kd_mask=None) -> dict:
     """One optimisation step on a batch already on the device: the frozen teacher (online,
-    or its ``cached`` logits), the student, the method's loss, backward, Adam. Returns the
-    loss components (detached, still on the device: reading them is the caller's choice)."""
-    with_features = needs_features(cfg.method)
+    or its ``cached`` logits), the student, the method's loss, backward, Adam. ``kd_mask``:
+    the pixels the distillation terms see when they are not just the labelled ones (a batch
+    with unlabeled images). Returns the loss components (detached, still on the device:
+    reading them is the caller's choice)."""
     with _autocast(cfg, x.device):
         if cached is not None:
-            teacher_out = {"out": cached, "features": []}
+            teacher_out = {"out": cached, "features": [], "raw_features": []}
+        elif teacher is not None:
+            teacher_out = teacher_outputs(cfg, teacher, teacher.teacher_forward(x, _reads_features(cfg)))
         else:
-            teacher_out = teacher(x, with_features) if teacher is not None else None
+            teacher_out = None
         student_out = student(x)
-        loss, parts = _objective(cfg, student_out, teacher_out, y)
+        loss, parts = _objective(cfg, student_out, teacher_out, y, kd_mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if rt is not None and rt.world > 1 and with_features:  # DDP averages the student's gradients; these too
+    if (
+        rt is not None and rt.world > 1 and needs_features(cfg.method)
+    ):  # DDP averages the student's gradients; these too
         for p in teacher.projections.parameters():
             dist.all_reduce(p.grad)
             p.grad /= rt.world
@@ -294,14 +367,31 @@ def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime 
     return parts
 
 
-def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progress) -> dict:
+def with_unlabeled(labelled: tuple, unlabeled: tuple) -> tuple:
+    """One batch of labeled and unlabeled images, ``(x, y, cached, kd_mask)``: the unlabeled
+    images' targets are void (no cross entropy), and ``kd_mask`` opens all their pixels to
+    the distillation terms (the labeled images keep their non-void pixels)."""
+    (xl, yl, cl), (xu, yu, cu) = labelled, unlabeled
+    x, y = torch.cat([xl, xu]), torch.cat([yl, torch.full_like(yu, VOID)])
+    kd_mask = torch.cat([yl != VOID, torch.ones_like(yu, dtype=torch.bool)])
+    cached = None if cl is None else torch.cat([cl, cu])
+    return x, y, cached, kd_mask
+
+
+def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progress, unlabeled=None) -> dict:
     student.train()
     if teacher is not None:
         teacher.train()
     totals, start = LossTotals(rt.device), time.perf_counter()
+    extra = unlabeled.epoch(epoch) if unlabeled is not None else None
     for step, batch in enumerate(progress(_batches(loader, cfg.max_batches), epoch)):
         x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
-        totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
+        kd_mask = None
+        if extra is not None:
+            x, y, cached, kd_mask = with_unlabeled(
+                (x, y, cached), prepare_batch(next(extra), rt.device, cfg.channels_last)
+            )
+        totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt, kd_mask), x.shape[0], step)
     means = totals.means(rt, epoch, "train")  # waits for the device once, then checks finiteness
     seconds = time.perf_counter() - start
     return {f"train_{k}": v for k, v in means.items()} | {
@@ -340,18 +430,17 @@ def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeach
         teacher.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, rt.device)
     totals = LossTotals(rt.device)
-    with_features = needs_features(cfg.method)
     for step, batch in enumerate(loader):
         x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
         with _autocast(cfg, rt.device):
-            teacher_out = {"out": cached, "features": []} if cached is not None else None
+            teacher_out = {"out": cached, "features": [], "raw_features": []} if cached is not None else None
             if teacher is not None and cached is None:
                 raw = teacher_cache.get(step) if teacher_cache is not None else None
                 if raw is None:
-                    raw = teacher.teacher_forward(x, with_features)
+                    raw = teacher.teacher_forward(x, _reads_features(cfg))
                     if teacher_cache is not None:
                         teacher_cache.put(step, raw)
-                teacher_out = {"out": raw["out"], "features": teacher.project(raw["features"])}
+                teacher_out = teacher_outputs(cfg, teacher, raw)
             student_out = student(x)
             _, parts = _objective(cfg, student_out, teacher_out, y)
         metrics.update(student_out["out"].float(), y)
@@ -426,10 +515,16 @@ HISTORY_KEYS = (
     "train_ce",
     "train_response",
     "train_feature",
+    "train_pairwise",
+    "train_cwd",
+    "train_dist",
     "val_total",
     "val_ce",
     "val_response",
     "val_feature",
+    "val_pairwise",
+    "val_cwd",
+    "val_dist",
     "val_miou",
     "val_pixel_accuracy",
     "train_miou",
@@ -471,16 +566,27 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     seed_everything(cfg.seed)
 
     train_set, val_set = build_datasets(cfg)
+    unlabeled_set = build_unlabeled(cfg)
     skipped = {"train": [i for i, _ in train_set.skipped], "val": [i for i, _ in val_set.skipped]}
     split_sizes = {cfg.train_split: len(train_set), cfg.val_split: len(val_set)}
+    if unlabeled_set is not None:
+        skipped["unlabeled"] = [i for i, _ in unlabeled_set.skipped]
+        split_sizes[cfg.unlabeled_split] = len(unlabeled_set)
     train_eval_set = train_set.evaluation_view()  # the train split scored like val (train mIoU)
     student = build_model(cfg.model, NUM_CLASSES).to(rt.device)
     teacher = build_teacher(cfg, rt.device)
     cache_cards = None
-    if cfg.teacher_cache:  # offline response KD: the teacher runs once per image, then goes
-        (train_set, val_set), cache_cards = attach_teacher_cache(cfg, rt, teacher, [train_set, val_set])
+    if cfg.teacher_cache:  # offline KD on logits: the teacher runs once per image, then goes
+        splits = [train_set, val_set] + ([unlabeled_set] if unlabeled_set is not None else [])
+        served, cache_cards = attach_teacher_cache(cfg, rt, teacher, splits)
+        train_set, val_set = served[:2]
+        unlabeled_set = served[2] if unlabeled_set is not None else None
         teacher = None
     train_batches, sampler = train_loader(cfg, rt, train_set)
+    unlabeled = None
+    if unlabeled_set is not None:
+        per_epoch = len(train_batches) if cfg.max_batches is None else min(cfg.max_batches, len(train_batches))
+        unlabeled = UnlabeledBatches(cfg, rt, unlabeled_set, per_epoch)
     val_loader = eval_loader(cfg, rt, val_set)
     if cfg.channels_last:
         student = student.to(memory_format=torch.channels_last)
@@ -540,7 +646,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         epoch = state["epoch"] + 1
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        train = train_one_epoch(cfg, model, teacher, optimizer, train_batches, rt, epoch, progress)
+        train = train_one_epoch(cfg, model, teacher, optimizer, train_batches, rt, epoch, progress, unlabeled)
         val = evaluate(cfg, student, teacher, val_loader, rt, epoch, val_cache)
         if train_eval_loader is not None:
             val["train_miou"] = score(student, train_eval_loader, rt.device, cfg.channels_last)["miou"]

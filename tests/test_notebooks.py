@@ -20,7 +20,14 @@ EXPECTED = [
     "05_train_both",
     "06_failure_analysis",
     "07_results",
+    "08_beyond_the_report",
+    "09_sweep",
 ]
+# the parameters a chapter declares beyond the common ones: its switches for `make methods` / `make sweep`
+OWN_PARAMETERS = {
+    "08_beyond_the_report": {"train_extra"},
+    "09_sweep": {"run_sweep", "sweep_methods", "sweep_temperatures", "sweep_betas", "sweep_seeds"},
+}
 PARAMETERS = {
     "dataset",
     "data_root",
@@ -48,7 +55,7 @@ def test_notebook_house_rules(path):
     for node in tree.body:  # literal assignments only
         assert isinstance(node, ast.Assign), ast.dump(node)
         ast.literal_eval(node.value)
-    assert {t.id for node in tree.body for t in node.targets} == PARAMETERS
+    assert {t.id for node in tree.body for t in node.targets} == PARAMETERS | OWN_PARAMETERS.get(path.stem, set())
     assert nb.cells[0].cell_type == "markdown"
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -96,8 +103,10 @@ def test_committed_figures_are_images_of_the_expected_size(name):
 def test_committed_report_reads_its_numbers_from_runs():
     report = (ROOT / "report" / "report.md").read_text()
     metrics = sorted((ROOT / "report" / "runs").glob("*/seed*/metrics.json"))
-    assert {p.parent.parent.name for p in metrics} == {"none", "feature", "response", "both"}
-    assert len(metrics) >= 4 * 5  # at least five seeds per method
+    names = {p.parent.parent.name for p in metrics}
+    assert names >= {"none", "feature", "response", "both", "response_t2", "pairwise", "cwd", "dist"}
+    assert any(n.endswith("_unlabeled") for n in names)  # `make methods`' rows are committed too
+    assert len(metrics) >= len(names) * 5  # at least five seeds per row
     for path in metrics:
         m = json.loads(path.read_text())
         method = "response" if path.parent.parent.name == "response_cached" else path.parent.parent.name
@@ -105,14 +114,14 @@ def test_committed_report_reads_its_numbers_from_runs():
     # every row of the results table is the mean and std of its runs' metrics.json
     import statistics
 
+    from kdlib.experiment import is_extra_run
     from kdlib.report import METHOD_NAMES
 
     for name in {p.parent.parent.name for p in metrics}:
         values = [json.loads(p.read_text())["best_miou"] for p in metrics if p.parent.parent.name == name]
-        row = (
-            f"| {METHOD_NAMES[name]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {len(values)} |"
-        )
-        assert row in report, row
+        row = next(line for line in report.splitlines() if line.startswith(f"| {METHOD_NAMES[name]} | `make "))
+        assert f"| {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {len(values)} |" in row, row
+        assert ("`make methods`" in row) == is_extra_run(name), row
         for p in metrics:  # the history beside each metrics.json holds the same best epoch
             if p.parent.parent.name == name:
                 history = (p.parent / "history.csv").read_text().splitlines()

@@ -179,8 +179,8 @@ def test_non_finite_loss_stops_with_the_component_and_keeps_checkpoints(
     real = train._objective
     calls = {"n": 0}
 
-    def poisoned(cfg, student_out, teacher_out, target):  # the 2nd training step of epoch 2 blows up
-        loss, parts = real(cfg, student_out, teacher_out, target)
+    def poisoned(cfg, student_out, teacher_out, target, kd_mask=None):  # the 2nd training step of epoch 2 blows up
+        loss, parts = real(cfg, student_out, teacher_out, target, kd_mask)
         calls["n"] += 1
         if calls["n"] == 2:
             parts = parts | {"ce": parts["ce"] * bad}

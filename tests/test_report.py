@@ -17,8 +17,8 @@ MIOU = {  # method -> per-seed best val mIoU
 }
 
 
-def write_runs(root, epochs=8):
-    for method, values in MIOU.items():
+def write_runs(root, epochs=8, miou=MIOU, **settings):
+    for method, values in miou.items():
         for seed, miou in enumerate(values):
             run = root / method / f"seed{seed}"
             run.mkdir(parents=True)
@@ -43,11 +43,12 @@ def write_runs(root, epochs=8):
             }
             metrics |= {"epochs_run": epochs, "total_seconds": 60.0, "per_class_iou": [miou] * 21}
             (run / "metrics.json").write_text(json.dumps(metrics))
-            config = {"train_split": "train", "val_split": "val", "image_size": 64, "epochs": epochs}
+            config = {"method": method, "train_split": "train", "val_split": "val", "image_size": 64, "epochs": epochs}
             config |= {"train_repeats": 8, "lr_schedule": "cosine", "batch_size": 16, "lr": 0.01}
             config |= {"weight_decay": 1e-4, "temperature": 4.0, "alpha": 0.7, "beta": 0.3, "augment": "table2"}
             config |= {"device_name": "cpu", "environment": {"cpu_threads": 1, "torch": "x"}}
-            config |= {"student_parameters": 3689061, "split_sizes": {"train": 32, "val": 300}}
+            config |= {"student_parameters": 3689061, "split_sizes": {"train": 32, "val": 300}, "dataset": "shapes"}
+            config |= settings
             (run / "config.json").write_text(json.dumps(config))
 
 
@@ -64,8 +65,9 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
     assert "**What feature KD aligned**" in text and "| layer4 | 0.901 | 1.000 |" in text
     for method, values in MIOU.items():
-        row = f"| {report.METHOD_NAMES[method]} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | 4 |"
-        assert row in text, row
+        weights = "—" if method == "none" else "0.7 / 0.3 / 4"
+        row = f"| {report.METHOD_NAMES[method]} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
+        assert row + f"{statistics.stdev(values):.4f} | 4 |" in text, row
     assert "- **Response** beats no KD: +0.1050 mIoU over 4 paired seeds" in text
     assert "- **Feature & Response** is worse than no KD: -0.0975" in text
     assert "- **Feature** does not differ from no KD by more than seed noise: +0.0000" in text
@@ -119,3 +121,47 @@ def test_figures_have_their_panels_and_save_to_the_same_bytes(tmp_path):
         assert first.read_bytes() == second.read_bytes()
     bars = figures["soft"][0].axes[0].patches
     assert len(bars) == 42 and max(b.get_height() for b in bars) == pytest.approx(1.0)
+
+
+def test_rows_of_make_methods_come_from_the_committed_runs_when_not_trained_here(tmp_path):
+    """The report of a fresh `make demo` still shows the committed `make methods` rows, marked
+    as such and paired with this machine's no-KD runs; committed rows of another regime are
+    left out rather than compared."""
+    write_runs(tmp_path / "runs")
+    write_runs(tmp_path / "report" / "runs", miou={"cwd": [0.25, 0.27, 0.23, 0.26]})
+    text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
+    assert "| Channel-wise (CWD) | `make methods`, committed | 0.7 / 0.3 / 4 | 0.2525 ± " in text
+    assert "- **Channel-wise (CWD)** beats no KD: +0.0500 mIoU over 4 paired seeds" in text
+    assert "5 comparisons are corrected for" not in text  # +0.05 on every seed survives Holm over 4 rows
+    assert (tmp_path / "report" / "runs" / "cwd" / "seed0" / "metrics.json").is_file()  # kept, not wiped
+
+    other = tmp_path / "other"
+    write_runs(other / "runs")
+    write_runs(other / "report" / "runs", miou={"cwd": [0.25, 0.27, 0.23, 0.26]}, epochs=9)
+    text = report.build_report(other / "runs", other / "figures", other / "report", "shapes").read_text()
+    assert "Channel-wise" not in text
+
+
+def test_the_sweep_headline_pairs_each_cell_with_no_kd(tmp_path):
+    rows = [
+        {"method": "none", "temperature": None, "beta": None, "seed": s, "miou": m} for s, m in enumerate([0.2, 0.3])
+    ]
+    for t in (1.0, 4.0):
+        for b in (0.3, 0.7):
+            lift = 0.05 if (t, b) == (1.0, 0.7) else 0.0
+            rows += [
+                {"method": "response", "temperature": t, "beta": b, "seed": s, "miou": m + lift + 0.001 * s}
+                for s, m in enumerate([0.2, 0.3])
+            ]
+    table = pd.DataFrame(rows)
+    cells = report.sweep_cells(table[table["method"] != "none"], table[table["method"] == "none"])
+    assert len(cells) == 4 and set(cells["T"]) == {1.0, 4.0}
+    best = cells.loc[cells["miou_mean"].idxmax()]
+    assert (best["T"], best["beta"]) == (1.0, 0.7) and best["vs_none"] == pytest.approx(0.0505)
+    head = report.sweep_headline(table[table["method"] != "none"], table[table["method"] == "none"])
+    assert list(head["cell"]) == ["best: T=1, β=0.7", "the report's: T=4, β=0.3"]
+    assert head["vs no KD"].tolist() == ["+0.0505", "+0.0005"]
+    path = tmp_path / "sweep.csv"
+    table.to_csv(path, index=False)
+    lines = report.sweep_md(path)
+    assert "no KD over the same seeds: 0.2500" in lines[0] and "| response | best: T=1, β=0.7 |" in "\n".join(lines)

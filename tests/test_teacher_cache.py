@@ -88,12 +88,12 @@ def test_training_from_the_cache_never_runs_the_teacher(tiny_shapes, tiny_teache
     assert all(float(r.split(",")[header.index("train_response")]) > 0 for r in rows[1:])
 
 
-def test_cache_serves_response_kd_only(tmp_path, capsys):
-    for method in ("feature", "both", "none"):
+def test_cache_serves_the_methods_that_read_logits_only(tmp_path, capsys):
+    for method in ("feature", "both", "pairwise", "none"):
         with pytest.raises(SystemExit) as err:
             main(["train", "--method", method, "--teacher-cache", str(tmp_path / "c"), "--out", str(tmp_path / "x")])
         assert err.value.code == 2
-        assert "serves method='response' only" in capsys.readouterr().err
+        assert "serves the methods that read the teacher's logits only" in capsys.readouterr().err
 
 
 def test_feature_storage_is_measured(tiny_teacher):

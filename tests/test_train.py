@@ -11,6 +11,7 @@ import torch
 from kdlib.checkpoints import load_checkpoint
 from kdlib.cli import main
 from kdlib.config import Config
+from kdlib.losses import METHOD_DEFAULTS, METHODS, NEW_METHODS
 from kdlib.train import RunFolderError, fit
 
 
@@ -34,21 +35,23 @@ def _history(out):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("method", ["none", "response", "feature", "both"])
+@pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, method):
     out = tmp_path / method
     metrics = fit(_cfg(tiny_shapes, tiny_teacher, out, method=method))
     for name in ("config.json", "history.csv", "metrics.json", "best.pt", "last.pt"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["method"] == method and config["lr"] == 1e-3 and config["alpha"] == 0.7
+    assert config["method"] == method and config["lr"] == 1e-3
+    assert {k: config[k] for k in ("alpha", "beta", "temperature")} == METHOD_DEFAULTS[method]  # recorded, resolved
     assert config["image_size"] == 64 and config["environment"]["torch"] == torch.__version__
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    terms = {"response": ("response", "both"), "feature": ("feature", "both")} | {m: (m,) for m in NEW_METHODS}
     for split in ("train", "val"):
         assert rows[0][f"{split}_ce"] != ""
-        assert (rows[0][f"{split}_response"] != "") == (method in ("response", "both"))
-        assert (rows[0][f"{split}_feature"] != "") == (method in ("feature", "both"))
+        for term, methods in terms.items():
+            assert (rows[0][f"{split}_{term}"] != "") == (method in methods), (split, term)
     assert all(float(r["epoch_seconds"]) > 0 and float(r["train_images_per_s"]) > 0 for r in rows)
     assert all(0 <= float(r["train_miou"]) <= 1 for r in rows)  # the whole train split, every epoch
     best_row = rows[metrics["best_epoch"] - 1]
@@ -211,6 +214,7 @@ EVAL_SCRIPT = r"""
 import json, os, sys, torch
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
+from kdlib.losses import METHOD_DEFAULTS, METHODS, NEW_METHODS
 from kdlib.train import build_datasets, eval_loader, setup_runtime, evaluate
 cfg = Config(dataset="shapes", data_root=sys.argv[1], workers=0, batch_size=4, channels_last=False).resolved()
 rt = setup_runtime("cpu")
@@ -262,14 +266,19 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
 
 
 @pytest.mark.slow
-def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path):
+@pytest.mark.parametrize(
+    "method, extra",
+    [("both", []), ("pairwise", []), ("cwd", []), ("dist", ["--unlabeled-split", "teacher_train"])],
+)
+def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path, method, extra):
     out = tmp_path / "ddp"
     cmd = _torchrun() + [
         "-m",
         "kdlib",
         "train",
         "--method",
-        "both",
+        method,
+        *extra,
         "--data-root",
         str(tiny_shapes),
         "--out",
@@ -285,8 +294,8 @@ def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path)
     ]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
     config = json.loads((out / "config.json").read_text())
-    assert config["world_size"] == 2
-    assert len(_history(out)) == 1
+    assert config["world_size"] == 2 and config["method"] == method
+    assert len(_history(out)) == 1 and _history(out)[0][f"train_{method if method != 'both' else 'feature'}"] != ""
 
 
 def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypatch):
@@ -444,6 +453,7 @@ import torch.distributed as dist
 from torch import nn
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
+from kdlib.losses import METHOD_DEFAULTS, METHODS, NEW_METHODS
 from kdlib.models import TeacherWrapper, build_model
 from kdlib.train import setup_runtime, train_step
 
@@ -515,7 +525,8 @@ def test_the_settings_reach_the_objective_that_trains_the_student(tiny_teacher):
     assert totals[0] != pytest.approx(totals[1], rel=1e-3)
 
 
-def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny_teacher):
+@pytest.mark.parametrize("method", ["both", "pairwise", "cwd", "dist"])
+def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny_teacher, method):
     """On a GPU every .item(), float(), .tolist() or truth test of a device tensor waits for the
     device. Through the steps of an epoch the trainer, the losses and the models make none: the
     loss parts are summed on the device and read once per epoch (LossTotals.means), and the
@@ -541,9 +552,12 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
                     self.where.append(next(f for f in stack if "/kdlib/" in f or "/tests/" in f))
             return func(*args, **(kwargs or {}))
 
-    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both").resolved()
+    from kdlib.train import UnlabeledBatches, build_unlabeled, with_unlabeled
+
+    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method=method, unlabeled_split="teacher_train").resolved()
     rt = setup_runtime("cpu")
     loader, _ = train_loader(cfg, rt, build_datasets(cfg)[0])
+    extra = UnlabeledBatches(cfg, rt, build_unlabeled(cfg), len(loader)).epoch(1)
     torch.manual_seed(0)
     from kdlib.models import build_model
 
@@ -552,8 +566,10 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
     totals = LossTotals(rt.device)
     with HostReads() as reads:
         for step, batch in enumerate(loader):
-            x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
-            totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
+            labelled = prepare_batch(batch, rt.device, cfg.channels_last)
+            x, y, cached, kd_mask = with_unlabeled(labelled, prepare_batch(next(extra), rt.device, cfg.channels_last))
+            parts = train_step(cfg, student, teacher, optimizer, x, y, cached, rt, kd_mask)
+            totals.add(parts, x.shape[0], step)
     assert {f.split("/kdlib/")[-1] for f in reads.where} <= {"augment.py"}, reads.where
     assert totals.means(rt, 1, "train")["total"] > 0
 
@@ -628,3 +644,81 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=120)
     assert "['ce'] became non-finite at epoch 5, step 3" in (tmp_path / "out.1").read_text()
     assert "['ce'] became non-finite at epoch 5 on another rank" in (tmp_path / "out.0").read_text()
+
+
+def test_unlabeled_images_reach_the_distillation_terms_only(tiny_shapes, tiny_teacher, tmp_path):
+    """An unlabeled split adds as many images per step as the labeled batch has, their masks
+    void: the cross entropy is that of the labeled images alone, the distillation term that of
+    all pixels of both; and an epoch's unlabeled batches depend on the epoch only."""
+    from kdlib.augment import prepare_batch
+    from kdlib.conventions import VOID
+    from kdlib.losses import cwd_loss, supervised_loss
+    from kdlib.models import build_model
+    from kdlib.train import (
+        UnlabeledBatches,
+        build_datasets,
+        build_teacher,
+        build_unlabeled,
+        setup_runtime,
+        train_loader,
+        with_unlabeled,
+    )
+
+    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="cwd", unlabeled_split="teacher_train").resolved()
+    rt = setup_runtime("cpu")
+    unlabeled = build_unlabeled(cfg)
+    assert len(unlabeled) == 4 and all(m is None for m in unlabeled.masks)  # no mask is read
+    loader, sampler = train_loader(cfg, rt, build_datasets(cfg)[0])
+    batches = UnlabeledBatches(cfg, rt, unlabeled, len(loader))
+    first = [b["image"].clone() for b in batches.epoch(3)]
+    assert len(first) >= len(loader) and all(torch.equal(a, b["image"]) for a, b in zip(first, batches.epoch(3)))
+    assert not all(torch.equal(a, b["image"]) for a, b in zip(first, batches.epoch(4)))
+    labelled = prepare_batch(next(iter(loader)), "cpu", False)
+    extra = prepare_batch(next(batches.epoch(1)), "cpu", False)
+    assert (extra[1] == VOID).all()
+    x, y, _, kd_mask = with_unlabeled(labelled, extra)
+    n = labelled[0].shape[0]
+    assert torch.equal(y[:n], labelled[1]) and (y[n:] == VOID).all()
+    assert torch.equal(kd_mask[:n], labelled[1] != VOID) and kd_mask[n:].all()
+    student, teacher = build_model("student").eval(), build_teacher(cfg, rt.device)
+    with torch.no_grad():
+        from kdlib.train import _objective
+
+        z_s, z_t = student(x), teacher(x, with_features=False)
+        _, parts = _objective(cfg, z_s, z_t, y, kd_mask)
+    assert parts["ce"].item() == pytest.approx(supervised_loss(z_s["out"][:n], labelled[1]).item(), rel=1e-5)
+    assert parts["cwd"].item() == pytest.approx(cwd_loss(z_s["out"], z_t["out"], 4.0, kd_mask).item(), rel=1e-5)
+
+
+def test_an_unlabeled_split_trains_and_is_recorded_and_cached(tiny_shapes, tiny_teacher, tmp_path):
+    out = tmp_path / "unlabeled"
+    fit(
+        _cfg(
+            tiny_shapes,
+            tiny_teacher,
+            out,
+            method="dist",
+            epochs=1,
+            unlabeled_split="teacher_train",
+            teacher_cache=str(tmp_path / "cache"),
+        )
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["split_sizes"]["teacher_train"] == 4 and config["unlabeled_split"] == "teacher_train"
+    assert set(config["teacher_cache_cards"]) == {"train", "val", "teacher_train"}  # the cache serves them too
+    alone = tmp_path / "alone"
+    fit(_cfg(tiny_shapes, tiny_teacher, alone, method="dist", epochs=1, teacher_cache=str(tmp_path / "cache")))
+    with_images, without = _history(out)[0], _history(alone)[0]
+    assert with_images["val_miou"] != without["val_miou"]  # the extra images changed what was learnt
+    assert float(with_images["train_images_per_s"]) > 0
+
+
+def test_settings_that_cannot_work_together_are_refused():
+    with pytest.raises(ValueError, match="unlabeled_split='teacher_train' needs a KD method"):
+        Config(method="none", unlabeled_split="teacher_train").validate()
+    with pytest.raises(ValueError, match="teacher_cache=.*pairwise"):
+        Config(method="pairwise", teacher_cache="c").validate()
+    Config(method="cwd", teacher_cache="c").validate()  # logits only: the cache serves it
+    with pytest.raises(ValueError, match="pairwise_grid=0"):
+        Config(method="pairwise", pairwise_grid=0).validate()
+    assert Config(method="cwd").resolved().beta == 3.0 and Config(method="cwd", beta=0.5).resolved().beta == 0.5
