@@ -380,3 +380,27 @@ def test_the_html_report_refuses_a_missing_image(tmp_path):
     assert len(_images(to_html("![a](there.png)", tmp_path))) == 1
     with pytest.raises(FileNotFoundError, match="missing.png"):
         to_html("![a](there.png)\n\n![b](missing.png)", tmp_path)
+
+
+def test_make_methods_and_make_sweep_set_their_switch_in_their_chapter_only(tmp_path, monkeypatch):
+    """`python -m kdlib demo --notebooks ... --set NAME=VALUE` runs those chapters in that order,
+    the value (a Python literal) injected where the chapter declares it, on top of the
+    configuration's parameters; the Makefile's targets say so."""
+    from kdlib import cli, demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_notebook", lambda nb, params, out: calls.append((nb.name, params)) or out / nb.name)
+    monkeypatch.setattr(demo, "strip_execution_metadata", lambda path: None)
+    monkeypatch.setattr(demo.shutil, "copyfile", lambda a, b: None)
+    monkeypatch.setattr(demo, "check_data", lambda *a: None)
+    argv = ["demo", "--data-root", str(tmp_path), "--profile", "smoke"]
+    argv += ["--notebooks", "08_beyond_the_report.ipynb", "07_results.ipynb", "--set", "train_extra=True"]
+    assert cli.main(argv) == 0
+    assert [name for name, _ in calls] == ["08_beyond_the_report.ipynb", "07_results.ipynb"]
+    assert calls[0][1]["train_extra"] is True and calls[0][1]["profile"] == "smoke"
+    assert "train_extra" not in calls[1][1]
+    with pytest.raises(SystemExit):
+        cli.main(argv[:-1] + ["not an assignment"])
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True" in makefile
+    assert "--notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True" in makefile
