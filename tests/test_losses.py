@@ -356,3 +356,19 @@ def test_kd_mask_lets_distillation_see_pixels_the_cross_entropy_does_not():
         _, reference = distillation_loss(method, s, t, torch.zeros_like(y))  # every pixel labelled
         assert parts["ce"].item() == 0.0
         assert parts[method].item() == pytest.approx(reference[method].item(), rel=1e-6)
+
+
+def test_new_losses_take_bf16_outputs_as_amp_gives_them():
+    """Under --amp the models' outputs are bf16; each term computes in float32 and stays close
+    to its float32 value."""
+    s, t, y = _outputs()
+    t["raw_features"] = [torch.randn(2, 7, *f.shape[-2:]) for f in t["features"]]
+    half = {
+        k: v.detach().bfloat16() if torch.is_tensor(v) else [f.detach().bfloat16() for f in v] for k, v in s.items()
+    }
+    t_half = {k: v.bfloat16() if torch.is_tensor(v) else [f.bfloat16() for f in v] for k, v in t.items()}
+    for method in ("pairwise", "cwd", "dist"):
+        _, full = distillation_loss(method, s, t, y)
+        _, low = distillation_loss(method, half, t_half, y)
+        assert low[method].dtype == torch.float32
+        assert low[method].item() == pytest.approx(full[method].item(), rel=0.03, abs=1e-3)

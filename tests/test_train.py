@@ -575,14 +575,16 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_the_training_step_never_synchronises_with_the_gpu(tiny_shapes, tiny_teacher):
+@pytest.mark.parametrize("method, amp", [("both", False), ("pairwise", True), ("cwd", True), ("dist", True)])
+def test_the_training_step_never_synchronises_with_the_gpu(tiny_shapes, tiny_teacher, method, amp):
     """On a GPU: the steps of an epoch under torch.cuda.set_sync_debug_mode("error"), which
-    raises on any operation that makes the host wait for the device."""
+    raises on any operation that makes the host wait for the device (the new methods under bf16
+    autocast, --amp)."""
     from kdlib.augment import prepare_batch
     from kdlib.models import build_model
     from kdlib.train import LossTotals, build_datasets, build_teacher, setup_runtime, train_loader, train_step
 
-    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both", device="cuda").resolved()
+    cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method=method, device="cuda", amp=amp).resolved()
     rt = setup_runtime("cuda")
     loader, _ = train_loader(cfg, rt, build_datasets(cfg)[0])
     student, teacher = build_model("student").to(rt.device), build_teacher(cfg, rt.device)
