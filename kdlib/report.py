@@ -249,8 +249,13 @@ def _cell(r) -> dict:
         "mIoU (mean ± std)": f"{r['miou_mean']:.4f} ± {r['miou_std']:.4f}",
         "vs no KD": f"{r['vs_none']:+.4f}",
         "detectable": f"±{r['detectable']:.4f}",
-        "p (Holm, all cells)": f"{r['p_holm']:.3f}",
+        "p (Holm, all cells)": _p(r["p_holm"]),
     }
+
+
+def _p(p: float) -> str:
+    """A p-value as a sentence reads it: "= 0.031", or "< 0.001" rather than "= 0.000"."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def _images(config: dict, key: str) -> str:
@@ -276,8 +281,8 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
         lines.append(
             f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "
             f"(95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f}; smallest detectable "
-            f"difference ±{r['detectable']:.4f}; paired t-test p = {r['p']:.3f}, Holm-corrected "
-            f"{r['p_holm']:.3f}; Wilcoxon signed-rank p = {r['p_wilcoxon']:.3f})."
+            f"difference ±{r['detectable']:.4f}; paired t-test p {_p(r['p'])}, Holm-corrected "
+            f"{_p(r['p_holm'])}; Wilcoxon signed-rank p {_p(r['p_wilcoxon'])})."
         )
     return lines
 

@@ -189,6 +189,23 @@ def test_sbd_train_aug_reads_its_own_masks(voc_root):
     assert len(ds) == 2 and set(ds[0]["mask"].unique().tolist()) == {5}
 
 
+def test_an_unlabeled_voc_split_reads_images_whose_masks_do_not_exist(voc_root):
+    """--unlabeled-split on VOC: a list of extra image ids (e.g. SBD's) with JPEGs only."""
+    from kdlib.data import DataError
+
+    voc = voc_root / "VOCdevkit" / "VOC2012"
+    rng = np.random.default_rng(1)
+    extra = [f"2008_{i:06d}" for i in range(3)]
+    for i in extra:
+        Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{i}.jpg")
+    (voc / "ImageSets" / "Segmentation" / "sbd_extra.txt").write_text("\n".join(extra) + "\n")
+    ds = build_dataset("voc", voc_root, "sbd_extra", train=True, image_size=32, labelled=False)
+    item = ds[(0, 7)]
+    assert len(ds) == 3 and item["image"].shape == (3, 32, 32) and (item["mask"] == VOID).all()
+    with pytest.raises(DataError, match="SegmentationClass/2008_000000.png is missing"):
+        build_dataset("voc", voc_root, "sbd_extra", train=True, image_size=32)  # labelled: masks required
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_every_split_serves_one_kind_of_item(voc_root, train):
     """A dict of the uint8 image and mask at the model's size and the sample's augmentation
