@@ -515,9 +515,10 @@ def evaluate_teacher(dataset: str, data_root, image_size=None, device: str = "cp
     return out
 
 
-def per_class_table(runs_dir, class_names, teacher: dict | None = None) -> pd.DataFrame:
-    """Per-class IoU (mean over seeds) of the teacher and each method: classes × models."""
-    runs = collect_runs(runs_dir)
+def per_class_table(runs_dir, class_names, teacher: dict | None = None, committed_dir=None) -> pd.DataFrame:
+    """Per-class IoU (mean over seeds) of the teacher and each method: classes × models (with
+    ``committed_dir``, the committed runs of the methods this machine did not train too)."""
+    runs = collect_runs(runs_dir) if committed_dir is None else collect_with_committed(runs_dir, committed_dir)
     table = {}
     if teacher is not None:
         table["teacher"] = teacher["per_class_iou"]

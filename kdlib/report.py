@@ -317,13 +317,13 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def per_class_md(runs_dir, dataset: str, k: int = 3) -> list[str]:
+def per_class_md(runs_dir, dataset: str, k: int = 3, committed_dir=None) -> list[str]:
     """Where each method gains or loses against no KD: the classes with the largest and the
     smallest change in IoU (means over seeds)."""
     from .data import class_names
     from .experiment import per_class_table
 
-    table = per_class_table(runs_dir, class_names(dataset))
+    table = per_class_table(runs_dir, class_names(dataset), committed_dir=committed_dir)
     if "none" not in table.columns or len(table.columns) < 2:
         return []
     lines = [
@@ -414,7 +414,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     if not gap.empty:
         md += ["Share of the no-KD student's gap to the teacher that each method closes:", "", _md_table(gap), ""]
     md += convergence_md(runs)
-    md += per_class_md(runs_dir, dataset)
+    md += per_class_md(runs_dir, dataset, committed_dir=report_dir / "runs")
     similarity = tables / "feature_position_similarity.csv"
     if similarity.is_file():
         md += [
