@@ -357,9 +357,8 @@ def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime 
         loss, parts = _objective(cfg, student_out, teacher_out, y, kd_mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if (
-        rt is not None and rt.world > 1 and needs_features(cfg.method)
-    ):  # DDP averages the student's gradients; these too
+    # DDP averages the student's gradients; the projections live outside it, so they are averaged here
+    if rt is not None and rt.world > 1 and needs_features(cfg.method):
         for p in teacher.projections.parameters():
             dist.all_reduce(p.grad)
             p.grad /= rt.world

@@ -724,3 +724,19 @@ def test_settings_that_cannot_work_together_are_refused():
     with pytest.raises(ValueError, match="pairwise_grid=0"):
         Config(method="pairwise", pairwise_grid=0).validate()
     assert Config(method="cwd").resolved().beta == 3.0 and Config(method="cwd", beta=0.5).resolved().beta == 0.5
+
+
+def test_variant_runs_are_their_method_with_its_settings(tmp_path):
+    from kdlib.experiment import EXTRA_RUNS, is_extra_run, run_config
+
+    kw = dict(dataset="shapes", data_root="data/shapes", runs_dir=tmp_path)
+    t2 = run_config("response_t2", 0, **kw)
+    assert (t2.method, t2.scale_by_t2, t2.out) == ("response", True, str(tmp_path / "response_t2" / "seed0"))
+    more = run_config("cwd_unlabeled", 3, **kw)
+    assert (more.method, more.unlabeled_split, more.seed) == ("cwd", "teacher_train", 3)
+    with pytest.raises(ValueError, match="no unlabeled split; pass unlabeled_split="):
+        run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path)
+    voc = run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path, unlabeled_split="sbd")
+    assert voc.unlabeled_split == "sbd"
+    assert set(EXTRA_RUNS) == {"response_t2", "pairwise", "cwd", "dist"} and is_extra_run("dist_unlabeled")
+    assert not any(is_extra_run(m) for m in ("none", "response", "feature", "both", "response_cached"))
