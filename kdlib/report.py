@@ -382,7 +382,8 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         f"- Settings: {config['epochs']} epochs at most ({config.get('train_repeats', 1)} pass(es) over the "
         f"training split each), {config['lr_schedule']} learning-rate schedule, batch {config['batch_size']}, "
         f"Adam lr {config['lr']}, "
-        f"weight decay {config['weight_decay']}, T={config['temperature']}, α={config['alpha']}, β={config['beta']}, "
+        f"weight decay {config['weight_decay']}, the loss weights and temperature of each row in its α / β / T "
+        "column (Table 1's for the report's methods, the papers' for the others), "
         f"augmentation `{config['augment']}`, device `{config['device_name']}` "
         f"({config['environment']['cpu_threads']} CPU threads, torch {config['environment']['torch']}).",
         "",
