@@ -281,7 +281,7 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
         lines.append(
             f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "
             f"(95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f}; smallest detectable "
-            f"difference ±{r['detectable']:.4f}; paired t-test p {_p(r['p'])}, Holm-corrected "
+            f"difference ±{r['detectable']:.4f}; paired t-test p {_p(r['p'])}, Holm-corrected p "
             f"{_p(r['p_holm'])}; Wilcoxon signed-rank p {_p(r['p_wilcoxon'])})."
         )
     return lines
