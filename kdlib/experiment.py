@@ -451,6 +451,11 @@ def sweep(
                 beta=float(b),
             )
     train_runs(todo, settings.get("jobs", 1), f"{method} sweep")
+    return sweep_results(method, runs_dir, temperatures, betas, seeds)
+
+
+def sweep_results(method: str, runs_dir, temperatures=SWEEP_TEMPERATURES, betas=SWEEP_BETAS, seeds=SWEEP_SEEDS):
+    """The finished runs of ``method``'s sweep, one row each (see :func:`sweep`)."""
     rows = []
     for t in temperatures:
         for b in betas:

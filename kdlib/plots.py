@@ -250,7 +250,8 @@ def sweep_heatmap(means, temperatures, betas, baseline: float, title: str = "", 
         image = ax.imshow(grid, cmap="RdBu_r", norm=norm, origin="lower")
         for i in range(len(temperatures)):
             for j in range(len(betas)):
-                ax.text(j, i, f"{grid[i, j]:.3f}\n{grid[i, j] - baseline:+.3f}", ha="center", va="center", fontsize=8)
+                label = "not run" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}\n{grid[i, j] - baseline:+.3f}"
+                ax.text(j, i, label, ha="center", va="center", fontsize=8)
         if marked is not None and marked[0] in temperatures and marked[1] in betas:
             i, j = list(temperatures).index(marked[0]), list(betas).index(marked[1])
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))

@@ -112,6 +112,16 @@ def test_figures_have_their_panels_and_save_to_the_same_bytes(tmp_path):
             1,
         ),
         "cosine": (plots.cosine_maps([torch.zeros(4, 4), torch.ones(2, 2)], ["a", "b"], image=torch.zeros(3, 8, 8)), 3),
+        "sweep": (
+            plots.sweep_heatmap(
+                {"a": np.array([[0.2, 0.3], [0.1, 0.25]]), "b": np.array([[0.2, np.nan], [0.3, 0.1]])},
+                [1.0, 4.0],
+                [0.3, 0.7],
+                0.2,
+                marked=(4.0, 0.3),
+            ),
+            2,
+        ),
     }
     for name, (fig, panels) in figures.items():
         assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == panels, name
@@ -119,6 +129,9 @@ def test_figures_have_their_panels_and_save_to_the_same_bytes(tmp_path):
         plots.save_figure(fig, first)
         plots.save_figure(fig, second)
         assert first.read_bytes() == second.read_bytes()
+    sweep = figures["sweep"][0].axes
+    assert [t.get_text() for t in sweep[1].texts][1] == "not run" and "+0.100" in sweep[0].texts[1].get_text()
+    assert len(sweep[0].patches) == 1  # the report's cell, outlined
     bars = figures["soft"][0].axes[0].patches
     assert len(bars) == 42 and max(b.get_height() for b in bars) == pytest.approx(1.0)
 
