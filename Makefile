@@ -46,12 +46,12 @@ bench: $(STAMP)
 # The rows beyond the report (chapter 8: pairwise, cwd, dist, Hinton's T², unlabeled images), then the
 # results chapter and report with them: about 30 minutes on 2 CPU cores, on top of `make demo`'s runs.
 methods: $(STAMP)
-	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True
+	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True --cell-timeout 0
 
 # The hyper-parameter map (chapter 9: T × β for response KD and the best new method, 3 seeds), then
 # the results chapter and report: about 70 minutes on 2 CPU cores.
 sweep: $(STAMP)
-	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True
+	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True --cell-timeout 0
 
 # Figures, tables and report/ again from the finished runs of `make demo` (no training).
 report: $(STAMP)

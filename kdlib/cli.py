@@ -246,7 +246,13 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(
-        args.dataset, args.data_root, args.device, args.profile, args.notebooks or None, dict(args.set or [])
+        args.dataset,
+        args.data_root,
+        args.device,
+        args.profile,
+        args.notebooks or None,
+        dict(args.set or []),
+        args.cell_timeout or None,
     )
 
 
@@ -333,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=VALUE",
         help="a notebook parameter (a Python literal), e.g. train_extra=True (make methods)",
+    )
+    p.add_argument(
+        "--cell-timeout",
+        type=int,
+        default=3600,
+        help="seconds a notebook cell may run, 0 for no limit (make methods / make sweep train for longer)",
     )
     return parser
 

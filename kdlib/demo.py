@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-CELL_TIMEOUT_S = 3600
+CELL_TIMEOUT_S = 3600  # a hung cell in `make demo`; `make methods` / `make sweep` train for longer and lift it
 
 
 class UnknownParameterError(ValueError):
@@ -85,9 +85,10 @@ def check_injected_parameters(history=None) -> None:
                 )
 
 
-def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int = CELL_TIMEOUT_S) -> Path:
+def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int | None = CELL_TIMEOUT_S) -> Path:
     """Execute ``notebook`` with ``parameters`` into ``out_dir``; papermill's
-    ``PapermillExecutionError`` (and the executed notebook, traceback included) when a cell fails."""
+    ``PapermillExecutionError`` (and the executed notebook, traceback included) when a cell fails.
+    ``timeout``: seconds a cell may run (None: no limit)."""
     import papermill as pm
     from traitlets.config import Config as KernelConfig
 
@@ -209,10 +210,11 @@ def run_demo(
     profile: str = "demo",
     notebooks=None,
     parameters: dict | None = None,
+    cell_timeout: int | None = CELL_TIMEOUT_S,
 ) -> int:
     """Execute ``notebooks`` (default: every numbered one) in order; ``parameters`` are set in
     each notebook that declares them (e.g. ``train_extra=True`` for `make methods`), on top of
-    the configuration's."""
+    the configuration's. ``cell_timeout``: seconds a cell may run (None: no limit)."""
     from papermill.exceptions import PapermillExecutionError
 
     from .experiment import profile_settings
@@ -234,7 +236,7 @@ def run_demo(
         injected = {} if in_place else {k: v for k, v in params.items() if k in declared}
         injected |= {k: v for k, v in (parameters or {}).items() if k in declared}
         try:
-            executed = run_notebook(nb, injected, out_dir)
+            executed = run_notebook(nb, injected, out_dir, cell_timeout)
         except PapermillExecutionError as error:
             print(failure_message(nb, error, out_dir / nb.name), file=sys.stderr)
             return 1

@@ -393,18 +393,24 @@ def test_make_methods_and_make_sweep_set_their_switch_in_their_chapter_only(tmp_
     from kdlib import cli, demo
 
     calls = []
-    monkeypatch.setattr(demo, "run_notebook", lambda nb, params, out: calls.append((nb.name, params)) or out / nb.name)
+    monkeypatch.setattr(
+        demo, "run_notebook", lambda nb, params, out, timeout: calls.append((nb.name, params, timeout)) or out / nb.name
+    )
     monkeypatch.setattr(demo, "strip_execution_metadata", lambda path: None)
     monkeypatch.setattr(demo.shutil, "copyfile", lambda a, b: None)
     monkeypatch.setattr(demo, "check_data", lambda *a: None)
     argv = ["demo", "--data-root", str(tmp_path), "--profile", "smoke"]
     argv += ["--notebooks", "08_beyond_the_report.ipynb", "07_results.ipynb", "--set", "train_extra=True"]
     assert cli.main(argv) == 0
-    assert [name for name, _ in calls] == ["08_beyond_the_report.ipynb", "07_results.ipynb"]
+    assert [name for name, _, _ in calls] == ["08_beyond_the_report.ipynb", "07_results.ipynb"]
+    assert {timeout for _, _, timeout in calls} == {demo.CELL_TIMEOUT_S}
+    calls.clear()
+    assert cli.main(argv + ["--cell-timeout", "0"]) == 0
+    assert {timeout for _, _, timeout in calls} == {None}  # no limit: a sweep's cell trains for an hour or more
     assert calls[0][1]["train_extra"] is True and calls[0][1]["profile"] == "smoke"
     assert "train_extra" not in calls[1][1]
     with pytest.raises(SystemExit):
         cli.main(argv[:-1] + ["not an assignment"])
     makefile = (ROOT / "Makefile").read_text()
-    assert "--notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True" in makefile
-    assert "--notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True" in makefile
+    assert "--notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True --cell-timeout 0" in makefile
+    assert "--notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True --cell-timeout 0" in makefile
