@@ -249,7 +249,7 @@ def _cell(r) -> dict:
         "mIoU (mean ± std)": f"{r['miou_mean']:.4f} ± {r['miou_std']:.4f}",
         "vs no KD": f"{r['vs_none']:+.4f}",
         "detectable": f"±{r['detectable']:.4f}",
-        "p (Holm, all cells)": _p(r["p_holm"]),
+        "p (Holm, all cells)": _p(r["p_holm"]).removeprefix("= "),
     }
 
 
