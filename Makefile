@@ -49,7 +49,7 @@ methods: $(STAMP)
 	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True --cell-timeout 0
 
 # The hyper-parameter map (chapter 9: T × β for response KD and the best new method, 3 seeds), then
-# the results chapter and report: about 70 minutes on 2 CPU cores.
+# the results chapter and report: about 85 minutes on 2 CPU cores.
 sweep: $(STAMP)
 	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True --cell-timeout 0
 
