@@ -455,12 +455,16 @@ def sweep(
 
 
 def sweep_results(method: str, runs_dir, temperatures=SWEEP_TEMPERATURES, betas=SWEEP_BETAS, seeds=SWEEP_SEEDS):
-    """The finished runs of ``method``'s sweep, one row each (see :func:`sweep`)."""
+    """The finished runs of ``method``'s sweep, one row each (see :func:`sweep`); an interrupted
+    run is left out."""
     rows = []
     for t in temperatures:
         for b in betas:
             runs = collect_runs(sweep_dir(runs_dir, t, b), [method])
-            runs = runs[runs["seed"].isin(list(seeds))]
+            done = [
+                is_finished(Path(r), json.loads((Path(r) / "config.json").read_text())["epochs"]) for r in runs["run"]
+            ]
+            runs = runs[runs["seed"].isin(list(seeds)) & pd.Series(done, index=runs.index, dtype=bool)]
             rows += [
                 {"method": method, "temperature": float(t), "beta": float(b), **r} for r in runs.to_dict("records")
             ]
