@@ -65,7 +65,7 @@ FIGURES = {  # file name in figures/ -> caption
     "qualitative_both.png": "Feature & response KD: successes and failures (Figure 10).",
     "failure_buckets.png": "Object IoU by size, illumination and occlusion.",
     "per_class_iou.png": "Per-class IoU of the teacher and each method.",
-    "sweep.png": "Hyper-parameter map (chapter 9, `make sweep`): mean val mIoU of every T × β against no KD.",
+    "sweep.png": "Hyper-parameter map (chapter 9, `make sweep`): mean val mIoU of each T × β cell run, against no KD.",
 }
 
 
@@ -194,13 +194,21 @@ def sweep_md(path: Path) -> list[str]:
         f"**Hyper-parameter map** (chapter 9, `make sweep`, committed `{path.name}`): mean val mIoU over seeds "
         f"{', '.join(map(str, seeds))} of every T ∈ "
         f"{{{', '.join(f'{t:g}' for t in sorted(table['temperature'].unique()))}}} × β ∈ "
-        f"{{{', '.join(f'{b:g}' for b in sorted(table['beta'].unique()))}}}; no KD over the same seeds: "
+        f"{{{', '.join(f'{b:g}' for b in sorted(table['beta'].unique()))}}} ({_cells_run(table)}); "
+        "no KD over the same seeds: "
         f"{none['miou'].mean():.4f}. The best cell is chosen after seeing the results, so its margin is an "
         "optimistic estimate; `p` is corrected (Holm) over all the cells of the method.",
         "",
         _md_table(sweep_headline(table, none)),
         "",
     ]
+
+
+def _cells_run(table: pd.DataFrame) -> str:
+    """How many cells of the grid each method's map holds, e.g. "response: 16 of 16 cells"."""
+    grid = table["temperature"].nunique() * table["beta"].nunique()
+    cells = table.groupby("method", sort=False)[["temperature", "beta"]].apply(lambda g: len(g.drop_duplicates()))
+    return ", ".join(f"{m}: {n} of {grid} cells" for m, n in cells.items())
 
 
 def sweep_cells(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
