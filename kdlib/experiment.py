@@ -112,8 +112,9 @@ def is_finished(out: Path, epochs: int) -> bool:
 
 # The settings that make a run what it is: a finished or interrupted run recorded with other
 # values answers another question, and is trained again rather than reused or resumed.
-RUN_DEFINING = (
-    "method",
+# What must agree for two runs of different methods to be compared: the data, the student and
+# the training budget.
+REGIME = (
     "dataset",
     "model",
     "train_split",
@@ -126,6 +127,10 @@ RUN_DEFINING = (
     "lr",
     "weight_decay",
     "lr_schedule",
+)
+RUN_DEFINING = (
+    "method",
+    *REGIME,
     "lr_factor",
     "lr_patience",
     "min_lr",
@@ -367,32 +372,15 @@ def best_kd_method(runs: pd.DataFrame, among=None) -> str:
     return str(kd.groupby("method")["miou"].mean().idxmax())
 
 
-# What must agree for two runs to be compared: the data, the student and the training budget
-# (a method's own settings, and its seed, may differ).
-REGIME = (
-    "dataset",
-    "model",
-    "train_split",
-    "val_split",
-    "split_sizes",
-    "image_size",
-    "augment",
-    "epochs",
-    "train_repeats",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "lr_schedule",
-)
-
-
 def regime(run) -> dict:
-    """The :data:`REGIME` settings of a run folder (its ``config.json``; {} without one)."""
+    """The :data:`REGIME` settings of a run folder and the sizes of its train and val splits
+    (from its ``config.json``; None where it has none)."""
     path = Path(run) / "config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
-    split_sizes = config.get("split_sizes", {})
-    config["split_sizes"] = {k: split_sizes.get(k) for k in (config.get("train_split"), config.get("val_split"))}
-    return {k: config.get(k) for k in REGIME}
+    sizes = config.get("split_sizes", {})
+    return {k: config.get(k) for k in REGIME} | {
+        "split_sizes": {k: sizes.get(k) for k in (config.get("train_split"), config.get("val_split"))}
+    }
 
 
 def collect_with_committed(runs_dir, committed_dir, names=RUN_NAMES) -> pd.DataFrame:

@@ -100,13 +100,7 @@ def response_kd_loss(
     not depend on the student: the gradients are those of the KL divergence, the value is not
     (its minimum is the teacher's entropy, not 0).
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"response_kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
-        )
-    if temperature <= 0:
-        raise ValueError(f"response_kd_loss: temperature must be > 0, got {temperature}")
+    _check_logits("response_kd_loss", student_logits, teacher_logits, temperature)
     t = float(temperature)
     if valid_mask is None:
         weights = student_logits.new_full((student_logits.shape[0], *student_logits.shape[2:]), 1.0)
@@ -115,6 +109,17 @@ def response_kd_loss(
     weights = weights / weights.sum().clamp_min(1.0)  # 1/|V| on valid pixels, 0 elsewhere
     loss = _SoftTargetCrossEntropy.apply(student_logits.float(), teacher_logits.detach().float(), t, weights)
     return loss * (t * t) if scale_by_t2 else loss
+
+
+def _check_logits(loss: str, student_logits, teacher_logits, temperature: float) -> None:
+    """The logit terms' shared argument checks; the message names the loss."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"{loss}: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
+        )
+    if temperature <= 0:
+        raise ValueError(f"{loss}: temperature must be > 0, got {temperature}")
 
 
 class _SoftTargetCrossEntropy(torch.autograd.Function):
@@ -279,13 +284,7 @@ def cwd_loss(
     With ``valid_mask`` the distributions range over an image's valid positions only; an
     image without any contributes 0.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"cwd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
-        )
-    if temperature <= 0:
-        raise ValueError(f"cwd_loss: temperature must be > 0, got {temperature}")
+    _check_logits("cwd_loss", student_logits, teacher_logits, temperature)
     n, c = student_logits.shape[:2]
     zs = student_logits.float().reshape(n, c, -1) / temperature
     zt = teacher_logits.detach().float().reshape(n, c, -1) / temperature
@@ -331,13 +330,7 @@ def dist_loss(
     predictions: only their relations must match, not their values (KL's exact match).
     With ``valid_mask`` the pixels outside it take no part in either term.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"dist_loss: student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} differ; resize the teacher's logits to the student's first"
-        )
-    if temperature <= 0:
-        raise ValueError(f"dist_loss: temperature must be > 0, got {temperature}")
+    _check_logits("dist_loss", student_logits, teacher_logits, temperature)
     c = student_logits.shape[1]
     ys = F.softmax(student_logits.float() / temperature, dim=1).transpose(0, 1).reshape(c, -1)  # C×B
     yt = F.softmax(teacher_logits.detach().float() / temperature, dim=1).transpose(0, 1).reshape(c, -1)

@@ -189,16 +189,10 @@ class UnlabeledBatches:
 
     def __init__(self, cfg: Config, rt: Runtime, dataset, batches_per_epoch: int):
         need = batches_per_epoch * cfg.batch_size * rt.world
-        self.sampler = SeededSampler(
-            dataset,
-            repeats=max(1, math.ceil(need / len(dataset))),
-            num_replicas=rt.world,
-            rank=rt.rank,
-            shuffle=True,
-            seed=cfg.seed + self.SEED_OFFSET,
-            drop_last=False,
+        own = dataclasses.replace(
+            cfg, train_repeats=max(1, math.ceil(need / len(dataset))), seed=cfg.seed + self.SEED_OFFSET
         )
-        self.loader = DataLoader(dataset, cfg.batch_size, sampler=self.sampler, **_loader_options(cfg, rt))
+        self.loader, self.sampler = train_loader(own, rt, dataset)
 
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
