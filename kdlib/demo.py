@@ -3,7 +3,8 @@
 The notebooks' own parameters are the committed configuration (the ``demo`` profile on the
 embedded benchmark, on the CPU): ``make demo`` executes them as they are and writes them back
 in place, so what a reader sees in ``notebooks/`` is the demo's real output (timing metadata
-stripped), and "Run All" in JupyterLab reruns the same thing, reusing finished runs. Any other
+and papermill's injected cell stripped), and "Run All" in JupyterLab reruns the same thing,
+reusing finished runs. Any other
 configuration (``DATASET=voc``, ``PROFILE=full``, ``DEVICE=cuda``) is injected as papermill
 parameters and its executed copies go under ``runs/<profile>-<dataset>/notebooks/``.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell of the parameters it was given
 CELL_TIMEOUT_S = 3600  # a hung cell in `make demo`; `make methods` / `make sweep` train for longer and lift it
 
 
@@ -89,17 +91,23 @@ def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int |
     """Execute ``notebook`` with ``parameters`` into ``out_dir``; papermill's
     ``PapermillExecutionError`` (and the executed notebook, traceback included) when a cell fails.
     ``timeout``: seconds a cell may run (None: no limit)."""
+    import nbformat
     import papermill as pm
     from traitlets.config import Config as KernelConfig
 
     check_parameters(notebook, parameters)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / notebook.name
+    # papermill replaces an earlier run's injected cell only when given parameters: without
+    # this, the defaults would lose to whatever the notebook was last executed with
+    nb = nbformat.read(str(notebook), as_version=4)
+    nb.cells = _without_injected_parameters(nb.cells)
+    nbformat.write(nb, str(output))
     # IPC rather than TCP between papermill and the local kernel: every kernel started over
     # TCP prints a warning about unencrypted transport
     kernel = KernelConfig({"KernelManager": {"transport": "ipc"}})
     pm.execute_notebook(
-        str(notebook),
+        str(output),
         str(output),
         parameters=parameters,
         kernel_name="python3",
@@ -241,7 +249,7 @@ def run_demo(
             print(failure_message(nb, error, out_dir / nb.name), file=sys.stderr)
             return 1
         if in_place:  # only a notebook that ran through replaces the committed one
-            strip_execution_metadata(executed)
+            clean_for_commit(executed)
             shutil.copyfile(executed, nb)
         print(
             f"[{i}/{len(paths)}] {nb.name} done in {time.perf_counter() - t0:.0f}s "
@@ -270,11 +278,18 @@ def _declared(notebook: Path) -> set[str]:
     return set(pm.inspect_notebook(str(notebook)))
 
 
-def strip_execution_metadata(path: Path) -> None:
-    """Remove papermill's and Jupyter's timing metadata so committed notebooks stay clean."""
+def _without_injected_parameters(cells: list) -> list:
+    return [c for c in cells if INJECTED_TAG not in c.metadata.get("tags", [])]
+
+
+def clean_for_commit(path: Path) -> None:
+    """Make an executed notebook fit to replace the committed one: papermill's and Jupyter's
+    timing metadata go, and so does papermill's injected cell, so that "Run All" and the next
+    ``make demo`` run the chapter with its own defaults (a `make sweep` run's outputs stay)."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
+    nb.cells = _without_injected_parameters(nb.cells)
     nb.metadata.pop("papermill", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)

@@ -65,6 +65,9 @@ def test_notebook_house_rules(path):
             assert "papermill" not in cell.metadata and "execution" not in cell.metadata
     assert "papermill" not in nb.metadata
     assert '"duration"' not in path.read_text()
+    # papermill's cell of a `make methods` / `make sweep` run would switch on hours of training in
+    # a later `make demo` (papermill keeps it when given no parameters) and in "Run All"
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
 
 
 def test_unknown_notebook_parameter_is_refused():
@@ -291,6 +294,37 @@ def test_make_demo_reports_a_failing_cell_in_a_few_lines(tmp_path, monkeypatch, 
     assert executed.is_file()
 
 
+def test_a_notebook_runs_with_its_own_defaults_whatever_an_earlier_run_injected(tmp_path):
+    """A notebook written back by `make sweep` held papermill's cell (`run_sweep = True`); with
+    no parameters papermill leaves such a cell in place, so every later run would have trained."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from kdlib import demo
+
+    params = new_code_cell("switch = False")
+    params.metadata["tags"] = ["parameters"]
+    stale = new_code_cell("# Parameters\nswitch = True\n")
+    stale.metadata["tags"] = ["injected-parameters"]
+    nb = new_notebook(
+        cells=[new_markdown_cell("# a chapter"), params, stale, new_code_cell("print(f'switch={switch}')")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    path = tmp_path / "00_chapter.ipynb"
+    nbformat.write(nb, str(path))
+
+    def printed(executed):
+        return "".join(o.get("text", "") for o in nbformat.read(str(executed), as_version=4).cells[-1].outputs)
+
+    assert printed(demo.run_notebook(path, {}, tmp_path / "a", 60)) == "switch=False\n"
+    executed = demo.run_notebook(path, {"switch": True}, tmp_path / "b", 60)
+    assert printed(executed) == "switch=True\n"
+    demo.clean_for_commit(executed)  # what `make sweep` writes back keeps its outputs, not the switch
+    cleaned = nbformat.read(str(executed), as_version=4)
+    assert [c.source for c in cleaned.cells] == [c.source for c in nb.cells if c is not stale]
+    assert printed(executed) == "switch=True\n"
+
+
 @pytest.mark.slow
 def test_make_lab_serves_the_notebooks_with_the_projects_kernel():
     """`make lab`, headless: JupyterLab answers on loopback, lists the chapters, and its
@@ -396,7 +430,7 @@ def test_make_methods_and_make_sweep_set_their_switch_in_their_chapter_only(tmp_
     monkeypatch.setattr(
         demo, "run_notebook", lambda nb, params, out, timeout: calls.append((nb.name, params, timeout)) or out / nb.name
     )
-    monkeypatch.setattr(demo, "strip_execution_metadata", lambda path: None)
+    monkeypatch.setattr(demo, "clean_for_commit", lambda path: None)
     monkeypatch.setattr(demo.shutil, "copyfile", lambda a, b: None)
     monkeypatch.setattr(demo, "check_data", lambda *a: None)
     argv = ["demo", "--data-root", str(tmp_path), "--profile", "smoke"]
