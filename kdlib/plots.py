@@ -251,7 +251,8 @@ def sweep_heatmap(means, temperatures, betas, baseline: float, title: str = "", 
         for i in range(len(temperatures)):
             for j in range(len(betas)):
                 label = "not run" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}\n{grid[i, j] - baseline:+.3f}"
-                ax.text(j, i, label, ha="center", va="center", fontsize=8)
+                dark = abs(grid[i, j] - baseline) > 0.6 * spread  # the colour map's ends: black text is unreadable
+                ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
         if marked is not None and marked[0] in temperatures and marked[1] in betas:
             i, j = list(temperatures).index(marked[0]), list(betas).index(marked[1])
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))

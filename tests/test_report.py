@@ -132,6 +132,7 @@ def test_figures_have_their_panels_and_save_to_the_same_bytes(tmp_path):
     sweep = figures["sweep"][0].axes
     assert [t.get_text() for t in sweep[1].texts][1] == "not run" and "+0.100" in sweep[0].texts[1].get_text()
     assert len(sweep[0].patches) == 1  # the report's cell, outlined
+    assert [sweep[0].texts[k].get_color() for k in (0, 1)] == ["black", "white"]  # white on the darkest cells
     bars = figures["soft"][0].axes[0].patches
     assert len(bars) == 42 and max(b.get_height() for b in bars) == pytest.approx(1.0)
 
