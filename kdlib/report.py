@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import CONVERGED_GAIN, convergence_table, paired_comparison, summary_table
+from .analysis import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
 from .experiment import collect_with_committed, is_extra_run
 from .files import atomic_write_text
 
@@ -284,7 +284,7 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
             said = "does not differ from no KD by more than seed noise"
         else:
             said = "beats no KD" if r["mean_diff"] > 0 else "is worse than no KD"
-            if tests > 1 and not r["p_holm"] < 0.05:
+            if r["verdict"] == NOT_AFTER_HOLM:
                 said += f", but not once the {tests} comparisons are corrected for together (Holm)"
         lines.append(
             f"- **{name}** {said}: {r['mean_diff']:+.4f} mIoU over {int(r['seeds'])} paired seeds "

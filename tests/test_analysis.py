@@ -77,6 +77,29 @@ def test_paired_comparison_says_when_differences_exceed_seed_noise():
     assert one.loc["response", "verdict"] == "one seed: no verdict"
 
 
+def test_a_difference_that_does_not_survive_holm_says_so_in_its_verdict():
+    base = [0.30, 0.32, 0.31, 0.29, 0.33, 0.30]
+    diffs = {
+        "strong": [0.10, 0.11, 0.10, 0.12, 0.10, 0.11],
+        "weak": [0.01, 0.02, 0.01, 0.015, 0.03, -0.005],  # paired t-test p 0.038: x2 under Holm
+        "null": [0.01, -0.01, 0.0, 0.02, -0.02, 0.0],
+    }
+    runs = pd.DataFrame(
+        [{"method": "none", "seed": k, "miou": b} for k, b in enumerate(base)]
+        + [{"method": m, "seed": k, "miou": b + x} for m, d in diffs.items() for k, (b, x) in enumerate(zip(base, d))]
+    )
+    table = analysis.paired_comparison(runs).set_index("method")
+    assert table.loc["weak", "p"] == pytest.approx(0.0383, abs=1e-4)
+    assert table.loc["weak", "p_holm"] == pytest.approx(2 * table.loc["weak", "p"])
+    assert table["verdict"].to_dict() == {
+        "strong": "larger than seed noise",
+        "weak": analysis.NOT_AFTER_HOLM,
+        "null": "within seed noise",
+    }
+    alone = analysis.paired_comparison(runs[runs["method"].isin(["none", "weak"])])
+    assert alone["verdict"].tolist() == ["larger than seed noise"]  # one test: nothing to correct for
+
+
 def test_confusion_and_torchmetrics_agree():
     import torch
 
