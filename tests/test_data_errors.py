@@ -107,7 +107,8 @@ def test_cli_train_reports_a_broken_file_and_exits_non_zero(tiny_shapes, tmp_pat
     err = capsys.readouterr().err
     assert str(bad) in err and "[99] outside 0..20" in err
     # with --skip-bad the run goes through and records what it left out
-    assert main(args + ["--skip-bad", "--overwrite"]) == 0
+    with pytest.warns(UserWarning, match=r"skipped 1 broken sample"):  # said where the run is watched, too
+        assert main(args + ["--skip-bad", "--overwrite"]) == 0
     import json
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
