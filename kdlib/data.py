@@ -98,7 +98,7 @@ class SegmentationFolder(Dataset):
         self.root, self.split, self.transforms, self.name = Path(root), split, transforms, name
         self.augment = augment  # None (an evaluation split), or a mode of kdlib.augment
         self.image_size = image_size  # (H, W) the transforms resize to
-        self._decoded = None  # training pairs kept after their first read (see _resized)
+        self._decoded = None  # pairs kept after their first read (see _resized)
         self.labelled = mask_dir is not None
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         needed = (self.root / "JPEGImages", list_file) + ((self.root / mask_dir,) if self.labelled else ())
@@ -186,15 +186,19 @@ class SegmentationFolder(Dataset):
             )
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask.astype(np.uint8))
 
-    # training images are decoded and resized once, then kept (uint8) while they fit this
+    # decoded and resized pairs are kept (uint8) while the split fits: a training split's up to
+    # this (it is read on every pass), an evaluation split's (read once an epoch) only while small,
+    # e.g. the embedded benchmark's, so that VOC's val split is not held by every loader worker
     DECODED_CACHE_BYTES = 2 << 30
+    EVAL_CACHE_BYTES = 64 << 20
 
     def _resized(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The uint8 pair at the model's size. A training split keeps its pairs in memory after
-        their first read when they fit; its evaluation view shares them."""
-        if self.augment is not None and self._decoded is None:
+        """The uint8 pair at the model's size. A split keeps its pairs in memory after their
+        first read when they fit its budget; a training split's evaluation view shares them."""
+        if self._decoded is None:
             h, w = self.image_size
-            self._decoded = [None] * len(self) if len(self) * 4 * h * w <= self.DECODED_CACHE_BYTES else []
+            budget = self.DECODED_CACHE_BYTES if self.augment is not None else self.EVAL_CACHE_BYTES
+            self._decoded = [None] * len(self) if len(self) * 4 * h * w <= budget else []
         if self._decoded and self._decoded[index] is not None:
             return self._decoded[index]
         image, mask = self.read(index)
@@ -206,10 +210,8 @@ class SegmentationFolder(Dataset):
         return image, mask
 
     def preload(self) -> bool:
-        """Decode and resize every training image now (DataLoader workers then inherit them
-        instead of each decoding its own copy). False when they would not fit in memory."""
-        if self.augment is None:
-            return False
+        """Decode and resize every image now (DataLoader workers then inherit them instead of
+        each decoding its own copy). False when they would not fit the split's budget."""
         for index in range(len(self)):
             self._resized(index)
             if not self._decoded:

@@ -137,6 +137,7 @@ def build_datasets(cfg: Config) -> tuple[SegmentationFolder, SegmentationFolder]
     val_set = build_dataset(
         cfg.dataset, cfg.data_root, cfg.val_split, train=False, image_size=cfg.image_size, skip_bad=cfg.skip_bad
     )
+    val_set.preload()  # when small: read once, not once an epoch
     return train_set, val_set
 
 

@@ -233,3 +233,27 @@ def test_cached_teacher_maps_travel_with_their_sample(voc_root):
     assert torch.equal(item["params"], ds[(2, 9)]["params"]) and torch.equal(item["teacher"], maps[2])
     with pytest.raises(ValueError, match="teacher maps hold 1 samples"):
         WithTeacherMaps(ds, maps[:1])
+
+
+def test_a_small_evaluation_split_is_read_from_disk_once(tiny_shapes, monkeypatch):
+    """Validation runs every epoch: a split that fits its budget (the embedded benchmark's) is
+    decoded once and served from memory, the same tensors; one that does not (VOC's) is read
+    again each pass rather than held in every loader worker."""
+    from kdlib.data import SegmentationFolder
+
+    reads = []
+    original = SegmentationFolder.read
+    monkeypatch.setattr(SegmentationFolder, "read", lambda self, i: reads.append(i) or original(self, i))
+    val = build_dataset("shapes", tiny_shapes, "val", train=False, image_size=32)
+    first = [val[i] for i in range(len(val))]
+    again = [val[i] for i in range(len(val))]
+    assert sorted(reads) == list(range(len(val)))  # once each
+    assert all(torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]) for a, b in zip(first, again))
+    assert val.preload()
+
+    monkeypatch.setattr(SegmentationFolder, "EVAL_CACHE_BYTES", 0)
+    reads.clear()
+    big = build_dataset("shapes", tiny_shapes, "val", train=False, image_size=32)
+    for _ in range(2):
+        assert all(torch.equal(big[i]["image"], a["image"]) for i, a in enumerate(first))
+    assert len(reads) == 2 * len(big) and not big.preload()
