@@ -209,7 +209,8 @@ def _paired_tests(d: np.ndarray) -> tuple[float, float, float]:
     return half, p_t, p_w
 
 
-NOT_AFTER_HOLM = "larger than seed noise, not after Holm"
+LARGER = "larger than seed noise"
+NOT_AFTER_HOLM = f"{LARGER}, not after Holm"
 
 
 def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = "miou") -> pd.DataFrame:
@@ -220,8 +221,8 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
     (these seeds, this spread) can tell from zero. Beside it: the paired t-test's p-value,
     that p corrected by Holm for all the methods of the table tested together (``p_holm``; a
     difference larger than seed noise whose corrected p is not below 0.05 has the verdict
-    :data:`NOT_AFTER_HOLM`), and the Wilcoxon signed-rank test's p (no normality assumed; with 6 seeds it cannot go
-    below 0.031). With one seed nothing can be said."""
+    :data:`NOT_AFTER_HOLM`), and the Wilcoxon signed-rank test's p (no normality assumed; with
+    6 seeds it cannot go below 0.031). With one seed nothing can be said."""
     base = runs[runs["method"] == baseline].set_index("seed")[metric]
     rows = []
     for method in runs["method"].unique():
@@ -234,7 +235,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
         mean = float(d.mean()) if n else math.nan
         if n >= 2:
             half, p_t, p_w = _paired_tests(d)
-            verdict = "larger than seed noise" if abs(mean) > half else "within seed noise"
+            verdict = LARGER if abs(mean) > half else "within seed noise"
         else:
             half, p_t, p_w, verdict = math.nan, math.nan, math.nan, "one seed: no verdict"
         rows.append(
@@ -256,7 +257,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
     if not table.empty:
         table["p_holm"] = holm(table["p"].tolist())
         if len(table) > 1:  # the verdict of one comparison among many says whether it survives them
-            lost = (table["verdict"] == "larger than seed noise") & ~(table["p_holm"] < 0.05)
+            lost = (table["verdict"] == LARGER) & ~(table["p_holm"] < 0.05)
             table.loc[lost, "verdict"] = NOT_AFTER_HOLM
     return table
 

@@ -195,27 +195,33 @@ class SegmentationFolder(Dataset):
     def _resized(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 pair at the model's size. A split keeps its pairs in memory after their
         first read when they fit its budget; a training split's evaluation view shares them."""
-        if self._decoded is None:
-            h, w = self.image_size
-            budget = self.DECODED_CACHE_BYTES if self.augment is not None else self.EVAL_CACHE_BYTES
-            self._decoded = [None] * len(self) if len(self) * 4 * h * w <= budget else []
-        if self._decoded and self._decoded[index] is not None:
-            return self._decoded[index]
+        cache = self._cache()
+        if cache and cache[index] is not None:
+            return cache[index]
         image, mask = self.read(index)
         if tuple(image.shape[-2:]) != tuple(self.image_size):
             pair = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
             image, mask = (t.as_subclass(torch.Tensor) for t in pair)
-        if self._decoded:
-            self._decoded[index] = (image, mask)
+        if cache:
+            cache[index] = (image, mask)
         return image, mask
+
+    def _cache(self) -> list:
+        """The slots of the decoded pairs, one per sample; [] when the split exceeds its budget."""
+        if self._decoded is None:
+            h, w = self.image_size
+            budget = self.DECODED_CACHE_BYTES if self.augment is not None else self.EVAL_CACHE_BYTES
+            self._decoded = [None] * len(self) if len(self) * 4 * h * w <= budget else []
+        return self._decoded
 
     def preload(self) -> bool:
         """Decode and resize every image now (DataLoader workers then inherit them instead of
-        each decoding its own copy). False when they would not fit the split's budget."""
+        each decoding its own copy). False, having read nothing, when they would not fit the
+        split's budget."""
+        if not self._cache():
+            return False
         for index in range(len(self)):
             self._resized(index)
-            if not self._decoded:
-                return False
         return True
 
     def __getitem__(self, key) -> dict:

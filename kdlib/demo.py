@@ -4,9 +4,9 @@ The notebooks' own parameters are the committed configuration (the ``demo`` prof
 embedded benchmark, on the CPU): ``make demo`` executes them as they are and writes them back
 in place, so what a reader sees in ``notebooks/`` is the demo's real output (timing metadata
 and papermill's injected cell stripped), and "Run All" in JupyterLab reruns the same thing,
-reusing finished runs. Any other
-configuration (``DATASET=voc``, ``PROFILE=full``, ``DEVICE=cuda``) is injected as papermill
-parameters and its executed copies go under ``runs/<profile>-<dataset>/notebooks/``.
+reusing finished runs. Any other configuration (``DATASET=voc``, ``PROFILE=full``,
+``DEVICE=cuda``) is injected as papermill parameters and its executed copies go under
+``runs/<profile>-<dataset>/notebooks/``.
 
 ``make test`` checks the notebooks with nbval on copies whose parameters cell says ``smoke``
 (:func:`write_smoke_copies`): the cells marked ``NBVAL_CHECK_OUTPUT`` (outputs that do not

@@ -257,3 +257,4 @@ def test_a_small_evaluation_split_is_read_from_disk_once(tiny_shapes, monkeypatc
     for _ in range(2):
         assert all(torch.equal(big[i]["image"], a["image"]) for i, a in enumerate(first))
     assert len(reads) == 2 * len(big) and not big.preload()
+    assert len(reads) == 2 * len(big)  # a split over its budget is not even started on

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from kdlib.demo import NOTEBOOKS, UnknownParameterError, check_parameters, notebook_paths
+from kdlib.demo import INJECTED_TAG, NOTEBOOKS, UnknownParameterError, check_parameters, notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = [
@@ -67,7 +67,7 @@ def test_notebook_house_rules(path):
     assert '"duration"' not in path.read_text()
     # papermill's cell of a `make methods` / `make sweep` run would switch on hours of training in
     # a later `make demo` (papermill keeps it when given no parameters) and in "Run All"
-    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert not any(INJECTED_TAG in c.metadata.get("tags", []) for c in nb.cells)
 
 
 def test_unknown_notebook_parameter_is_refused():

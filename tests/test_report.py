@@ -178,6 +178,5 @@ def test_the_sweep_headline_pairs_each_cell_with_no_kd(tmp_path):
     path = tmp_path / "sweep.csv"
     table.to_csv(path, index=False)
     lines = report.sweep_md(path)
-    assert "(response: 4 of 4 cells); no KD over the same seeds: 0.2500" in lines[
-        0
-    ] and "| response | best: T=1, β=0.7 |" in "\n".join(lines)
+    assert "(response: 4 of 4 cells); no KD over the same seeds: 0.2500" in lines[0]
+    assert "| response | best: T=1, β=0.7 |" in "\n".join(lines)
