@@ -1,6 +1,7 @@
 """The batched Table 2 augmentation against torchvision's own transforms, sample by sample,
 and the geometric consistency of teacher maps warped with their images."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,3 +143,55 @@ def test_cached_map_warped_like_its_image(batch, shipped_teacher):
     _, _, wrong = agreement(affine, wrong_way)
     print(f"argmax agreement, cached warp vs online teacher: {right:.3f}; wrong-way warp: {wrong:.3f}")
     assert right > 0.85 and wrong < right - 0.15, (right, wrong)
+
+
+# The report's Table 2, written out here rather than read from kdlib.augment.TABLE2: (column,
+# low, high) of each parameter a training sample draws.
+TABLE2_RANGES = (
+    ("angle", -10.0, 10.0),  # rotation ±10°
+    ("scale", 0.9, 1.1),
+    ("shear_x", -5.0, 5.0),
+    ("shear_y", -5.0, 5.0),
+    ("brightness", 0.8, 1.2),  # factors 1 ± 0.2
+    ("contrast", 0.8, 1.2),
+    ("saturation", 0.8, 1.2),
+    ("hue", -0.1, 0.1),
+)
+
+
+def test_each_augmentation_parameter_covers_its_table2_range_symmetrically(tiny_shapes):
+    """4,000 draws as the trainer makes them (a training split, each sample keyed by its own
+    seed): every continuous parameter is uniform over its Table 2 range (Kolmogorov-Smirnov
+    against that uniform), so nothing lies outside it and both halves are used alike; the
+    translation is a whole number of pixels within ±10 % of the side, symmetric about 0; a
+    horizontal flip happens half the time; the jitter order is a uniform permutation."""
+    from scipy import stats
+
+    from kdlib.augment import FIELDS
+    from kdlib.train import sample_seed
+
+    ds = build_dataset("shapes", tiny_shapes, "train", train=True, image_size=64)
+    draws = torch.stack(
+        [ds[(i, sample_seed(0, epoch, i))]["params"] for epoch in range(500) for i in range(len(ds))]
+    ).double()
+    n = len(draws)
+    col = {name: draws[:, FIELDS.index(name)].numpy() for name in FIELDS}
+    for name, low, high in TABLE2_RANGES:
+        values = col[name]
+        assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6, name
+        assert values.min() < low + 0.01 * (high - low) and values.max() > high - 0.01 * (high - low), name
+        assert stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue > 1e-3, name
+    for axis in ("tx", "ty"):
+        values = col[axis]
+        assert np.array_equal(values, np.round(values)) and set(np.unique(values)) == set(range(-6, 7)), axis
+        # round(x), x uniform on [-6.4, 6.4): each inner value has mass 1/12.8, the two ends 0.9/12.8
+        counts = np.array([(values == k).sum() for k in range(-6, 7)])
+        expected = n * np.array([0.9] + [1.0] * 11 + [0.9]) / 12.8
+        assert stats.chisquare(counts, expected).pvalue > 1e-3, axis
+    flips = int(col["flip"].sum())
+    assert set(np.unique(col["flip"])) == {0.0, 1.0}
+    assert stats.binomtest(flips, n, 0.5).pvalue > 1e-3, flips
+    order = draws[:, FIELDS.index("op0") : FIELDS.index("op3") + 1].long()
+    assert all(sorted(row) == [0, 1, 2, 3] for row in order.tolist())
+    first = np.bincount(order[:, 0].numpy(), minlength=4)
+    assert stats.chisquare(first).pvalue > 1e-3, first
