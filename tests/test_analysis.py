@@ -205,3 +205,64 @@ def test_a_verdict_that_does_not_survive_the_correction_says_so():
     assert paired.loc["response", "p"] < 0.05 < paired.loc["response", "p_holm"]
     line = next(v for v in report.verdicts(paired.reset_index()) if "**Response**" in v)
     assert "beats no KD, but not once the 3 comparisons are corrected for together (Holm)" in line
+
+
+@pytest.mark.parametrize(
+    "val_miou, gain, converged",
+    [
+        # 10 epochs: the last quarter is epochs 8-10 (ceil(10/4) = 3). A gain made at epoch 8, the
+        # window's first epoch, is a gain of the last quarter...
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.65, 0.6, 0.6], 0.05, False),
+        # ...and one made at epoch 7, just before it, is not
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.6, 0.6, 0.61], -0.04, True),
+        # 5 epochs: ceil(5/4) = 2, so epochs 4-5 against 1-3
+        ([0.1, 0.2, 0.3, 0.33, 0.31], 0.03, False),
+        ([0.1, 0.2, 0.3, 0.31, 0.28], 0.01, True),
+    ],
+)
+def test_convergence_window_is_the_last_ceil_quarter_of_epochs(val_miou, gain, converged):
+    history = pd.DataFrame({"epoch": range(1, len(val_miou) + 1), "val_miou": val_miou})
+    c = analysis.convergence(history)
+    assert c["last_quarter_gain"] == pytest.approx(gain) and c["converged"] == converged
+
+
+def _exact_wilcoxon(d):
+    """Two-sided exact signed-rank p with zeros dropped (Wilcoxon's own convention), by listing
+    every sign assignment of the ranks (the test's differences have no tied magnitudes)."""
+    import itertools
+
+    d = [x for x in d if x != 0]
+    if not d:
+        return 1.0
+    ranks = {x: r for r, x in enumerate(sorted(d, key=abs), 1)}
+    observed = sum(ranks[x] for x in d if x > 0)
+    sums = [
+        sum(r for r, s in zip(range(1, len(d) + 1), signs) if s) for signs in itertools.product([0, 1], repeat=len(d))
+    ]
+    low = sum(s <= observed for s in sums) / len(sums)
+    high = sum(s >= observed for s in sums) / len(sums)
+    return min(1.0, 2 * min(low, high))
+
+
+@pytest.mark.parametrize(
+    "diffs",
+    [
+        [0.01, 0.02, -0.005, 0.03, 0.04, 0.015],  # six seeds, one loses: p = 4/64
+        [0.0, 0.01, -0.02, 0.03, 0.04, 0.05],  # a tie with no KD on one seed: dropped, 5 ranks left
+        [0.0, 0.0, 0.01, -0.02, 0.03, 0.04, 0.05, 0.06],
+        [0.02, 0.03, 0.01, 0.04, 0.05, 0.06],  # every seed gains: the smallest p six seeds allow, 2/64
+        [0.0, 0.0, 0.0],  # no difference at all: nothing to reject
+    ],
+)
+def test_wilcoxon_p_is_the_exact_signed_rank_p_with_zeros_dropped(diffs):
+    runs = pd.DataFrame(
+        {
+            "method": ["none"] * len(diffs) + ["cwd"] * len(diffs),
+            "seed": list(range(len(diffs))) * 2,
+            "miou": [0.3] * len(diffs) + [0.3 + x for x in diffs],
+        }
+    )
+    row = analysis.paired_comparison(runs).iloc[0]
+    # the runs' differences are 0.3 + x - 0.3, which can differ from x in the last bit
+    expected = _exact_wilcoxon([round(x, 9) for x in diffs])
+    assert row["p_wilcoxon"] == pytest.approx(expected, rel=1e-9)
