@@ -17,20 +17,37 @@ MIOU = {  # method -> per-seed best val mIoU
 }
 
 
-def write_runs(root, epochs=8, miou=MIOU, **settings):
+# Every column differs per method, so that a column read from the wrong field, or typed in,
+# shows: each method's own loss weights and temperature (CWD's paper's for cwd), its own number
+# of epochs run (early stopping ends all but `feature` before the budget), its best epoch half
+# way, and its own training time per seed.
+WEIGHTS = {  # method -> (alpha, beta, temperature) recorded in config.json
+    "none": (0.7, 0.3, 4.0),
+    "response": (0.7, 0.3, 4.0),
+    "feature": (0.5, 0.9, 2.0),
+    "both": (0.6, 1.5, 8.0),
+    "cwd": (1.0, 3.0, 4.0),
+}
+EPOCHS_RUN = {"none": 8, "response": 9, "feature": 10, "both": 7, "cwd": 6}
+SECONDS = {"none": 50.0, "response": 70.0, "feature": 90.0, "both": 110.0, "cwd": 130.0}  # + 2 s per seed
+
+
+def write_runs(root, epochs=10, miou=MIOU, **settings):
     for method, values in miou.items():
+        run_epochs = min(EPOCHS_RUN[method], epochs)
+        alpha, beta, temperature = WEIGHTS[method]
         for seed, miou in enumerate(values):
             run = root / method / f"seed{seed}"
             run.mkdir(parents=True)
             history = pd.DataFrame(
                 {
-                    "epoch": range(1, epochs + 1),
-                    "val_miou": [miou * min(1.0, e / (epochs - 2)) for e in range(1, epochs + 1)],
-                    "train_miou": [2 * miou] * epochs,
-                    "train_total": [1.0] * epochs,
-                    "val_total": [1.0] * epochs,
-                    "train_ce": [1.0] * epochs,
-                    "val_ce": [1.0] * epochs,
+                    "epoch": range(1, run_epochs + 1),
+                    "val_miou": [miou * min(1.0, e / (run_epochs // 2)) for e in range(1, run_epochs + 1)],
+                    "train_miou": [2 * miou] * run_epochs,
+                    "train_total": [1.0] * run_epochs,
+                    "val_total": [1.0] * run_epochs,
+                    "train_ce": [1.0] * run_epochs,
+                    "val_ce": [1.0] * run_epochs,
                 }
             )
             history.to_csv(run / "history.csv", index=False)
@@ -39,14 +56,15 @@ def write_runs(root, epochs=8, miou=MIOU, **settings):
                 "seed": seed,
                 "best_miou": miou,
                 "pixel_accuracy": 0.9,
-                "best_epoch": epochs - 2,
+                "best_epoch": run_epochs // 2,
             }
-            metrics |= {"epochs_run": epochs, "total_seconds": 60.0, "per_class_iou": [miou] * 21}
+            metrics |= {"epochs_run": run_epochs, "early_stopped": run_epochs < epochs}
+            metrics |= {"total_seconds": SECONDS[method] + 2 * seed, "per_class_iou": [miou] * 21}
             (run / "metrics.json").write_text(json.dumps(metrics))
             config = {"method": method, "train_split": "train", "val_split": "val", "image_size": 64, "epochs": epochs}
             config |= {"train_repeats": 8, "lr_schedule": "cosine", "batch_size": 16, "lr": 0.01}
-            config |= {"weight_decay": 1e-4, "temperature": 4.0, "alpha": 0.7, "beta": 0.3, "augment": "table2"}
-            config |= {"device_name": "cpu", "environment": {"cpu_threads": 1, "torch": "x"}}
+            config |= {"weight_decay": 1e-4, "temperature": temperature, "alpha": alpha, "beta": beta}
+            config |= {"augment": "table2", "device_name": "cpu", "environment": {"cpu_threads": 1, "torch": "x"}}
             config |= {"student_parameters": 3689061, "split_sizes": {"train": 32, "val": 300}, "dataset": "shapes"}
             config |= settings
             (run / "config.json").write_text(json.dumps(config))
@@ -65,17 +83,41 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
     assert "**What feature KD aligned**" in text and "| layer4 | 0.901 | 1.000 |" in text
     for method, values in MIOU.items():
-        weights = "—" if method == "none" else "0.7 / 0.3 / 4"
-        row = f"| {report.METHOD_NAMES[method]} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
-        assert row + f"{statistics.stdev(values):.4f} | 4 |" in text, row
+        alpha, beta, temperature = WEIGHTS[method]
+        weights = "—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}"
+        seconds = statistics.mean(SECONDS[method] + 2 * s for s in range(len(values)))
+        row = (
+            f"| {report.METHOD_NAMES[method]} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
+            f"{statistics.stdev(values):.4f} | {len(values)} | {EPOCHS_RUN[method]:.1f} | {seconds:.0f}s |"
+        )
+        assert row in text, row
     assert "- **Response** beats no KD: +0.1050 mIoU over 4 paired seeds" in text
     assert "- **Feature & Response** is worse than no KD: -0.0975" in text
     assert "- **Feature** does not differ from no KD by more than seed noise: +0.0000" in text
     # the gap closed: (0.3075 - 0.2025) / (0.8 - 0.2025)
     gap = report.gap_closed(pd.DataFrame(_runs_rows()), {"miou": 0.8})
     assert gap.set_index("method").loc["Response", "gap closed"] == pytest.approx(0.105 / 0.5975)
-    assert "16 of 16 runs have" in text  # every synthetic curve levels off two epochs before the end
+    assert "16 of 16 runs have" in text  # every synthetic curve levels off half way
     assert (tmp_path / "report" / "runs" / "both" / "seed3" / "history.csv").is_file()
+
+
+def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
+    """Column by column, against the fixture's values computed here: a column read from another
+    field (best epoch for epochs, the first run's weights for every row) or typed in fails."""
+    from kdlib.experiment import collect_runs
+
+    write_runs(tmp_path / "runs", miou=MIOU | {"cwd": [0.25, 0.27, 0.23, 0.26]})
+    table = report.results_table(collect_runs(tmp_path / "runs"), {"model": "t", "miou": 0.8}).set_index("KD type")
+    for method, values in (MIOU | {"cwd": [0.25, 0.27, 0.23, 0.26]}).items():
+        row = table.loc[report.METHOD_NAMES[method]]
+        alpha, beta, temperature = WEIGHTS[method]
+        assert row["α / β / T"] == ("—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}")
+        assert row["mIoU (mean ± std)"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        assert row["seeds"] == len(values)
+        assert row["# training epochs"] == f"{EPOCHS_RUN[method]:.1f}"
+        assert row["total training time"] == f"{statistics.mean(SECONDS[method] + 2 * s for s in range(4)):.0f}s"
+    assert table.loc["Channel-wise (CWD)", "from"] == "`make methods`"
+    assert table.loc["Teacher (t, upper bound)", "mIoU (mean ± std)"] == "0.8000"
 
 
 def _runs_rows():
@@ -144,7 +186,7 @@ def test_rows_of_make_methods_come_from_the_committed_runs_when_not_trained_here
     write_runs(tmp_path / "runs")
     write_runs(tmp_path / "report" / "runs", miou={"cwd": [0.25, 0.27, 0.23, 0.26]})
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
-    assert "| Channel-wise (CWD) | `make methods`, committed | 0.7 / 0.3 / 4 | 0.2525 ± " in text
+    assert "| Channel-wise (CWD) | `make methods`, committed | 1 / 3 / 4 | 0.2525 ± " in text
     assert "- **Channel-wise (CWD)** beats no KD: +0.0500 mIoU over 4 paired seeds" in text
     assert "5 comparisons are corrected for" not in text  # +0.05 on every seed survives Holm over 4 rows
     assert (tmp_path / "report" / "runs" / "cwd" / "seed0" / "metrics.json").is_file()  # kept, not wiped

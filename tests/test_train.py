@@ -86,20 +86,54 @@ def test_feature_kd_trains_the_projections(tiny_shapes, tiny_teacher, tmp_path):
     assert len(moved) == 4  # every level's projection learned
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path):
+TIMING = {"train_seconds", "epoch_seconds", "train_images_per_s"}  # the only columns a resume may change
+
+
+def _same_run(a, b):
+    """Two run folders hold the same run: every history column but the timings, as written, and
+    the last checkpoint's weights (student and projections) bit for bit."""
+    ha, hb = _history(a), _history(b)
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb):
+        assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
+    for part in ("model", "projections"):
+        wa, wb = load_checkpoint(a / "last.pt")[part], load_checkpoint(b / "last.pt")[part]
+        assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), part
+
+
+# The demo's schedule, shortened: cosine annealing (whose state a resume must restore) over
+# several passes per epoch.
+DEMO_LIKE = dict(method="both", epochs=4, lr=1e-2, lr_schedule="cosine", train_repeats=2)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path, monkeypatch):
+    """A run of the demo's schedule that dies in its third epoch and is resumed ends where the
+    uninterrupted run ends: same history (learning rates included), same weights."""
+    import kdlib.train as train
+
     full = tmp_path / "full"
-    fit(_cfg(tiny_shapes, tiny_teacher, full, method="both", epochs=3))
-    part = tmp_path / "part"
-    fit(_cfg(tiny_shapes, tiny_teacher, part, method="both", epochs=2))
-    fit(_cfg(tiny_shapes, tiny_teacher, part, method="both", epochs=3, resume=True))
-    a, b = _history(full), _history(part)
-    assert len(b) == 3
-    skip = {"train_seconds", "epoch_seconds", "train_images_per_s"}
-    for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k not in skip} == {k: v for k, v in rb.items() if k not in skip}
-    wa = load_checkpoint(full / "last.pt")["model"]
-    wb = load_checkpoint(part / "last.pt")["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    fit(_cfg(tiny_shapes, tiny_teacher, full, **DEMO_LIKE))
+    lrs = [float(r["lr"]) for r in _history(full)]
+    # cosine from 1e-2 to 0 over 4 epochs, by hand: 1e-2 · (1 + cos(π·e/4)) / 2 at the start of epoch e+1
+    assert lrs == pytest.approx(
+        [1e-2 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-5
+    )  # 6 digits written
+
+    part = tmp_path / "runs" / "both" / "seed0"
+    epoch_loop = train.train_one_epoch
+
+    def dies_in_epoch_3(cfg, model, teacher, optimizer, loader, rt, epoch, *args):
+        if epoch == 3:
+            raise KeyboardInterrupt  # as Ctrl-C would, mid-run
+        return epoch_loop(cfg, model, teacher, optimizer, loader, rt, epoch, *args)
+
+    monkeypatch.setattr(train, "train_one_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE))
+    assert len(_history(part)) == 2
+    monkeypatch.setattr(train, "train_one_epoch", epoch_loop)
+    fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE, resume=True))
+    _same_run(full, part)
 
 
 def test_same_seed_same_run_and_workers_do_not_change_it(tiny_shapes, tiny_teacher, tmp_path):
@@ -325,36 +359,25 @@ def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypa
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
 def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path, sig):
-    """A real subprocess killed after its first epoch: SIGTERM exits cleanly (130) with advice,
-    SIGKILL leaves last.pt intact (atomic writes); --resume then finishes all epochs."""
+    """A real subprocess of the demo's schedule (cosine, several passes per epoch) killed after a
+    checkpoint: SIGTERM exits cleanly (130) with advice, SIGKILL leaves last.pt intact (atomic
+    writes); --resume then ends bit-identical to the same command left uninterrupted."""
     import signal
     import time
 
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "kdlib",
-        "train",
-        "--method",
-        "response",
-        "--data-root",
-        str(tiny_shapes),
-        "--out",
-        str(out),
-        "--epochs",
-        "4",
-        "--batch-size",
-        "2",
-        "--workers",
-        "0",
-        "--teacher-weights",
-        str(tiny_teacher),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def command(out):
+        return [sys.executable, "-m", "kdlib", "train", "--data-root", str(tiny_shapes), "--out", str(out)] + [
+            *("--method", "response", "--epochs", "4", "--batch-size", "2", "--workers", "0"),
+            *("--lr", "0.01", "--lr-schedule", "cosine", "--train-repeats", "2"),
+            *("--teacher-weights", str(tiny_teacher)),
+        ]
+
+    out, reference = tmp_path / "run", tmp_path / "reference"
+    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "history.csv").is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
@@ -364,10 +387,10 @@ def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path,
         assert proc.returncode == -signal.SIGKILL
     done = load_checkpoint(out / "last.pt")["epoch"]
     assert 1 <= done < 4
-    subprocess.run(cmd + ["--resume"], check=True, capture_output=True, timeout=300)
-    rows = _history(out)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    subprocess.run(command(out) + ["--resume"], check=True, capture_output=True, timeout=300)
+    assert [int(r["epoch"]) for r in _history(out)] == [1, 2, 3, 4]
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
+    _same_run(reference, out)
 
 
 def test_finished_run_of_another_teacher_is_trained_again(tiny_shapes, tiny_teacher, tmp_path, capsys):
