@@ -307,17 +307,54 @@ def build_dataset(
     # training sets keep their decoded uint8 images in memory; evaluation sets are read each time
     transforms = resize_transforms(image_size)
     options = {"skip_bad": skip_bad, "augment": augment if train else None, "image_size": (image_size, image_size)}
-    if name == "shapes":
-        mask_dir = "SegmentationClass" if labelled else None
-        return SegmentationFolder(root, split, transforms, mask_dir=mask_dir, name="shapes", **options)
-    voc_root = resolve_voc_root(root)
-    if download and not (voc_root / "JPEGImages").is_dir():
+    if name == "voc" and download and not (resolve_voc_root(root) / "JPEGImages").is_dir():
         from torchvision.datasets import VOCSegmentation
 
         VOCSegmentation(str(root), year="2012", image_set="trainval", download=True)
-        voc_root = resolve_voc_root(root)
-    mask_dir = ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass") if labelled else None
-    return SegmentationFolder(voc_root, split, transforms, mask_dir=mask_dir, name="voc", **options)
+    folder, mask_dir = _layout(name, root, split, labelled)
+    return SegmentationFolder(folder, split, transforms, mask_dir=mask_dir, name=name, **options)
+
+
+def _layout(name: str, root, split: str, labelled: bool) -> tuple[Path, str | None]:
+    """The VOC-layout folder of data set ``name`` and the folder of ``split``'s masks (None: no
+    masks are read). VOC's ``root`` may be a folder above ``VOC2012``; SBD's ``train_aug``
+    masks live in ``SegmentationClassAug/``."""
+    if name == "shapes":
+        return Path(root), "SegmentationClass" if labelled else None
+    mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
+    return resolve_voc_root(root), mask_dir if labelled else None
+
+
+def split_fingerprint(name: str, root, split: str, labelled: bool = True) -> str:
+    """What the images of ``split`` are, cheap to compute, recorded with every run so that a run
+    is not reused on other data of the same size. For ``shapes`` every sample is a pure
+    function of (generator version, seed, split, index) at the card's image size: the card's
+    generator fields and a hash of the split's id list. For any other folder (VOC): the number
+    of ids and a hash of the id list with every listed image's and mask's size and
+    modification time (a stat per file, no decoding; a file that is missing counts as such).
+    Raises FileNotFoundError when the split's list does not exist."""
+    import hashlib
+    import json
+
+    folder, mask_dir = _layout(name, root, split, labelled)
+    listed = (folder / "ImageSets" / "Segmentation" / f"{split}.txt").read_text()
+    ids = [line.strip() for line in listed.splitlines() if line.strip()]
+    id_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+    card = folder / "benchmark.json"
+    if name == "shapes" and card.is_file():
+        c = json.loads(card.read_text())
+        return f"shapes v{c['version']} seed {c['seed']} {c['size']}px, {len(ids)} ids {id_hash}"
+    files = hashlib.sha256()
+    for i in ids:
+        for path in (folder / "JPEGImages" / f"{i}.jpg", folder / mask_dir / f"{i}.png" if mask_dir else None):
+            if path is None:
+                continue
+            try:
+                st = path.stat()
+                files.update(f"{i} {path.suffix} {st.st_size} {st.st_mtime_ns}\n".encode())
+            except FileNotFoundError:
+                files.update(f"{i} {path.suffix} missing\n".encode())
+    return f"{len(ids)} ids {id_hash}, files {files.hexdigest()[:12]}"
 
 
 def class_names(name: str) -> tuple[str, ...]:

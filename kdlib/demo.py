@@ -301,33 +301,43 @@ def run_report(
     dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu", profile: str = "demo", runs_dir=None
 ) -> int:
     """``make report``: every figure, table and the report again from finished runs. The
-    notebooks reuse finished runs, so nothing trains; missing runs are an error, not a job."""
-    from .experiment import collect_runs, is_finished, profile_settings, run_config, stale_reason
+    notebooks reuse finished runs, so nothing trains; a missing or unfinished run of the
+    report's four methods is an error, not a job, and so is any run on this machine that is
+    stale (other settings, data or teacher than now: the reason names what changed)."""
+    from .experiment import (
+        RUN_NAMES,
+        collect_runs,
+        is_finished,
+        profile_settings,
+        run_config,
+        stale_reason,
+        target_of,
+    )
 
     params = demo_parameters(dataset, data_root, device, profile)
     if runs_dir is not None:
         params["runs_dir"] = str(runs_dir)
     settings = profile_settings(profile)
-    missing = []
-    for method in ("none", "feature", "response", "both"):
+    kw = dict(dataset=dataset, data_root=params["data_root"], runs_dir=params["runs_dir"], profile=profile)
+    missing, required = [], ("none", "feature", "response", "both")
+    for method in required:
         for seed in settings["seeds"]:
-            cfg = run_config(
-                method,
-                seed,
-                dataset=dataset,
-                data_root=params["data_root"],
-                runs_dir=params["runs_dir"],
-                profile=profile,
-            )
+            cfg = run_config(method, seed, **kw)
             out = Path(cfg.out)
             stale = stale_reason(out, cfg)
             if stale or not is_finished(out, cfg.epochs):
-                missing.append(f"{out}: {stale}" if stale else str(out))
+                missing.append((method, f"{out}: {stale}" if stale else str(out)))
+    for name in (n for n in RUN_NAMES if n not in required):  # rows of `make methods`: none may be stale
+        for run in sorted(p.parent for p in Path(params["runs_dir"], name).glob("seed*/config.json")):
+            stale = stale_reason(run, run_config(name, int(run.name.removeprefix("seed")), **kw))
+            if stale:
+                missing.append((name, f"{run}: {stale}"))
     if missing or collect_runs(params["runs_dir"]).empty:
+        targets = sorted({target_of(name) for name, _ in missing} or {"make demo"})
         print(
             "make report rebuilds from finished runs, and these are missing, unfinished or stale:\n  "
-            + "\n  ".join(missing)
-            + "\nRun `make demo` (same DATASET/PROFILE) first.",
+            + "\n  ".join(text for _, text in missing)
+            + f"\nRun `{'` and `'.join(targets)}` (same DATASET/PROFILE) first.",
             file=sys.stderr,
         )
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ import pandas as pd
 from .config import Config
 from .files import atomic_write_text
 from .losses import METHODS, NEW_METHODS, REPORT_METHODS, needs_teacher
-from .train import fit, teacher_weights_sha256
+from .train import data_fingerprints, fit, teacher_weights_sha256
 
 # The split of images without masks each data set offers to `<method>_unlabeled` runs (VOC has
 # none of its own: pass unlabeled_split=, e.g. a list of SBD's extra image ids).
@@ -102,12 +103,17 @@ def run_dir(runs_dir, method: str, seed: int) -> Path:
     return Path(runs_dir) / method / f"seed{seed}"
 
 
+def _finished(metrics: dict, config: dict) -> bool:
+    """Whether a run ended: it trained its budget (config.json's ``epochs``) or early stopping
+    ended it. A run writes metrics.json after each improved epoch, so that file alone says
+    nothing about whether it is done."""
+    return metrics.get("early_stopped", False) or metrics.get("epochs_run", 0) >= config.get("epochs", math.inf)
+
+
 def is_finished(out: Path, epochs: int) -> bool:
+    """Whether the run in ``out`` ended, for a budget of ``epochs`` (see :func:`_finished`)."""
     path = Path(out) / "metrics.json"
-    if not path.is_file():
-        return False
-    m = json.loads(path.read_text())
-    return m.get("epochs_run", 0) >= epochs or m.get("early_stopped", False)
+    return path.is_file() and _finished(json.loads(path.read_text()), {"epochs": epochs})
 
 
 # The settings that make a run what it is: a finished or interrupted run recorded with other
@@ -148,9 +154,11 @@ RUN_DEFINING = (
 
 def stale_reason(out: Path, cfg: Config) -> str | None:
     """Why a run in ``out`` no longer answers ``cfg`` (None when it still does): it was
-    trained with other settings (:data:`RUN_DEFINING`), or distilled from another teacher
-    than the one ``cfg`` would use now (the shipped teacher retrained, or other
-    ``--teacher-weights``)."""
+    trained with other settings (:data:`RUN_DEFINING`), on other data (a split of another
+    size, or whose fingerprint differs: :func:`kdlib.train.data_fingerprints`), or distilled
+    from another teacher than the one ``cfg`` would use now (the shipped teacher retrained, or
+    other ``--teacher-weights``). A run recorded before fingerprints were has its data
+    compared by split size alone (said once per process)."""
     resolved = cfg.resolved()
     path = Path(out) / "config.json"
     recorded = json.loads(path.read_text()) if path.is_file() else {}
@@ -167,12 +175,46 @@ def stale_reason(out: Path, cfg: Config) -> str | None:
         ]
     if changed:
         return "it was trained with other settings (" + ", ".join(changed) + ")"
+    if "data_fingerprints" in recorded:
+        now = _data_fingerprints(resolved)
+        other = [
+            f"{split} split ({was} -> {now[split]})"
+            for split, was in recorded["data_fingerprints"].items()
+            if split in now and now[split] != was
+        ]
+        if other:
+            return "it was trained on other data: the " + ", the ".join(other)
+    elif path.is_file():
+        _say_once(
+            "unfingerprinted",
+            "note: runs recorded before kdlib fingerprinted their data (no data_fingerprints in config.json, "
+            f"e.g. {path}) are checked against the data by split size only",
+        )
     current = teacher_weights_sha256(resolved)
     if current is None or recorded.get("teacher_sha256") == current:
         return None
     now = f"{Path(resolved.teacher_weights).name} (sha256 {current[:12]})"
     unrecorded = recorded.get("teacher_sha256") is None
     return f"it was trained with {'unrecorded' if unrecorded else 'other'} teacher weights, not {now}"
+
+
+def _data_fingerprints(cfg: Config) -> dict:
+    """The fingerprints of the splits ``cfg`` reads now; those that cannot be read are left out
+    (training them reports the missing data itself)."""
+    try:
+        return data_fingerprints(cfg)
+    except OSError:
+        return {}
+
+
+_said: set[str] = set()
+
+
+def _say_once(key: str, text: str) -> None:
+    """Print ``text`` the first time ``key`` comes up in this process."""
+    if key not in _said:
+        _said.add(key)
+        print(text, flush=True)
 
 
 def _split_sizes(cfg: Config) -> dict:
@@ -333,32 +375,64 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
-    """One row per finished run under ``runs_dir``: method, seed, best mIoU, epochs, seconds."""
-    rows = []
+RUN_COLUMNS = ["method", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "run"]
+
+
+def _run_folders(runs_dir, methods):
+    """(run name, folder, metrics.json, config.json) of every run under ``runs_dir`` that has
+    written its first metrics.json (``config.json``'s dict is empty where there is none)."""
     for method in methods:
         for path in sorted(Path(runs_dir, method).glob("seed*/metrics.json")):
-            m = json.loads(path.read_text())
-            rows.append(
-                {
-                    "method": method,
-                    "seed": m["seed"],
-                    "miou": m["best_miou"],
-                    "pixel_accuracy": m["pixel_accuracy"],
-                    "best_epoch": m["best_epoch"],
-                    "epochs": m["epochs_run"],
-                    "seconds": m["total_seconds"],
-                    "run": str(path.parent),
-                }
+            config = path.parent / "config.json"
+            yield (
+                method,
+                path.parent,
+                json.loads(path.read_text()),
+                json.loads(config.read_text()) if config.is_file() else {},
             )
-    return pd.DataFrame(
-        rows, columns=["method", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "run"]
-    )
+
+
+def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
+    """One row per *finished* run under ``runs_dir``: run name (column ``method``), seed, best
+    mIoU, epochs, seconds, folder. A run still training, or stopped before its budget, is left
+    out of every table, figure and verdict built from this; :func:`unfinished_runs` lists them."""
+    rows = [
+        {
+            "method": method,
+            "seed": m["seed"],
+            "miou": m["best_miou"],
+            "pixel_accuracy": m["pixel_accuracy"],
+            "best_epoch": m["best_epoch"],
+            "epochs": m["epochs_run"],
+            "seconds": m["total_seconds"],
+            "run": str(folder),
+        }
+        for method, folder, m, config in _run_folders(runs_dir, methods)
+        if _finished(m, config)
+    ]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def unfinished_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
+    """The runs under ``runs_dir`` that started but have not finished: run name, seed, epochs run
+    of how many, folder (``--resume``, or the target that trains them, finishes them)."""
+    rows = [
+        {"method": method, "seed": m["seed"], "epochs_run": m.get("epochs_run", 0), "epochs": config.get("epochs")}
+        | {"run": str(folder)}
+        for method, folder, m, config in _run_folders(runs_dir, methods)
+        if not _finished(m, config)
+    ]
+    return pd.DataFrame(rows, columns=["method", "seed", "epochs_run", "epochs", "run"])
 
 
 def is_extra_run(name: str) -> bool:
     """Whether run ``name`` is one of `make methods`' rows rather than `make demo`'s."""
     return name in EXTRA_RUNS or name.endswith("_unlabeled")
+
+
+def target_of(name: str) -> str:
+    """The make target that trains (and, when interrupted, resumes) the runs of ``name``."""
+    return "make methods" if is_extra_run(name) else "make demo"
 
 
 def best_kd_method(runs: pd.DataFrame, among=None) -> str:
@@ -373,28 +447,45 @@ def best_kd_method(runs: pd.DataFrame, among=None) -> str:
 
 
 def regime(run) -> dict:
-    """The :data:`REGIME` settings of a run folder and the sizes of its train and val splits
-    (from its ``config.json``; None where it has none)."""
+    """The :data:`REGIME` settings of a run folder, the sizes of its train and val splits and
+    their data fingerprints (from its ``config.json``; None where it has none)."""
     path = Path(run) / "config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
-    sizes = config.get("split_sizes", {})
+    splits = (config.get("train_split"), config.get("val_split"))
+    sizes, prints = config.get("split_sizes", {}), config.get("data_fingerprints")
     return {k: config.get(k) for k in REGIME} | {
-        "split_sizes": {k: sizes.get(k) for k in (config.get("train_split"), config.get("val_split"))}
+        "split_sizes": {k: sizes.get(k) for k in splits},
+        "data_fingerprints": None if prints is None else {k: prints.get(k) for k in splits},
     }
+
+
+def same_regime(a: dict, b: dict) -> bool:
+    """Whether two :func:`regime` dicts may be compared: the same settings and split sizes, and
+    the same data where both runs recorded its fingerprints (older runs did not)."""
+    prints = "data_fingerprints"
+    if a[prints] is not None and b[prints] is not None and a[prints] != b[prints]:
+        return False
+    return {k: v for k, v in a.items() if k != prints} == {k: v for k, v in b.items() if k != prints}
 
 
 def collect_with_committed(runs_dir, committed_dir, names=RUN_NAMES) -> pd.DataFrame:
     """:func:`collect_runs` of ``runs_dir``, completed by the committed results (``report/runs/``,
-    the same layout) of every run name this machine has not trained, when they were trained in
-    the same regime (:data:`REGIME`) as this machine's runs: the rows of `make methods` then
-    appear in every report of the demo. ``source`` says where each row comes from."""
+    the same layout) trained in the same regime (:func:`same_regime`) as this machine's runs:
+    the rows of `make methods` then appear in every report of the demo. A run name takes this
+    machine's finished runs when they are at least as many seeds as its committed ones, else the
+    committed runs (so a `make methods` stopped half way does not put a one-seed row in place of
+    a six-seed one). ``source`` says where each row comes from."""
     here = collect_runs(runs_dir, names).assign(source="this machine")
-    missing = [n for n in names if n not in set(here["method"])]
-    committed = collect_runs(committed_dir, missing).assign(source="committed") if missing else here.iloc[:0]
+    committed = collect_runs(committed_dir, names).assign(source="committed")
     if not here.empty and not committed.empty:
         ours = regime(here["run"].iloc[0])
-        committed = committed[[regime(r) == ours for r in committed["run"]]]
-    return pd.concat([here, committed], ignore_index=True)
+        committed = committed[[same_regime(regime(r), ours) for r in committed["run"]]]
+    seeds_here, seeds_committed = here["method"].value_counts(), committed["method"].value_counts()
+    use_committed = [n for n in names if seeds_committed.get(n, 0) > seeds_here.get(n, 0)]
+    return pd.concat(
+        [here[~here["method"].isin(use_committed)], committed[committed["method"].isin(use_committed)]],
+        ignore_index=True,
+    )
 
 
 # The hyper-parameter map (chapter 9, `make sweep`): every (T, β) over a few seeds.
@@ -449,10 +540,7 @@ def sweep_results(method: str, runs_dir, temperatures=SWEEP_TEMPERATURES, betas=
     for t in temperatures:
         for b in betas:
             runs = collect_runs(sweep_dir(runs_dir, t, b), [method])
-            done = [
-                is_finished(Path(r), json.loads((Path(r) / "config.json").read_text())["epochs"]) for r in runs["run"]
-            ]
-            runs = runs[runs["seed"].isin(list(seeds)) & pd.Series(done, index=runs.index, dtype=bool)]
+            runs = runs[runs["seed"].isin(list(seeds))]
             rows += [
                 {"method": method, "temperature": float(t), "beta": float(b), **r} for r in runs.to_dict("records")
             ]

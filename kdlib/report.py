@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
-from .experiment import collect_with_committed, is_extra_run
+from .experiment import collect_with_committed, target_of, unfinished_runs
 from .files import atomic_write_text
 
 METHOD_NAMES = {
@@ -47,7 +47,7 @@ def method_name(run_name: str) -> str:
 
 def _source(runs: pd.DataFrame, method: str) -> str:
     """Which target trains a row, and whether its numbers are this machine's or committed."""
-    target = "`make methods`" if is_extra_run(method) else "`make demo`"
+    target = f"`{target_of(method)}`"
     committed = "source" in runs and (runs.loc[runs["method"] == method, "source"] == "committed").any()
     return f"{target}, committed" if committed else target
 
@@ -271,6 +271,24 @@ def _images(config: dict, key: str) -> str:
     return f" ({n} images)" if n is not None else ""
 
 
+def unfinished_md(runs_dir) -> list[str]:
+    """The runs this machine started and has not finished: left out of every table, figure
+    and verdict, and named here with the target that resumes them."""
+    table = unfinished_runs(runs_dir)
+    if table.empty:
+        return []
+    runs = [
+        f"{method_name(r['method'])} seed {r['seed']} (epoch {r['epochs_run']} of {r['epochs']})"
+        for _, r in table.iterrows()
+    ]
+    targets = sorted({f"`{target_of(m)}`" for m in table["method"]})
+    return [
+        f"**Unfinished runs**, left out of every table, figure and verdict of this report: {'; '.join(runs)}. "
+        f"{' and '.join(targets)} resume{'s' if len(targets) == 1 else ''} them where they stopped.",
+        "",
+    ]
+
+
 def verdicts(paired: pd.DataFrame) -> list[str]:
     """One plain sentence per method: does it beat no KD, by how much, what the seeds can
     resolve, and whether it holds once every comparison of the table is corrected for (Holm)."""
@@ -413,6 +431,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
             "",
         ]
         md += verdicts(paired) + [""]
+    md += unfinished_md(runs_dir)
     offline = cached_vs_online(runs)
     if offline:
         md += offline

@@ -34,7 +34,7 @@ from .augment import prepare_batch
 from .checkpoints import load_checkpoint, load_model, load_weights, rng_state, set_rng_state
 from .config import Config, resolve_device
 from .conventions import NUM_CLASSES, VOID
-from .data import SegmentationFolder, build_dataset
+from .data import SegmentationFolder, build_dataset, split_fingerprint
 from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
 from .losses import distillation_loss, needs_features, needs_raw_features, needs_teacher
@@ -474,6 +474,17 @@ def teacher_weights_sha256(cfg: Config) -> str | None:
     return file_sha256(cfg.teacher_weights)
 
 
+def data_fingerprints(cfg: Config) -> dict[str, str]:
+    """The fingerprint (:func:`kdlib.data.split_fingerprint`) of every split a run reads: train,
+    val and the unlabeled split when it has one. Saved in ``config.json`` so that a finished run
+    is not reused on other data with the same split sizes (another benchmark draw, an edited
+    split list)."""
+    splits = {cfg.train_split: True, cfg.val_split: True}
+    if cfg.unlabeled_split:
+        splits[cfg.unlabeled_split] = False
+    return {split: split_fingerprint(cfg.dataset, cfg.data_root, split, labelled) for split, labelled in splits.items()}
+
+
 def environment() -> dict:
     import torchvision
 
@@ -626,6 +637,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         "environment": environment(),
         "student_parameters": count_parameters(student),
         "teacher_sha256": teacher_weights_sha256(cfg),
+        "data_fingerprints": data_fingerprints(cfg),
         "teacher_cache_cards": cache_cards,
     }
     if rt.main:

@@ -222,3 +222,37 @@ def test_the_sweep_headline_pairs_each_cell_with_no_kd(tmp_path):
     lines = report.sweep_md(path)
     assert "(response: 4 of 4 cells); no KD over the same seeds: 0.2500" in lines[0]
     assert "| response | best: T=1, β=0.7 |" in "\n".join(lines)
+
+
+def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(tmp_path):
+    """A run writes metrics.json after each improved epoch: one stopped half way (here cwd seed 1
+    at epoch 3 of 10, as a `make methods` cut off would leave it) is not a result. Its one
+    finished seed does not replace the four committed ones either."""
+    from kdlib.experiment import collect_runs, collect_with_committed, unfinished_runs
+
+    write_runs(tmp_path / "runs", miou=MIOU | {"cwd": [0.4, 0.1]})
+    stopped = tmp_path / "runs" / "cwd" / "seed1" / "metrics.json"
+    stopped.write_text(json.dumps(json.loads(stopped.read_text()) | {"epochs_run": 3, "early_stopped": False}))
+    write_runs(tmp_path / "report" / "runs", miou={"cwd": [0.25, 0.27, 0.23, 0.26]})
+
+    here = collect_runs(tmp_path / "runs")
+    assert len(here) == 17 and not ((here["method"] == "cwd") & (here["seed"] == 1)).any()
+    assert unfinished_runs(tmp_path / "runs")[["method", "seed", "epochs_run", "epochs"]].values.tolist() == [
+        ["cwd", 1, 3, 10]
+    ]
+    merged = collect_with_committed(tmp_path / "runs", tmp_path / "report" / "runs")
+    cwd = merged[merged["method"] == "cwd"]
+    assert sorted(cwd["seed"]) == [0, 1, 2, 3] and set(cwd["source"]) == {"committed"}
+
+    text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
+    assert "| Channel-wise (CWD) | `make methods`, committed | 1 / 3 / 4 | 0.2525 ± " in text
+    assert (
+        "**Unfinished runs**, left out of every table, figure and verdict of this report: "
+        "Channel-wise (CWD) seed 1 (epoch 3 of 10). `make methods` resumes them where they stopped."
+    ) in text
+    assert "0.4000" not in text  # the finished local seed of a row taken from the committed runs
+
+    # once this machine has as many finished seeds as the committed row, its own runs are the row
+    write_runs(tmp_path / "more", miou=MIOU | {"cwd": [0.3, 0.31, 0.29, 0.3]})
+    merged = collect_with_committed(tmp_path / "more", tmp_path / "report" / "runs")
+    assert set(merged.loc[merged["method"] == "cwd", "source"]) == {"this machine"}

@@ -110,6 +110,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
     """A run of the demo's schedule that dies in its third epoch and is resumed ends where the
     uninterrupted run ends: same history (learning rates included), same weights."""
     import kdlib.train as train
+    from kdlib.experiment import collect_runs, unfinished_runs
 
     full = tmp_path / "full"
     fit(_cfg(tiny_shapes, tiny_teacher, full, **DEMO_LIKE))
@@ -131,9 +132,13 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE))
     assert len(_history(part)) == 2
+    # stopped half way, it is no result: no table or verdict reads it, and it is listed as unfinished
+    assert collect_runs(tmp_path / "runs").empty
+    assert unfinished_runs(tmp_path / "runs")[["method", "epochs_run", "epochs"]].values.tolist() == [["both", 2, 4]]
     monkeypatch.setattr(train, "train_one_epoch", epoch_loop)
     fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE, resume=True))
     _same_run(full, part)
+    assert len(collect_runs(tmp_path / "runs")) == 1 and unfinished_runs(tmp_path / "runs").empty
 
 
 def test_same_seed_same_run_and_workers_do_not_change_it(tiny_shapes, tiny_teacher, tmp_path):

@@ -1,0 +1,101 @@
+"""Runs remember the data they were trained on: a finished run is reused only on the same data
+(settings, split sizes and, since runs record it, each split's fingerprint), and `make report`
+refuses a run whose data changed, naming the split."""
+
+import json
+import os
+
+import pytest
+
+from kdlib import experiment, shapes
+from kdlib.data import split_fingerprint
+
+SIZES = dict(teacher_train=4, train=16, val=12, size=64, progress=False)  # the smoke profile's benchmark
+
+
+def test_a_finished_run_is_not_reused_on_another_draw_of_the_benchmark(tmp_path, capsys):
+    from kdlib.demo import run_report
+
+    data, runs = tmp_path / "shapes", tmp_path / "runs"
+    shapes.generate(data, seed=0, **SIZES)
+    kw = dict(dataset="shapes", data_root=str(data), runs_dir=str(runs), profile="smoke")
+    experiment.train_method("none", **kw)
+    experiment.train_method("cwd", **kw)  # a row of `make methods`, distilled from the shipped teacher
+    config = json.loads((runs / "none" / "seed0" / "config.json").read_text())
+    assert set(config["data_fingerprints"]) == {"train", "val"}
+    assert config["data_fingerprints"]["train"].startswith("shapes v2 seed 0 64px, 16 ids ")
+    capsys.readouterr()
+    experiment.train_method("none", **kw)
+    assert "finished run reused" in capsys.readouterr().out
+
+    # the same files regenerated (new modification times) are the same data: still reused
+    for path in data.rglob("*.jpg"):
+        os.utime(path, ns=(1, 1))
+    experiment.train_method("none", **kw)
+    assert "finished run reused" in capsys.readouterr().out
+
+    # another draw, the same split sizes: make report refuses it, naming the split; make demo retrains it
+    shapes.generate(data, seed=1, **SIZES)
+    assert run_report("shapes", str(data), profile="smoke", runs_dir=runs) == 1
+    err = capsys.readouterr().err
+    assert "none/seed0: it was trained on other data: the train split (shapes v2 seed 0 64px" in err
+    assert "-> shapes v2 seed 1 64px" in err and "the val split (" in err
+    assert "cwd/seed0: it was trained on other data: the train split" in err
+    assert "Run `make demo` and `make methods` (same DATASET/PROFILE) first." in err
+    experiment.train_method("none", **kw)
+    out = capsys.readouterr().out
+    assert "is stale, it was trained on other data: the train split" in out and "reused" not in out
+    again = json.loads((runs / "none" / "seed0" / "config.json").read_text())["data_fingerprints"]
+    assert again["train"].startswith("shapes v2 seed 1 64px") and again["train"] != config["data_fingerprints"]["train"]
+
+
+def test_runs_recorded_before_fingerprints_are_reused_and_it_is_said_once(tmp_path, capsys):
+    data, runs = tmp_path / "shapes", tmp_path / "runs"
+    shapes.generate(data, seed=0, **SIZES)
+    kw = dict(dataset="shapes", data_root=str(data), runs_dir=str(runs), profile="smoke")
+    experiment.train_method("none", seeds=[0, 1], **kw)
+    for seed in (0, 1):  # as kdlib wrote config.json before it recorded fingerprints
+        path = runs / "none" / f"seed{seed}" / "config.json"
+        config = json.loads(path.read_text())
+        del config["data_fingerprints"]
+        path.write_text(json.dumps(config))
+    experiment._said.clear()
+    capsys.readouterr()
+    experiment.train_method("none", seeds=[0, 1], **kw)
+    experiment.train_method("none", seeds=[0, 1], **kw)
+    out = capsys.readouterr().out
+    assert out.count("finished run reused") == 4
+    assert out.count("are checked against the data by split size only") == 1
+
+
+def test_a_voc_split_fingerprint_follows_its_ids_and_files(tmp_path):
+    from test_data import write_voc
+
+    voc = write_voc(tmp_path)
+    lists = voc / "ImageSets" / "Segmentation"
+    before = split_fingerprint("voc", tmp_path, "train")
+    assert before == split_fingerprint("voc", voc, "train")  # the same folder, named at another level
+    assert before.startswith(f"{len(lists.joinpath('train.txt').read_text().split())} ids ")
+
+    # the same count of other ids (here: one id listed twice in place of another)
+    ids = lists.joinpath("train.txt").read_text().split()
+    lists.joinpath("train.txt").write_text("\n".join([ids[0], *ids[:-1]]) + "\n")
+    edited = split_fingerprint("voc", tmp_path, "train")
+    assert edited != before and edited.split(" ids")[0] == before.split(" ids")[0]
+    lists.joinpath("train.txt").write_text("\n".join(ids) + "\n")
+    assert split_fingerprint("voc", tmp_path, "train") == before
+
+    # an image or a mask replaced in place: its modification time moves
+    image, mask = voc / "JPEGImages" / f"{ids[1]}.jpg", voc / "SegmentationClass" / f"{ids[1]}.png"
+    for path in (image, mask):
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        assert split_fingerprint("voc", tmp_path, "train") != before, path.name
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert split_fingerprint("voc", tmp_path, "train") == before
+    # an unlabeled split reads no masks, so a mask does not enter its fingerprint
+    unlabeled = split_fingerprint("voc", tmp_path, "train", labelled=False)
+    os.utime(mask, ns=(1, 1))
+    assert split_fingerprint("voc", tmp_path, "train", labelled=False) == unlabeled
+    with pytest.raises(FileNotFoundError):
+        split_fingerprint("voc", tmp_path, "no_such_split")
