@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .conventions import VOID
+from .methods import names, run_names
 
 SIZE_BUCKETS = ((0.0, 0.01, "small (<1%)"), (0.01, 0.05, "medium (1-5%)"), (0.05, 1.01, "large (>5%)"))
 LIGHT_BUCKETS = ((0.0, 0.6, "dim (<0.6)"), (0.6, 1.0, "normal (0.6-1.0)"), (1.0, 9.9, "bright (>1.0)"))
@@ -298,12 +299,11 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-REPORT_ORDER = ("none", "feature", "response", "both", "response_cached")
-
-
 def summary_table(runs: pd.DataFrame, order=None) -> pd.DataFrame:
     """Section 4's table: mIoU mean ± std over seeds, epochs, total training time. Rows in
-    ``order``, by default the report's methods first, then the others as they appear."""
+    ``order``, by default the registry's (:func:`kdlib.methods.run_names`: the report's
+    methods first), then any others as they appear."""
+
     g = runs.groupby("method")
     table = pd.DataFrame(
         {
@@ -315,7 +315,7 @@ def summary_table(runs: pd.DataFrame, order=None) -> pd.DataFrame:
         }
     )
     if order is None:
-        order = [*REPORT_ORDER, *(m for m in runs["method"].unique() if m not in REPORT_ORDER)]
+        order = [*run_names(), *(m for m in runs["method"].unique() if m not in run_names())]
     return table.loc[[m for m in order if m in table.index]]
 
 
@@ -333,7 +333,7 @@ def predict_all(dataset: str, data_root, runs_dir, image_size: int, device: str 
     preds = {}
     pred, targets, _ = predict(load_teacher(dataset), val, device)
     preds["teacher"] = pred
-    for method in ("none", "feature", "response", "both"):
+    for method in names("report"):
         rows = runs[runs["method"] == method]
         if rows.empty:
             continue

@@ -39,13 +39,13 @@ from pathlib import Path
 
 import torch
 
+from . import methods
 from .augment import prepare_batch
 from .checkpoints import load_model
 from .config import SHAPES_TEACHER, Config
 from .conventions import upsample_logits
 from .data import build_dataset
 from .files import atomic_write_text
-from .losses import METHODS, needs_features, needs_raw_features, needs_teacher
 from .models import TeacherWrapper, build_model, count_parameters
 from .teacher_cache import WithTeacherMaps, ensure_cache, feature_bytes_per_image
 from .train import environment, setup_runtime, train_loader, train_step
@@ -76,7 +76,6 @@ TARGETS = {
     "cached_kd_epoch_ratio": ("<=", 1.2),
 }
 VOC_TRAIN, VOC_VAL = 1464, 1449  # images per epoch in the report (train + val passes)
-KD_METHODS = [m for m in METHODS if needs_teacher(m)]
 
 
 def _sync(device: torch.device) -> None:
@@ -277,16 +276,19 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
     )
     result["cache"] = {"bytes_per_image": card["bytes_per_image"], "build_seconds": card["seconds"]}
     cached_logits = upsample_logits(teacher.native_logits(x).float(), x.shape[-2:]).half().float()
-    methods = [*METHODS, "response_cached"]
+    timed = [*methods.names(), "response_cached"]
     runs = {}
-    for method in methods:
-        cfg = dataclasses.replace(base, method="response" if method == "response_cached" else method)
-        cfg = dataclasses.replace(cfg, train_repeats=knobs["passes"])
+    for method in timed:
+        trained = "response" if method == "response_cached" else method
+        cfg = dataclasses.replace(base, method=trained, train_repeats=knobs["passes"]).resolved()  # its α, β, T
         data = WithTeacherMaps(train_set, maps) if method == "response_cached" else train_set
         loader, sampler = train_loader(cfg, runtime, data)
-        params = list(student.parameters()) + (list(teacher.projections.parameters()) if needs_features(method) else [])
+        declared = methods.get(cfg.method)
+        params = list(student.parameters()) + (
+            list(teacher.projections.parameters()) if declared.trains_projections else []
+        )
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        online = teacher if needs_teacher(method) else None
+        online = teacher if declared.needs_teacher else None
         runs[method] = (cfg, loader, sampler, online, optimizer)
 
     def in_memory(method: str) -> float:
@@ -316,14 +318,14 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
     student.train()
     teacher.train()
     teacher_forward(True)
-    for method in methods:  # warm-up: every step once, the loaders' workers started
+    for method in timed:  # warm-up: every step once, the loaders' workers started
         through_loader(method, 0, 1)
-    times = {name: [] for name in ("teacher", "teacher_features", *methods)}
-    rates, pipeline, epoch_ratio = {m: [] for m in methods}, {m: [] for m in methods}, []
+    times = {name: [] for name in ("teacher", "teacher_features", *timed)}
+    rates, pipeline, epoch_ratio = {m: [] for m in timed}, {m: [] for m in timed}, []
     for round_ in range(1, knobs["rounds"] + 1):
         times["teacher"].append(teacher_forward(False))
         times["teacher_features"].append(teacher_forward(True))
-        for method in methods:
+        for method in timed:
             step = in_memory(method)
             seen, seconds = through_loader(method, round_, k)
             times[method].append(step)
@@ -333,14 +335,10 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
         epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
     overhead = {
         m: spread(
-            s
-            / (
-                times["teacher_features" if needs_features(m) or needs_raw_features(m) else "teacher"][r]
-                + times["none"][r]
-            )
+            s / (times["teacher_features" if methods.get(m).reads_features else "teacher"][r] + times["none"][r])
             for r, s in enumerate(times[m])
         )
-        for m in KD_METHODS
+        for m in methods.kd_names()
     }
     log(
         f"[bench {setting}] medians: step (ms) "
@@ -351,7 +349,7 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
     result["epoch_seconds"] = {"images": len(train_set) * knobs["passes"]}
     return {
         "teacher_s": {False: spread(times["teacher"]), True: spread(times["teacher_features"])},
-        "step_s": {m: spread(times[m]) for m in methods},
+        "step_s": {m: spread(times[m]) for m in timed},
         "overhead": overhead,
         "images_per_s": {m: spread(r) for m, r in rates.items()},
         "pipeline": {m: spread(r) for m, r in pipeline.items()},

@@ -1,4 +1,5 @@
-"""``python -m kdlib <command>``: shapes, train, evaluate, teacher, demo.
+"""``python -m kdlib <command>``: shapes, train, evaluate, bench, teacher, demo, report,
+smoke-notebooks.
 
 Every training setting is a flag whose default is ``kdlib.config.Config``'s (the report's
 Table 1); bad values are refused by argparse before any work starts.
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 HELP = {
-    "method": "KD method: none (plain CE), the report's response, feature or both, or pairwise, cwd or dist",
+    "method": "KD method (kdlib.methods): none (plain CE), the report's feature, response or both, or pairwise, cwd, dist",
     "dataset": "voc (PASCAL VOC 2012 on disk) or shapes (the embedded benchmark)",
     "data_root": "data folder (VOC: VOC2012 or a folder above it; shapes: the generated folder)",
     "out": "run folder for config.json, history.csv, metrics.json, best.pt, last.pt",
@@ -86,9 +87,9 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    from .config import CHOICES, Config
+    from .config import Config, choices
 
-    special = {name: {"choices": allowed} for name, allowed in CHOICES.items()} | {
+    special = {name: {"choices": allowed} for name, allowed in choices().items()} | {
         "image_size": {"type": _image_size},
         "batch_size": {"type": _positive_int},
         "epochs": {"type": _positive_int},
@@ -257,7 +258,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kdlib", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kdlib", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
     parser.subcommands = sub.choices
 

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import torch
 
+from . import methods
 from .data import AUGMENTATIONS, DATASETS
-from .losses import METHOD_DEFAULTS, METHODS, PAIRWISE_GRID, needs_features, needs_raw_features, needs_teacher
+from .losses import PAIRWISE_GRID
 from .models import ARCHITECTURES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHAPES_TEACHER = PACKAGE_DIR / "teachers" / "shapes_lraspp_resnet18.pt"
 
-# The settings that take one of a few values: checked by Config.validate, offered by the CLI.
+# The settings that take one of a few values: checked by Config.validate, offered by the CLI
+# (`method`: the registered methods, kdlib.methods, read when asked so a registered one counts).
 CHOICES = {
-    "method": METHODS,
     "dataset": DATASETS,
     "model": ARCHITECTURES,
     "teacher": ("fcn_resnet50", "lraspp_resnet18"),
@@ -37,7 +38,7 @@ class Config:
     from the data set" (224 px and the FCN-ResNet50 teacher for VOC; the benchmark's own size
     and the shipped teacher for ``shapes``). The resolved config is saved with every run."""
 
-    method: str = "none"  # none | response | feature | both | pairwise | cwd | dist
+    method: str = "none"  # a registered method (kdlib.methods): none, feature, response, both, pairwise, cwd, dist
     dataset: str = "shapes"  # voc | shapes
     data_root: str = "data/shapes"
     out: str = "runs/none"
@@ -56,8 +57,8 @@ class Config:
     lr_patience: int = 10
     min_lr: float = 1e-7
     early_stop: int = 30  # epochs without a better val mIoU
-    # None: the method's own default (losses.METHOD_DEFAULTS: Table 1 for the report's methods,
-    # the papers' for pairwise, cwd and dist)
+    # None: the method's own default (its declaration in kdlib.methods: Table 1 for the report's
+    # methods, the papers' for pairwise, cwd and dist)
     temperature: float | None = None
     alpha: float | None = None
     beta: float | None = None
@@ -84,10 +85,13 @@ class Config:
         """Refuse bad settings before any work starts; each message names the setting."""
         problems = [
             f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}"
-            for name, allowed in CHOICES.items()
+            for name, allowed in choices().items()
             if getattr(self, name) not in allowed and not (name == "teacher" and self.teacher is None)
         ]
-        if self.model != "student" and needs_teacher(self.method):
+        if self.method not in methods.METHODS:  # the checks below read the method's declaration
+            raise ValueError("invalid settings:\n  " + "\n  ".join(problems))
+        method = methods.get(self.method)
+        if self.model != "student" and method.needs_teacher:
             problems.append(f"model={self.model!r} trains only with method='none'")
         if self.temperature is not None and self.temperature <= 0:
             problems.append(f"temperature={self.temperature}: must be > 0")
@@ -96,7 +100,7 @@ class Config:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
         if self.pairwise_grid < 1:
             problems.append(f"pairwise_grid={self.pairwise_grid}: must be >= 1")
-        if self.unlabeled_split and not needs_teacher(self.method):
+        if self.unlabeled_split and not method.needs_teacher:
             problems.append(
                 f"unlabeled_split={self.unlabeled_split!r} needs a KD method (got {self.method!r}): "
                 "only the distillation terms can learn from images without masks"
@@ -115,10 +119,11 @@ class Config:
             problems.append(f"lr={self.lr}: must be > 0")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
-        if self.teacher_cache and not logits_only(self.method):
+        if self.teacher_cache and not method.cacheable:
+            cacheable = ", ".join(n for n, m in methods.METHODS.items() if m.cacheable)
             problems.append(
                 f"teacher_cache={self.teacher_cache!r} serves the methods that read the teacher's logits only "
-                f"(response, cwd, dist; got {self.method!r}): feature methods need the teacher's features of "
+                f"({cacheable}; got {self.method!r}): feature methods need the teacher's features of "
                 "every augmented image, see kdlib/teacher_cache.py"
             )
         if problems:
@@ -127,23 +132,24 @@ class Config:
     def resolved(self) -> Config:
         """A copy with the data-set-dependent defaults filled in."""
         cfg = dataclasses.replace(self)
-        for name, value in METHOD_DEFAULTS[cfg.method].items():
+        kd = methods.get(cfg.method).needs_teacher
+        for name, value in methods.get(cfg.method).defaults.items():
             if getattr(cfg, name) is None:
                 setattr(cfg, name, value)
         if cfg.workers is None:
             cfg.workers = default_workers()
         if cfg.image_size is None:
             cfg.image_size = 224 if cfg.dataset == "voc" else _shapes_size(cfg.data_root)
-        if cfg.teacher is None and needs_teacher(cfg.method):
+        if cfg.teacher is None and kd:
             cfg.teacher = "fcn_resnet50" if cfg.dataset == "voc" else "lraspp_resnet18"
-        if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and needs_teacher(cfg.method):
+        if cfg.teacher == "lraspp_resnet18" and cfg.teacher_weights is None and kd:
             cfg.teacher_weights = str(SHAPES_TEACHER)
         return cfg
 
 
-def logits_only(method: str) -> bool:
-    """Whether ``method`` reads nothing of the teacher but its logits (so a cache of them serves)."""
-    return needs_teacher(method) and not needs_features(method) and not needs_raw_features(method)
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every setting that takes one of a few values, with those values (methods as registered now)."""
+    return {"method": methods.names(), **CHOICES}
 
 
 def default_workers() -> int:

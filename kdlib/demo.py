@@ -304,8 +304,8 @@ def run_report(
     notebooks reuse finished runs, so nothing trains; a missing or unfinished run of the
     report's four methods is an error, not a job, and so is any run on this machine that is
     stale (other settings, data or teacher than now: the reason names what changed)."""
+    from . import methods
     from .experiment import (
-        RUN_NAMES,
         collect_runs,
         is_finished,
         profile_settings,
@@ -319,7 +319,7 @@ def run_report(
         params["runs_dir"] = str(runs_dir)
     settings = profile_settings(profile)
     kw = dict(dataset=dataset, data_root=params["data_root"], runs_dir=params["runs_dir"], profile=profile)
-    missing, required = [], ("none", "feature", "response", "both")
+    missing, required = [], methods.names("report")
     for method in required:
         for seed in settings["seeds"]:
             cfg = run_config(method, seed, **kw)
@@ -327,7 +327,7 @@ def run_report(
             stale = stale_reason(out, cfg)
             if stale or not is_finished(out, cfg.epochs):
                 missing.append((method, f"{out}: {stale}" if stale else str(out)))
-    for name in (n for n in RUN_NAMES if n not in required):  # rows of `make methods`: none may be stale
+    for name in (n for n in methods.run_names() if n not in required):  # `make methods`' rows: none stale
         for run in sorted(p.parent for p in Path(params["runs_dir"], name).glob("seed*/config.json")):
             stale = stale_reason(run, run_config(name, int(run.name.removeprefix("seed")), **kw))
             if stale:

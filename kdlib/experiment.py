@@ -15,37 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import methods
 from .config import Config
 from .files import atomic_write_text
-from .losses import METHODS, NEW_METHODS, REPORT_METHODS, needs_teacher
 from .train import data_fingerprints, fit, teacher_weights_sha256
 
 # The split of images without masks each data set offers to `<method>_unlabeled` runs (VOC has
 # none of its own: pass unlabeled_split=, e.g. a list of SBD's extra image ids).
 UNLABELED_SPLITS = {"shapes": "teacher_train"}
 
-# Run names: every method, and variants of one: response KD distilled from the teacher-output
-# cache (kdlib/teacher_cache.py; the offline variant whose accuracy the report compares),
-# response KD in Hinton's form (×T²), and each KD method with the unlabeled images added.
-VARIANTS = {
-    "response_cached": {"method": "response"},
-    "response_t2": {"method": "response", "scale_by_t2": True},
-    **{f"{m}_unlabeled": {"method": m, "unlabeled": True} for m in METHODS if needs_teacher(m)},
-}
-RUN_NAMES = (*METHODS, *VARIANTS)
-
-# The rows beyond the report, trained by `make methods` rather than `make demo` (their time
-# does not fit its 20 minutes); the unlabeled-images row is added to the best KD method then.
-EXTRA_RUNS = ("response_t2", *NEW_METHODS)
-
-
 # Settings per profile. `full` is the report's Table 1. `demo` is the report's situation in
 # miniature within the 20 minutes of `make demo` on a 2-core CPU: a data-starved student (the
 # benchmark's 32 training images, each seen 8 times per epoch) trained to convergence by a
 # cosine schedule, six seeds (two side by side: six cost what five do), the README says what chose it. `smoke`
-# exercises every code path in seconds (tests, nbval). `runs` (default: all of RUN_NAMES) are the
-# runs its notebooks train: the demo leaves out the cached variant of response KD, whose
-# speed, not accuracy, is its point. `train` holds Config overrides; `jobs`
+# exercises every code path in seconds (tests, nbval). `leaves_out`: run names its notebooks do not
+# train (every other registered one they may): the demo leaves out the cached variant of response
+# KD, whose speed, not accuracy, is its point. `train` holds Config overrides; `jobs`
 # runs train side by side on a CPU; workers 0: a DataLoader worker on a 2-core CPU only takes
 # a core from the training step.
 PROFILES = {
@@ -68,8 +53,7 @@ PROFILES = {
         "jobs": 2,
         "benchmark": {},
         "train": {"lr": 1e-2, "lr_schedule": "cosine", "train_repeats": 8},
-        "runs": REPORT_METHODS,
-        "extra_runs": (*EXTRA_RUNS, *(n for n in VARIANTS if n.endswith("_unlabeled"))),
+        "leaves_out": ("response_cached",),
     },
     "full": {
         "epochs": 300,
@@ -88,6 +72,17 @@ def profile_settings(profile: str) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     return PROFILES[profile]
+
+
+def profile_runs(profile: str) -> tuple[str, ...]:
+    """The run names a profile trains (every registered one but those it leaves out)."""
+    return tuple(n for n in methods.run_names() if n not in profile_settings(profile).get("leaves_out", ()))
+
+
+def extra_runs() -> tuple[str, ...]:
+    """The rows beyond the report that `make methods` trains before its unlabeled-images row:
+    every variant of settings and every method beyond the report's."""
+    return tuple(n for n in methods.run_names() if methods.is_extra(n) and not n.endswith("_unlabeled"))
 
 
 def prepare_data(dataset: str, data_root: str, profile: str) -> Path:
@@ -242,21 +237,21 @@ def run_config(
 ) -> Config:
     """The settings of run ``name`` (a method or a variant such as ``response_cached``) for
     ``seed`` in ``profile``, writing to ``<runs_dir>/<name>/seed<seed>``."""
-    if name not in RUN_NAMES:
-        raise ValueError(f"unknown method {name!r}; choose one of {RUN_NAMES}")
+    if name not in methods.run_names():
+        raise ValueError(f"unknown run {name!r}; choose one of {', '.join(methods.run_names())}")
     method = name
-    if name in VARIANTS:
-        variant = dict(VARIANTS[name])
-        method = variant.pop("method")
-        if name == "response_cached":  # teacher logits from the cache, one per runs folder
-            variant["teacher_cache"] = str(Path(runs_dir) / "teacher_cache")
-        if variant.pop("unlabeled", False):
-            variant["unlabeled_split"] = UNLABELED_SPLITS.get(dataset)
-            if "unlabeled_split" not in overrides and variant["unlabeled_split"] is None:
+    if name in methods.VARIANTS:
+        variant = methods.VARIANTS[name]
+        method, changes = variant.method, dict(variant.overrides)
+        if variant.cached:  # teacher logits from the cache, one per runs folder
+            changes["teacher_cache"] = str(Path(runs_dir) / "teacher_cache")
+        if variant.unlabeled:
+            changes["unlabeled_split"] = UNLABELED_SPLITS.get(dataset)
+            if "unlabeled_split" not in overrides and changes["unlabeled_split"] is None:
                 raise ValueError(
                     f"run {name!r}: the {dataset!r} data set has no unlabeled split; pass unlabeled_split="
                 )
-        overrides = {**variant, **overrides}
+        overrides = {**changes, **overrides}
     settings = profile_settings(profile)
     cfg = Config(
         method=method,
@@ -297,9 +292,9 @@ def train_method(
     CPU two one-thread runs together do 1.47 times the work of one two-thread run); a line
     per finished run is printed."""
     settings = profile_settings(profile)
-    if method not in (*settings.get("runs", RUN_NAMES), *settings.get("extra_runs", ())):
+    if method not in profile_runs(profile):
         print(f"[{method}] not trained in the {profile!r} profile (see kdlib/experiment.py PROFILES)")
-        return collect_runs(runs_dir, methods=[method])
+        return collect_runs(runs_dir, [method])
     todo = pending_runs(
         method,
         dataset=dataset,
@@ -313,7 +308,7 @@ def train_method(
         **overrides,
     )
     train_runs(todo, settings.get("jobs", 1), method)
-    return collect_runs(runs_dir, methods=[method])
+    return collect_runs(runs_dir, [method])
 
 
 def pending_runs(name: str, *, runs_dir, profile: str, seeds=None, **settings) -> list[Config]:
@@ -378,10 +373,11 @@ def _set_threads(threads: int) -> None:
 RUN_COLUMNS = ["method", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "run"]
 
 
-def _run_folders(runs_dir, methods):
+def _run_folders(runs_dir, names=None):
     """(run name, folder, metrics.json, config.json) of every run under ``runs_dir`` that has
-    written its first metrics.json (``config.json``'s dict is empty where there is none)."""
-    for method in methods:
+    written its first metrics.json (``config.json``'s dict is empty where there is none), for
+    ``names`` (default: every registered run name)."""
+    for method in methods.run_names() if names is None else names:
         for path in sorted(Path(runs_dir, method).glob("seed*/metrics.json")):
             config = path.parent / "config.json"
             yield (
@@ -392,7 +388,7 @@ def _run_folders(runs_dir, methods):
             )
 
 
-def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
+def collect_runs(runs_dir, names=None) -> pd.DataFrame:
     """One row per *finished* run under ``runs_dir``: run name (column ``method``), seed, best
     mIoU, epochs, seconds, folder. A run still training, or stopped before its budget, is left
     out of every table, figure and verdict built from this; :func:`unfinished_runs` lists them."""
@@ -407,37 +403,45 @@ def collect_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
             "seconds": m["total_seconds"],
             "run": str(folder),
         }
-        for method, folder, m, config in _run_folders(runs_dir, methods)
+        for method, folder, m, config in _run_folders(runs_dir, names)
         if _finished(m, config)
     ]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def unfinished_runs(runs_dir, methods=RUN_NAMES) -> pd.DataFrame:
+def unfinished_runs(runs_dir, names=None) -> pd.DataFrame:
     """The runs under ``runs_dir`` that started but have not finished: run name, seed, epochs run
     of how many, folder (``--resume``, or the target that trains them, finishes them)."""
     rows = [
         {"method": method, "seed": m["seed"], "epochs_run": m.get("epochs_run", 0), "epochs": config.get("epochs")}
         | {"run": str(folder)}
-        for method, folder, m, config in _run_folders(runs_dir, methods)
+        for method, folder, m, config in _run_folders(runs_dir, names)
         if not _finished(m, config)
     ]
     return pd.DataFrame(rows, columns=["method", "seed", "epochs_run", "epochs", "run"])
 
 
-def is_extra_run(name: str) -> bool:
-    """Whether run ``name`` is one of `make methods`' rows rather than `make demo`'s."""
-    return name in EXTRA_RUNS or name.endswith("_unlabeled")
-
-
 def target_of(name: str) -> str:
     """The make target that trains (and, when interrupted, resumes) the runs of ``name``."""
-    return "make methods" if is_extra_run(name) else "make demo"
+    return "make methods" if methods.is_extra(name) else "make demo"
+
+
+def train_extra_rows(*, runs_dir, committed_dir, **settings) -> pd.DataFrame:
+    """`make methods` (chapter 8): the no-KD baseline every row is paired with (reused after
+    `make demo`), every row of :func:`extra_runs`, then the data set's unlabeled images added to
+    the KD method with the best mean of the table (this machine's runs and the committed ones,
+    :func:`best_kd_method`): the rule the README states. Returns the table's runs."""
+    train_method("none", runs_dir=runs_dir, **settings)
+    for name in extra_runs():
+        train_method(name, runs_dir=runs_dir, **settings)
+    best = best_kd_method(collect_with_committed(runs_dir, committed_dir))
+    train_method(f"{best}_unlabeled", runs_dir=runs_dir, **settings)
+    return collect_with_committed(runs_dir, committed_dir)
 
 
 def best_kd_method(runs: pd.DataFrame, among=None) -> str:
     """The KD method (no variant; of ``among`` when given) with the highest mean val mIoU in ``runs``."""
-    candidates = [m for m in METHODS if needs_teacher(m)] if among is None else list(among)
+    candidates = list(methods.kd_names() if among is None else among)
     kd = runs[runs["method"].isin(candidates)]
     if kd.empty:
         raise ValueError(
@@ -468,13 +472,14 @@ def same_regime(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != prints} == {k: v for k, v in b.items() if k != prints}
 
 
-def collect_with_committed(runs_dir, committed_dir, names=RUN_NAMES) -> pd.DataFrame:
+def collect_with_committed(runs_dir, committed_dir, names=None) -> pd.DataFrame:
     """:func:`collect_runs` of ``runs_dir``, completed by the committed results (``report/runs/``,
     the same layout) trained in the same regime (:func:`same_regime`) as this machine's runs:
     the rows of `make methods` then appear in every report of the demo. A run name takes this
     machine's finished runs when they are at least as many seeds as its committed ones, else the
     committed runs (so a `make methods` stopped half way does not put a one-seed row in place of
     a six-seed one). ``source`` says where each row comes from."""
+    names = methods.run_names() if names is None else names
     here = collect_runs(runs_dir, names).assign(source="this machine")
     committed = collect_runs(committed_dir, names).assign(source="committed")
     if not here.empty and not committed.empty:
@@ -607,7 +612,7 @@ def per_class_table(runs_dir, class_names, teacher: dict | None = None, committe
     table = {}
     if teacher is not None:
         table["teacher"] = teacher["per_class_iou"]
-    for method in [m for m in METHODS if m in set(runs["method"])]:
+    for method in [m for m in methods.names() if m in set(runs["method"])]:
         per_seed = [
             json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
             for r in runs[runs["method"] == method]["run"]

@@ -2,7 +2,8 @@
 
 The report's terms (Section 2: cross entropy, response KD, feature KD) and three later ones
 from the segmentation-KD literature: pair-wise similarity (Liu et al., 2019), channel-wise
-distillation (Shu et al., 2021) and DIST (Huang et al., 2022). Every term leaves out pixels
+distillation (Shu et al., 2021) and DIST (Huang et al., 2022). Which terms a method sums, with
+which weights, is declared in :mod:`kdlib.methods`. Every term leaves out pixels
 outside its mask (by default those labelled ``VOID``, 255; on unlabeled images the
 distillation terms see every pixel). When a batch holds no valid pixel at all, each term is 0
 (with a zero gradient) rather than NaN.
@@ -15,49 +16,7 @@ import torch.nn.functional as F
 
 from .conventions import VOID
 
-REPORT_METHODS = ("none", "response", "feature", "both")  # the report's comparison (the demo's rows)
-NEW_METHODS = ("pairwise", "cwd", "dist")  # beyond the report (`make methods`)
-METHODS = (*REPORT_METHODS, *NEW_METHODS)
-
-# Each method's default loss weights and temperature, from its paper and its authors' code: the
-# objective is alpha·L_ce + beta·L_kd (see distillation_loss). Settings left unset (None) in a
-# Config take these; the resolved values are saved in every run's config.json.
-#   report's methods: Table 1 (alpha 0.7, beta 0.3, T 4)
-#   pairwise: SKD's released training script: lambda_pa 0.5, nodes from max-pooling patches of
-#     half the map (a 2×2 grid); the cross entropy keeps weight 1
-#   cwd: CWD paper, semantic segmentation on logits: loss weight 3, tau 4
-#   dist: DIST paper / code for segmentation: beta = gamma = 1, tau 1, loss weight 1
-METHOD_DEFAULTS = {
-    "none": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},  # only L_ce; recorded as Table 1's
-    "response": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},
-    "feature": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},
-    "both": {"alpha": 0.7, "beta": 0.3, "temperature": 4.0},
-    "pairwise": {"alpha": 1.0, "beta": 0.5, "temperature": 1.0},  # T unused
-    "cwd": {"alpha": 1.0, "beta": 3.0, "temperature": 4.0},
-    "dist": {"alpha": 1.0, "beta": 1.0, "temperature": 1.0},
-}
 PAIRWISE_GRID = 2  # nodes per side of the pair-wise affinity (SKD: patches of half the map)
-
-
-def needs_teacher(method: str) -> bool:
-    """Whether ``method``'s objective reads the teacher at all (every method but ``none``)."""
-    return method != "none"
-
-
-def needs_features(method: str) -> bool:
-    """Whether ``method``'s objective aligns projected feature maps (so the teacher's
-    projections train)."""
-    return method in ("feature", "both")
-
-
-def needs_raw_features(method: str) -> bool:
-    """Whether ``method``'s objective reads the teacher's own (unprojected) feature maps."""
-    return method == "pairwise"
-
-
-def needs_logits(method: str) -> bool:
-    """Whether ``method``'s objective reads the teacher's logits."""
-    return method in ("response", "both", "cwd", "dist")
 
 
 def _masked_mean(per_pixel: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -340,68 +299,3 @@ def dist_loss(
     intra = 1.0 - _pearson(ys, yt, dim=1, weights=w).mean()
     loss = (inter_weight * inter + intra_weight * intra) * temperature**2
     return loss if w is None else loss * (w.sum() > 0).to(loss.dtype)  # 0 without any valid pixel
-
-
-def distillation_loss(
-    method: str,
-    student_out: dict,
-    teacher_out: dict | None,
-    target: torch.Tensor,
-    alpha: float | None = None,
-    beta: float | None = None,
-    temperature: float | None = None,
-    scale_by_t2: bool = False,
-    kd_mask: torch.Tensor | None = None,
-    pairwise_grid: int = PAIRWISE_GRID,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The combined objective of one KD method.
-
-        none:      L = L_ce                                  (the baseline: plain CE)
-        response:  L = α·L_ce + β·L_response                 (the report's three)
-        feature:   L = α·L_ce + β·L_feature
-        both:      L = α·L_ce + β·(L_response + L_feature)
-        pairwise:  L = α·L_ce + β·L_pa      (last feature level; :func:`pairwise_loss`)
-        cwd:       L = α·L_ce + β·L_cwd     (logits; :func:`cwd_loss`)
-        dist:      L = α·L_ce + β·L_DIST    (logits; :func:`dist_loss`)
-
-    α, β and T left None take the method's :data:`METHOD_DEFAULTS`.
-    ``student_out`` and ``teacher_out`` are the models' dicts (``"out"``: logits at input size,
-    ``"features"``: the four levels, the teacher's projected; ``"raw_features"``: the teacher's
-    own, for ``pairwise``). Void pixels are left out of the cross entropy; the distillation
-    terms see the pixels of ``kd_mask`` (default: the non-void ones; on unlabeled images, whose
-    targets are all void, the trainer passes every pixel). Returns the total and a dict of every
-    component (detached), for the plots.
-    """
-    if method not in METHODS:
-        raise ValueError(f"distillation_loss: unknown method {method!r}; choose one of {METHODS}")
-    defaults = METHOD_DEFAULTS[method]
-    alpha = defaults["alpha"] if alpha is None else alpha
-    beta = defaults["beta"] if beta is None else beta
-    temperature = defaults["temperature"] if temperature is None else temperature
-    valid = target != VOID
-    ce = supervised_loss(student_out["out"], target)
-    parts = {"ce": ce}
-    if method == "none":
-        total = ce
-    else:
-        if teacher_out is None:
-            raise ValueError(f"distillation_loss: method {method!r} needs the teacher's outputs")
-        kd_valid = valid if kd_mask is None else kd_mask
-        zs, zt = student_out["out"], teacher_out.get("out")
-        terms = {}
-        if method in ("response", "both"):
-            terms["response"] = response_kd_loss(zs, zt, temperature, kd_valid, scale_by_t2)
-        if needs_features(method):
-            terms["feature"] = feature_kd_loss(student_out["features"], teacher_out["features"], kd_valid)
-        if method == "pairwise":
-            terms["pairwise"] = pairwise_loss(
-                student_out["features"][-1], teacher_out["raw_features"][-1], pairwise_grid
-            )
-        if method == "cwd":
-            terms["cwd"] = cwd_loss(zs, zt, temperature, kd_valid)
-        if method == "dist":
-            terms["dist"] = dist_loss(zs, zt, temperature, kd_valid)
-        parts |= terms
-        total = alpha * ce + beta * sum(terms.values())
-    parts["total"] = total
-    return total, {k: v.detach() for k, v in parts.items()}

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
+from . import methods
 from .augment import prepare_sample
 from .conventions import VOID, voc_palette
 from .data import denormalize
@@ -80,22 +81,19 @@ def augmentation_grid(eval_set, train_set, indices, views: int = 3, class_names=
 
 def loss_curves(history, title: str = ""):
     """Train and validation curves of every loss component in ``history`` (a DataFrame of
-    history.csv), plus validation mIoU: the report's Figures 3-6."""
-    components = [
-        c
-        for c in ("total", "ce", "response", "feature")
-        if f"train_{c}" in history and history[f"train_{c}"].notna().any()
-    ]
+    history.csv): the total, the cross entropy and each distillation term the run's method
+    has (every registered method's, :mod:`kdlib.methods`), plus validation mIoU: the report's
+    Figures 3-6."""
+    names = {"total": "total loss", "ce": "cross entropy"}
+    names |= {t: f"{t} KD" for t in methods.term_names()}
+    components = [c for c in names if f"train_{c}" in history and history[f"train_{c}"].notna().any()]
     panels = len(components) + 1
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), squeeze=False)
     axes = axes[0]
     for ax, comp in zip(axes, components):
         ax.plot(history["epoch"], history[f"train_{comp}"], label="train", color="C0")
         ax.plot(history["epoch"], history[f"val_{comp}"], label="val", color="C1")
-        ax.set_title(
-            {"total": "total loss", "ce": "cross entropy", "response": "response KD", "feature": "feature KD"}[comp],
-            fontsize=10,
-        )
+        ax.set_title(names[comp], fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     axes[-1].plot(history["epoch"], history["val_miou"], color="C2")

@@ -16,33 +16,7 @@ import pandas as pd
 from .analysis import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
 from .experiment import collect_with_committed, target_of, unfinished_runs
 from .files import atomic_write_text
-
-METHOD_NAMES = {
-    "none": "None",
-    "feature": "Feature",
-    "response": "Response",
-    "both": "Feature & Response",
-    "response_cached": "Response, cached teacher (offline)",
-    "response_t2": "Response ×T² (Hinton's form)",
-    "pairwise": "Pair-wise similarity (SKD)",
-    "cwd": "Channel-wise (CWD)",
-    "dist": "DIST",
-    **{
-        f"{m}_unlabeled": f"{name} + unlabeled images"
-        for m, name in (
-            ("response", "Response"),
-            ("feature", "Feature"),
-            ("both", "Feature & Response"),
-            ("pairwise", "Pair-wise similarity (SKD)"),
-            ("cwd", "Channel-wise (CWD)"),
-            ("dist", "DIST"),
-        )
-    },
-}
-
-
-def method_name(run_name: str) -> str:
-    return METHOD_NAMES.get(run_name, run_name)
+from .methods import display_name, run_names
 
 
 def _source(runs: pd.DataFrame, method: str) -> str:
@@ -89,7 +63,7 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
         std = "" if math.isnan(r["miou_std"]) else f" ± {r['miou_std']:.4f}"
         rows.append(
             {
-                "KD type": method_name(method),
+                "KD type": display_name(method),
                 "from": _source(runs, method),
                 "α / β / T": _weights(runs[runs["method"] == method]["run"].iloc[0]),
                 "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
@@ -132,7 +106,7 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     base, top = summary.loc["none", "miou_mean"], teacher["miou"]
     rows = [
         {
-            "method": method_name(m),
+            "method": display_name(m),
             "mIoU": r["miou_mean"],
             "gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
         }
@@ -171,7 +145,7 @@ def unlabeled_md(runs: pd.DataFrame) -> list[str]:
             continue
         diff = paired_comparison(pair, baseline=base).drop(columns=["vs", "p_holm"])
         lines += [
-            f"**Unlabeled images.** {method_name(base)} with the unlabeled split added (distillation terms "
+            f"**Unlabeled images.** {display_name(base)} with the unlabeled split added (distillation terms "
             "only, as many unlabeled images per step as labeled ones) against the same method without them, "
             "paired by seed:",
             "",
@@ -278,7 +252,7 @@ def unfinished_md(runs_dir) -> list[str]:
     if table.empty:
         return []
     runs = [
-        f"{method_name(r['method'])} seed {r['seed']} (epoch {r['epochs_run']} of {r['epochs']})"
+        f"{display_name(r['method'])} seed {r['seed']} (epoch {r['epochs_run']} of {r['epochs']})"
         for _, r in table.iterrows()
     ]
     targets = sorted({f"`{target_of(m)}`" for m in table["method"]})
@@ -294,7 +268,7 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
     resolve, and whether it holds once every comparison of the table is corrected for (Holm)."""
     lines, tests = [], len(paired)
     for _, r in paired.iterrows():
-        name = method_name(r["method"])
+        name = display_name(r["method"])
         if r["verdict"] == "one seed: no verdict":
             lines.append(f"- **{name}**: one seed, no verdict.")
             continue
@@ -333,9 +307,9 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
         train_miou=("train_miou", "mean"),
         val_miou=("val_miou", "mean"),
     )
-    order = [m for m in METHOD_NAMES if m in summary.index] + [m for m in summary.index if m not in METHOD_NAMES]
+    order = [m for m in run_names() if m in summary.index] + [m for m in summary.index if m not in run_names()]
     summary = summary.loc[order].reset_index()
-    summary["method"] = [method_name(m) for m in summary["method"]]
+    summary["method"] = [display_name(m) for m in summary["method"]]
     summary["converged"] = summary["converged"].astype(int).astype(str) + " of " + summary["runs"].astype(str)
     for column in ("best_epoch", "epochs"):
         summary[column] = [f"{v:.1f}" for v in summary[column]]
@@ -361,7 +335,7 @@ def per_class_md(runs_dir, dataset: str, k: int = 3, committed_dir=None) -> list
         change = (table[method] - table["none"]).dropna().sort_values()
         gains = ", ".join(f"{c} {v:+.3f}" for c, v in change[::-1][:k].items())
         losses = ", ".join(f"{c} {v:+.3f}" for c, v in change[:k].items())
-        lines.append(f"- {method_name(method)}: gains {gains}; losses {losses}.")
+        lines.append(f"- {display_name(method)}: gains {gains}; losses {losses}.")
     return lines + [""]
 
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__
+from . import __version__, methods
 from .augment import prepare_batch
 from .checkpoints import load_checkpoint, load_model, load_weights, rng_state, set_rng_state
 from .config import Config, resolve_device
@@ -37,7 +37,6 @@ from .conventions import NUM_CLASSES, VOID
 from .data import SegmentationFolder, build_dataset, split_fingerprint
 from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
-from .losses import distillation_loss, needs_features, needs_raw_features, needs_teacher
 from .metrics import SegmentationMetrics
 from .models import TeacherWrapper, build_model, count_parameters
 
@@ -231,8 +230,9 @@ def attach_teacher_cache(cfg: Config, rt: Runtime, teacher: TeacherWrapper, data
 
 
 def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
-    """The frozen teacher behind its wrapper, or None for ``method=none`` (never built)."""
-    if not needs_teacher(cfg.method):
+    """The frozen teacher behind its wrapper, or None for a method that does not read it
+    (``none``: never built)."""
+    if not methods.get(cfg.method).needs_teacher:
         return None
     if cfg.teacher == "fcn_resnet50":
         from .models import fcn_resnet50_teacher
@@ -306,33 +306,23 @@ def _autocast(cfg: Config, device: torch.device):
 
 
 def _objective(cfg: Config, student_out, teacher_out, target, kd_mask=None):
-    return distillation_loss(
-        cfg.method,
-        student_out,
-        teacher_out,
-        target,
-        cfg.alpha,
-        cfg.beta,
-        cfg.temperature,
-        cfg.scale_by_t2,
-        kd_mask=kd_mask,
-        pairwise_grid=cfg.pairwise_grid,
-    )
+    return methods.objective(cfg)(student_out, teacher_out, target, kd_mask)
 
 
 def teacher_outputs(cfg: Config, teacher: TeacherWrapper, raw: dict) -> dict:
     """What the method's objective reads of the teacher's ``raw`` outputs
     (:meth:`TeacherWrapper.teacher_forward`): logits, projected features (feature KD), and
     the teacher's own features (pair-wise KD)."""
+    reads = methods.get(cfg.method).reads
     return {
         "out": raw["out"],
-        "features": teacher.project(raw["features"]) if needs_features(cfg.method) else [],
-        "raw_features": raw["features"] if needs_raw_features(cfg.method) else [],
+        "features": teacher.project(raw["features"]) if "features" in reads else [],
+        "raw_features": raw["features"] if "raw_features" in reads else [],
     }
 
 
 def _reads_features(cfg: Config) -> bool:
-    return needs_features(cfg.method) or needs_raw_features(cfg.method)
+    return methods.get(cfg.method).reads_features
 
 
 def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None, kd_mask=None) -> dict:
@@ -353,7 +343,7 @@ def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # DDP averages the student's gradients; the projections live outside it, so they are averaged here
-    if rt is not None and rt.world > 1 and needs_features(cfg.method):
+    if rt is not None and rt.world > 1 and methods.get(cfg.method).trains_projections:
         for p in teacher.projections.parameters():
             dist.all_reduce(p.grad)
             p.grad /= rt.world
@@ -513,36 +503,29 @@ def _prepare_out(cfg: Config, rt: Runtime) -> Path:
     return out
 
 
-HISTORY_KEYS = (
-    "epoch",
-    "lr",
-    "train_total",
-    "train_ce",
-    "train_response",
-    "train_feature",
-    "train_pairwise",
-    "train_cwd",
-    "train_dist",
-    "val_total",
-    "val_ce",
-    "val_response",
-    "val_feature",
-    "val_pairwise",
-    "val_cwd",
-    "val_dist",
-    "val_miou",
-    "val_pixel_accuracy",
-    "train_miou",
-    "train_seconds",
-    "epoch_seconds",
-    "train_images_per_s",
-)
+def history_keys() -> tuple[str, ...]:
+    """The columns of history.csv: every registered loss term, train and val, beside the
+    epoch's learning rate, mIoUs and timings (a method leaves the others' terms empty)."""
+    terms = ("total", "ce", *methods.term_names())
+    return (
+        "epoch",
+        "lr",
+        *(f"train_{t}" for t in terms),
+        *(f"val_{t}" for t in terms),
+        "val_miou",
+        "val_pixel_accuracy",
+        "train_miou",
+        "train_seconds",
+        "epoch_seconds",
+        "train_images_per_s",
+    )
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    lines = [",".join(HISTORY_KEYS)]
+    keys = history_keys()
+    lines = [",".join(keys)]
     for row in history:
-        lines.append(",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in HISTORY_KEYS))
+        lines.append(",".join("" if row.get(k) is None else f"{row[k]:.6g}" for k in keys))
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
@@ -598,7 +581,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     params = list(student.parameters())
-    if teacher is not None and needs_features(cfg.method):
+    if teacher is not None and methods.get(cfg.method).trains_projections:
         params += list(teacher.projections.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "cosine":
@@ -669,7 +652,7 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         row = {
             "epoch": epoch,
             "lr": lr,
-            **{k: v for k, v in (train | val).items() if k in HISTORY_KEYS},
+            **{k: v for k, v in (train | val).items() if k in history_keys()},
             "epoch_seconds": seconds,
         }
         state["history"].append(row)

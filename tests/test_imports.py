@@ -62,3 +62,13 @@ def test_the_shared_facts_sit_at_the_bottom():
     assert "models" not in graph["augment"] and "train" not in graph["evaluate"]
     users = {m for m, targets in graph.items() if "train" in targets}
     assert users <= {"cli", "experiment", "teacher", "bench"}, users  # the loop's callers, nothing below it
+
+
+def test_the_method_registry_sits_just_above_the_losses():
+    """Config, the trainer, the report, the plots and the bench read the registry; it reads only
+    the loss functions and the shared facts, so any of them can import it."""
+    graph = import_graph()
+    assert graph["methods"] <= {"losses", "conventions"}, graph["methods"]
+    assert {"config", "train", "report", "plots", "bench", "analysis"} <= {
+        m for m, t in graph.items() if "methods" in t
+    }

@@ -10,12 +10,12 @@ from kdlib.losses import (
     affinity,
     cwd_loss,
     dist_loss,
-    distillation_loss,
     feature_kd_loss,
     pairwise_loss,
     response_kd_loss,
     supervised_loss,
 )
+from kdlib.methods import distillation_loss
 
 
 def test_supervised_loss_by_hand():
@@ -197,10 +197,10 @@ def test_response_gradient_in_closed_form_equals_autograds(monkeypatch, chunk):
                 assert torch.allclose(response_kd_loss(s, t, 3.0, valid, scale_by_t2=scale), slow, rtol=1e-5, atol=1e-6)
 
 
-def test_the_method_predicates_say_which_teacher_outputs_each_objective_reads():
-    """Each method runs on a teacher dict holding only what the predicates say it reads, and
+def test_each_method_reads_what_it_declares_and_its_parts_are_its_terms():
+    """Each method runs on a teacher dict holding only what its declaration says it reads, and
     its parts are the cross entropy plus its own terms."""
-    from kdlib.losses import METHODS, needs_features, needs_logits, needs_raw_features, needs_teacher
+    from kdlib.methods import METHODS
 
     s, t, y = _outputs()
     t["raw_features"] = [torch.randn(2, 2 * f.shape[1], *f.shape[-2:]) for f in t["features"]]
@@ -214,19 +214,21 @@ def test_the_method_predicates_say_which_teacher_outputs_each_objective_reads():
         "dist": {"dist"},
     }
     assert set(terms) == set(METHODS)
-    for method in METHODS:
-        wanted = {"out": needs_logits(method), "features": needs_features(method)}
-        wanted["raw_features"] = needs_raw_features(method)
-        teacher = {k: v for k, v in t.items() if wanted[k]} if needs_teacher(method) else None
+    for method, declared in METHODS.items():
+        wanted = {"out": "logits" in declared.reads, "features": "features" in declared.reads}
+        wanted["raw_features"] = "raw_features" in declared.reads
+        teacher = {k: v for k, v in t.items() if wanted[k]} if declared.needs_teacher else None
         _, parts = distillation_loss(method, s, teacher, y)
         assert set(parts) == {"ce", "total"} | terms[method], method
-        assert needs_teacher(method) == any(wanted.values())
+        assert set(declared.terms) == terms[method] and declared.needs_teacher == any(wanted.values())
+        assert declared.cacheable == (wanted == {"out": True, "features": False, "raw_features": False})
 
 
 def test_method_defaults_are_the_papers():
-    from kdlib.losses import METHOD_DEFAULTS, METHODS, PAIRWISE_GRID
+    from kdlib.losses import PAIRWISE_GRID
+    from kdlib.methods import METHODS
 
-    assert set(METHOD_DEFAULTS) == set(METHODS)
+    METHOD_DEFAULTS = {m: declared.defaults for m, declared in METHODS.items()}
     for m in ("none", "response", "feature", "both"):  # the report's Table 1
         assert METHOD_DEFAULTS[m] == {"alpha": 0.7, "beta": 0.3, "temperature": 4.0}
     assert METHOD_DEFAULTS["pairwise"]["beta"] == 0.5 and PAIRWISE_GRID == 2  # SKD: lambda_pa 0.5, pool 0.5

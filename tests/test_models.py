@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from kdlib import models
-from kdlib.losses import distillation_loss
+from kdlib.methods import distillation_loss
 from kdlib.models import (
     CustomSegmentationModel,
     TeacherWrapper,

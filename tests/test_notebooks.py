@@ -104,7 +104,7 @@ def test_committed_figures_are_images_of_the_expected_size(name):
 
 
 def test_committed_report_reads_its_numbers_from_runs():
-    from kdlib.experiment import VARIANTS
+    from kdlib.methods import method_of
 
     report = (ROOT / "report" / "report.md").read_text()
     metrics = sorted((ROOT / "report" / "runs").glob("*/seed*/metrics.json"))
@@ -115,18 +115,17 @@ def test_committed_report_reads_its_numbers_from_runs():
     for path in metrics:
         m = json.loads(path.read_text())
         name = path.parent.parent.name
-        assert m["method"] == VARIANTS.get(name, {"method": name})["method"] and 0 <= m["best_miou"] <= 1
+        assert m["method"] == method_of(name).name and 0 <= m["best_miou"] <= 1
     # every row of the results table is the mean and std of its runs' metrics.json
     import statistics
 
-    from kdlib.experiment import is_extra_run
-    from kdlib.report import METHOD_NAMES
+    from kdlib.methods import display_name, is_extra
 
     for name in {p.parent.parent.name for p in metrics}:
         values = [json.loads(p.read_text())["best_miou"] for p in metrics if p.parent.parent.name == name]
-        row = next(line for line in report.splitlines() if line.startswith(f"| {METHOD_NAMES[name]} | `make "))
+        row = next(line for line in report.splitlines() if line.startswith(f"| {display_name(name)} | `make "))
         assert f"| {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {len(values)} |" in row, row
-        assert ("`make methods`" in row) == is_extra_run(name), row
+        assert ("`make methods`" in row) == is_extra(name), row
         for p in metrics:  # the history beside each metrics.json holds the same best epoch
             if p.parent.parent.name == name:
                 history = (p.parent / "history.csv").read_text().splitlines()

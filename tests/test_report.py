@@ -8,6 +8,7 @@ import pytest
 
 from kdlib import plots, report
 from kdlib.analysis import paired_comparison
+from kdlib.methods import display_name
 
 MIOU = {  # method -> per-seed best val mIoU
     "none": [0.20, 0.22, 0.18, 0.21],
@@ -87,7 +88,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
         weights = "—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}"
         seconds = statistics.mean(SECONDS[method] + 2 * s for s in range(len(values)))
         row = (
-            f"| {report.METHOD_NAMES[method]} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
+            f"| {display_name(method)} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
             f"{statistics.stdev(values):.4f} | {len(values)} | {EPOCHS_RUN[method]:.1f} | {seconds:.0f}s |"
         )
         assert row in text, row
@@ -109,7 +110,7 @@ def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
     write_runs(tmp_path / "runs", miou=MIOU | {"cwd": [0.25, 0.27, 0.23, 0.26]})
     table = report.results_table(collect_runs(tmp_path / "runs"), {"model": "t", "miou": 0.8}).set_index("KD type")
     for method, values in (MIOU | {"cwd": [0.25, 0.27, 0.23, 0.26]}).items():
-        row = table.loc[report.METHOD_NAMES[method]]
+        row = table.loc[display_name(method)]
         alpha, beta, temperature = WEIGHTS[method]
         assert row["α / β / T"] == ("—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}")
         assert row["mIoU (mean ± std)"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"

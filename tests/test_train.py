@@ -11,7 +11,7 @@ import torch
 from kdlib.checkpoints import load_checkpoint
 from kdlib.cli import main
 from kdlib.config import Config
-from kdlib.losses import METHOD_DEFAULTS, METHODS, NEW_METHODS
+from kdlib.methods import METHODS, names
 from kdlib.train import RunFolderError, fit
 
 
@@ -43,11 +43,11 @@ def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, meth
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["lr"] == 1e-3
-    assert {k: config[k] for k in ("alpha", "beta", "temperature")} == METHOD_DEFAULTS[method]  # recorded, resolved
+    assert {k: config[k] for k in ("alpha", "beta", "temperature")} == METHODS[method].defaults  # recorded, resolved
     assert config["image_size"] == 64 and config["environment"]["torch"] == torch.__version__
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    terms = {"response": ("response", "both"), "feature": ("feature", "both")} | {m: (m,) for m in NEW_METHODS}
+    terms = {"response": ("response", "both"), "feature": ("feature", "both")} | {m: (m,) for m in names("new")}
     for split in ("train", "val"):
         assert rows[0][f"{split}_ce"] != ""
         for term, methods in terms.items():
@@ -253,7 +253,6 @@ EVAL_SCRIPT = r"""
 import json, os, sys, torch
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
-from kdlib.losses import METHOD_DEFAULTS, METHODS, NEW_METHODS
 from kdlib.train import build_datasets, eval_loader, setup_runtime, evaluate
 cfg = Config(dataset="shapes", data_root=sys.argv[1], workers=0, batch_size=4, channels_last=False).resolved()
 rt = setup_runtime("cpu")
@@ -481,11 +480,10 @@ import torch.distributed as dist
 from torch import nn
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
-from kdlib.losses import METHOD_DEFAULTS, METHODS, NEW_METHODS
 from kdlib.models import TeacherWrapper, build_model
 from kdlib.train import setup_runtime, train_step
 
-cfg = Config(method="feature", dataset="shapes", teacher_weights=sys.argv[1], channels_last=False)
+cfg = Config(method="feature", dataset="shapes", teacher_weights=sys.argv[1], channels_last=False).resolved()
 rt = setup_runtime("cpu")
 torch.manual_seed(0)
 student, teacher = build_model("student"), TeacherWrapper(load_model(sys.argv[1]))
@@ -531,7 +529,7 @@ def test_the_settings_reach_the_objective_that_trains_the_student(tiny_teacher):
     import copy
 
     from kdlib.checkpoints import load_model
-    from kdlib.losses import distillation_loss
+    from kdlib.methods import distillation_loss
     from kdlib.models import TeacherWrapper, build_model
     from kdlib.train import train_step
 
@@ -540,7 +538,7 @@ def test_the_settings_reach_the_objective_that_trains_the_student(tiny_teacher):
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 21, (2, 64, 64))
     totals = []
     for settings in ({}, {"temperature": 2.0, "alpha": 0.4, "beta": 0.9, "scale_by_t2": True}):
-        cfg = Config(method="both", dataset="shapes", channels_last=False, **settings)
+        cfg = Config(method="both", dataset="shapes", channels_last=False, **settings).resolved()
         s, t = copy.deepcopy(student), copy.deepcopy(teacher)
         expected, _ = distillation_loss(
             "both", s(x), t(x), y, cfg.alpha, cfg.beta, cfg.temperature, cfg.scale_by_t2
@@ -755,7 +753,8 @@ def test_settings_that_cannot_work_together_are_refused():
 
 
 def test_variant_runs_are_their_method_with_its_settings(tmp_path):
-    from kdlib.experiment import EXTRA_RUNS, is_extra_run, run_config
+    from kdlib.experiment import extra_runs, run_config
+    from kdlib.methods import is_extra
 
     kw = dict(dataset="shapes", data_root="data/shapes", runs_dir=tmp_path)
     t2 = run_config("response_t2", 0, **kw)
@@ -766,5 +765,5 @@ def test_variant_runs_are_their_method_with_its_settings(tmp_path):
         run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path)
     voc = run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path, unlabeled_split="sbd")
     assert voc.unlabeled_split == "sbd"
-    assert set(EXTRA_RUNS) == {"response_t2", "pairwise", "cwd", "dist"} and is_extra_run("dist_unlabeled")
-    assert not any(is_extra_run(m) for m in ("none", "response", "feature", "both", "response_cached"))
+    assert set(extra_runs()) == {"response_t2", "pairwise", "cwd", "dist"} and is_extra("dist_unlabeled")
+    assert not any(is_extra(m) for m in ("none", "response", "feature", "both", "response_cached"))

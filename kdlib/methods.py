@@ -1,0 +1,331 @@
+"""The knowledge-distillation methods, each declared once, and the runs built from them.
+
+A :class:`Method` is everything kdlib needs to know of a way to train the student: its name
+(``--method`` and the run folder), the name tables and figures give it, its α / β / T defaults
+and where they come from, what it reads of the teacher, and its loss terms, each a pure function
+of :mod:`kdlib.losses` whose name is also its history column (``train_<term>``, ``val_<term>``).
+Its objective is always
+
+    L = α·L_ce + β·Σ_term L_term        (no KD: L = L_ce)
+
+The settings checks, the CLI, the trainer, the history, the report, the plots and ``make bench``
+iterate over :data:`METHODS`; :func:`register` adds a method from outside kdlib (see
+``docs/adding-a-method.md``). A :class:`Variant` is a method with settings changed, a run of
+its own: response KD in Hinton's form, response KD from the teacher-output cache, and each KD
+method with the data set's unlabeled images added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import losses
+from .conventions import VOID
+
+# What a method may read of the frozen teacher: its logits, its features projected to the
+# student's widths by the wrapper's trainable 1×1 convolutions, or its own (raw) features.
+TEACHER_OUTPUTS = ("logits", "features", "raw_features")
+GROUPS = ("report", "new")  # the report's comparison (`make demo`), or beyond it (`make methods`)
+
+# A loss term: (student outputs, teacher outputs, the pixels it may see, the objective) -> scalar.
+Term = Callable[[dict, dict, torch.Tensor, "Objective"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    display: str
+    defaults: dict  # alpha, beta, temperature: what a Config left at None takes
+    source: str  # where the defaults come from
+    reads: tuple[str, ...] = ()  # of TEACHER_OUTPUTS; none: the teacher is never built
+    terms: dict[str, Term] = field(default_factory=dict)  # summed in this order
+    group: str = "new"
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.reads)
+
+    @property
+    def trains_projections(self) -> bool:
+        """Whether the teacher wrapper's projections are trained with the student."""
+        return "features" in self.reads
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether the teacher must return its feature maps, not only its logits."""
+        return "features" in self.reads or "raw_features" in self.reads
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether it reads nothing of the teacher but its logits, so a cache of them serves it."""
+        return self.reads == ("logits",)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    method: str  # the Method it trains
+    display: str
+    overrides: dict = field(default_factory=dict)  # Config settings
+    unlabeled: bool = False  # the data set's split of unlabeled images added
+    cached: bool = False  # the teacher's logits from the cache of the runs folder
+    extra: bool = True  # trained by `make methods` rather than `make demo`
+
+
+METHODS: dict[str, Method] = {}
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` (and its ``<name>_unlabeled`` variant when it reads the teacher) to the
+    registry; everything that iterates over methods sees it from then on."""
+    problems = []
+    if method.name in METHODS or method.name in VARIANTS:
+        problems.append(f"the name {method.name!r} is taken")
+    if set(method.defaults) != {"alpha", "beta", "temperature"}:
+        problems.append(f"defaults must give alpha, beta and temperature, got {sorted(method.defaults)}")
+    if not set(method.reads) <= set(TEACHER_OUTPUTS):
+        problems.append(f"reads {method.reads}: choose among {TEACHER_OUTPUTS}")
+    if bool(method.terms) != method.needs_teacher:
+        problems.append("a method has loss terms exactly when it reads the teacher")
+    if method.group not in GROUPS:
+        problems.append(f"group {method.group!r}: choose one of {GROUPS}")
+    if problems:
+        raise ValueError(f"register({method.name!r}): " + "; ".join(problems))
+    METHODS[method.name] = method
+    if method.needs_teacher:
+        register_variant(
+            Variant(f"{method.name}_unlabeled", method.name, f"{method.display} + unlabeled images", unlabeled=True)
+        )
+    return method
+
+
+def register_variant(variant: Variant) -> Variant:
+    if variant.name in METHODS or variant.name in VARIANTS:
+        raise ValueError(f"register_variant({variant.name!r}): the name is taken")
+    if variant.method not in METHODS:
+        raise ValueError(f"register_variant({variant.name!r}): unknown method {variant.method!r}")
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; the error lists the registered ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def names(group: str | None = None) -> tuple[str, ...]:
+    """The registered methods (of ``group``), in the order they were declared."""
+    return tuple(n for n, m in METHODS.items() if group is None or m.group == group)
+
+
+def kd_names() -> tuple[str, ...]:
+    """The methods that distil (read the teacher)."""
+    return tuple(n for n, m in METHODS.items() if m.needs_teacher)
+
+
+def run_names() -> tuple[str, ...]:
+    """Every run name, in the order tables list them: each method, then the variants of
+    settings, then each method with unlabeled images."""
+    unlabeled = [v for v in VARIANTS.values() if v.unlabeled]
+    unlabeled.sort(key=lambda v: list(METHODS).index(v.method))
+    return (*METHODS, *(n for n, v in VARIANTS.items() if not v.unlabeled), *(v.name for v in unlabeled))
+
+
+def method_of(run: str) -> Method:
+    """The method a run name trains."""
+    return get(VARIANTS[run].method if run in VARIANTS else run)
+
+
+def display_name(run: str) -> str:
+    """What tables and figures call a run name (the name itself when it is not registered)."""
+    if run in VARIANTS:
+        return VARIANTS[run].display
+    return METHODS[run].display if run in METHODS else run
+
+
+def is_extra(run: str) -> bool:
+    """Whether a run name is one of `make methods`' rows rather than `make demo`'s."""
+    if run in VARIANTS:
+        return VARIANTS[run].extra
+    return run in METHODS and METHODS[run].group != "report"
+
+
+def term_names() -> tuple[str, ...]:
+    """Every registered loss term once, in declaration order: the history's columns."""
+    seen = {}
+    for method in METHODS.values():
+        seen |= dict.fromkeys(method.terms)
+    return tuple(seen)
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One method's objective with its α, β, T (and term settings) bound:
+    ``objective(student_out, teacher_out, target, kd_mask)`` -> (total, detached parts)."""
+
+    method: Method
+    alpha: float
+    beta: float
+    temperature: float
+    scale_by_t2: bool = False
+    pairwise_grid: int = losses.PAIRWISE_GRID
+
+    def __call__(self, student_out: dict, teacher_out: dict | None, target: torch.Tensor, kd_mask=None):
+        ce = losses.supervised_loss(student_out["out"], target)
+        parts = {"ce": ce}
+        if not self.method.needs_teacher:
+            total = ce
+        else:
+            if teacher_out is None:
+                raise ValueError(f"the objective of method {self.method.name!r} needs the teacher's outputs")
+            seen = target != VOID if kd_mask is None else kd_mask
+            terms = {name: term(student_out, teacher_out, seen, self) for name, term in self.method.terms.items()}
+            parts |= terms
+            total = self.alpha * ce + self.beta * sum(terms.values())
+        parts["total"] = total
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+def objective(cfg) -> Objective:
+    """The objective of a resolved Config (``Config.resolved()`` fills in the method's α, β, T)."""
+    unset = [k for k in ("alpha", "beta", "temperature") if getattr(cfg, k) is None]
+    if unset:
+        raise ValueError(f"objective: {', '.join(unset)} not set; pass cfg.resolved(), which takes the method's")
+    return Objective(get(cfg.method), cfg.alpha, cfg.beta, cfg.temperature, cfg.scale_by_t2, cfg.pairwise_grid)
+
+
+def distillation_loss(
+    method: str,
+    student_out: dict,
+    teacher_out: dict | None,
+    target: torch.Tensor,
+    alpha: float | None = None,
+    beta: float | None = None,
+    temperature: float | None = None,
+    scale_by_t2: bool = False,
+    kd_mask: torch.Tensor | None = None,
+    pairwise_grid: int = losses.PAIRWISE_GRID,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The combined objective of ``method``: L = α·L_ce + β·Σ L_term over its terms (no KD:
+    L_ce alone); α, β and T left None take the method's defaults.
+
+    ``student_out`` and ``teacher_out`` are the models' dicts (``"out"``: logits at input size,
+    ``"features"``: the four levels, the teacher's projected; ``"raw_features"``: the teacher's
+    own). Void pixels are left out of the cross entropy; the distillation terms see the pixels
+    of ``kd_mask`` (default: the non-void ones; on unlabeled images, whose targets are all void,
+    the trainer passes every pixel). Returns the total and every component (detached)."""
+    m = get(method)
+    d = m.defaults
+    bound = Objective(
+        m,
+        d["alpha"] if alpha is None else alpha,
+        d["beta"] if beta is None else beta,
+        d["temperature"] if temperature is None else temperature,
+        scale_by_t2,
+        pairwise_grid,
+    )
+    return bound(student_out, teacher_out, target, kd_mask)
+
+
+# --------------------------------------------------------------------------- the declarations
+# Each term looks its loss up in kdlib.losses when it runs (not when it is declared), so that a
+# test can watch what the trainer hands each loss.
+
+TABLE1 = {"alpha": 0.7, "beta": 0.3, "temperature": 4.0}
+
+
+def _response(s, t, seen, o):
+    return losses.response_kd_loss(s["out"], t["out"], o.temperature, seen, o.scale_by_t2)
+
+
+def _feature(s, t, seen, o):
+    return losses.feature_kd_loss(s["features"], t["features"], seen)
+
+
+def _pairwise(s, t, seen, o):
+    return losses.pairwise_loss(s["features"][-1], t["raw_features"][-1], o.pairwise_grid)
+
+
+def _cwd(s, t, seen, o):
+    return losses.cwd_loss(s["out"], t["out"], o.temperature, seen)
+
+
+def _dist(s, t, seen, o):
+    return losses.dist_loss(s["out"], t["out"], o.temperature, seen)
+
+
+register(Method("none", "None", TABLE1, "only L_ce; recorded as Table 1's", group="report"))
+register(
+    Method(
+        "feature",
+        "Feature",
+        TABLE1,
+        "the report's Table 1",
+        reads=("features",),
+        terms={"feature": _feature},
+        group="report",
+    )
+)
+register(
+    Method(
+        "response",
+        "Response",
+        TABLE1,
+        "the report's Table 1",
+        reads=("logits",),
+        terms={"response": _response},
+        group="report",
+    )
+)
+register(
+    Method(
+        "both",
+        "Feature & Response",
+        TABLE1,
+        "the report's Table 1",
+        reads=("logits", "features"),
+        terms={"response": _response, "feature": _feature},
+        group="report",
+    )
+)
+register(
+    Method(
+        "pairwise",
+        "Pair-wise similarity (SKD)",
+        {"alpha": 1.0, "beta": 0.5, "temperature": 1.0},  # T unused
+        "SKD's released training script: lambda_pa 0.5 on a 2×2 node grid, the cross entropy at 1",
+        reads=("raw_features",),
+        terms={"pairwise": _pairwise},
+    )
+)
+register(
+    Method(
+        "cwd",
+        "Channel-wise (CWD)",
+        {"alpha": 1.0, "beta": 3.0, "temperature": 4.0},
+        "the CWD paper, semantic segmentation on logits: loss weight 3, tau 4",
+        reads=("logits",),
+        terms={"cwd": _cwd},
+    )
+)
+register(
+    Method(
+        "dist",
+        "DIST",
+        {"alpha": 1.0, "beta": 1.0, "temperature": 1.0},
+        "DIST's paper and segmentation code: both relations weighted 1, tau 1, loss weight 1",
+        reads=("logits",),
+        terms={"dist": _dist},
+    )
+)
+register_variant(Variant("response_cached", "response", "Response, cached teacher (offline)", cached=True, extra=False))
+register_variant(Variant("response_t2", "response", "Response ×T² (Hinton's form)", {"scale_by_t2": True}))
