@@ -295,7 +295,10 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
         cfg, _, _, online, optimizer = runs[method]
         cached = cached_logits if method == "response_cached" else None
         return (
-            seconds_of(lambda: [train_step(cfg, student, online, optimizer, x, y, cached) for _ in range(k)], dev) / k
+            seconds_of(
+                lambda: [train_step(cfg, student, online, optimizer, x, y, cached=cached) for _ in range(k)], dev
+            )
+            / k
         )
 
     def through_loader(method: str, epoch: int, batches: int | None) -> tuple[int, float]:
@@ -306,7 +309,7 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
             if batches is not None and i >= batches:
                 break
             xb, yb, cb = prepare_batch(batch, dev, True)
-            train_step(cfg, student, online, optimizer, xb, yb, cb)
+            train_step(cfg, student, online, optimizer, xb, yb, cached=cb)
             seen += len(xb)
         _sync(dev)
         return seen, time.perf_counter() - start

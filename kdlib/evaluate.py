@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -44,16 +45,22 @@ def evaluate_model(model, dataset, device="cpu", batch_size: int = 16) -> dict:
 
 
 @torch.no_grad()
-def score(model, loader, device, channels_last: bool = True) -> dict:
+def score(model, loader, device, channels_last: bool = True, each_batch=None, autocast=contextlib.nullcontext) -> dict:
     """mIoU, pixel accuracy and per-class IoU of ``model`` (in eval mode) over a loader's
     batches (each augmented by its samples' parameters: the identity for an evaluation split),
     from one confusion matrix; under torch.distributed every rank must call it with its shard
-    (torchmetrics sums the matrix across ranks)."""
+    (torchmetrics sums the matrix across ranks). The one evaluation loop of kdlib: the trainer
+    adds its loss terms through ``each_batch(step, x, y, cached, outputs)``, called for every
+    batch under ``autocast()`` with the model's outputs."""
     model.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, device)
-    for batch in loader:
-        x, y, _ = prepare_batch(batch, device, channels_last)
-        metrics.update(model(x)["out"].float(), y)
+    for step, batch in enumerate(loader):
+        x, y, cached = prepare_batch(batch, device, channels_last)
+        with autocast():
+            out = model(x)
+            if each_batch is not None:
+                each_batch(step, x, y, cached, out)
+        metrics.update(out["out"].float(), y)
     return metrics.compute()
 
 

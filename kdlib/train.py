@@ -37,7 +37,6 @@ from .conventions import NUM_CLASSES, VOID
 from .data import SegmentationFolder, build_dataset, split_fingerprint
 from .evaluate import score
 from .files import RunFolderError, RunLock, atomic_save, atomic_write_text, file_sha256
-from .metrics import SegmentationMetrics
 from .models import TeacherWrapper, build_model, count_parameters
 
 # --------------------------------------------------------------------------- plumbing
@@ -305,10 +304,6 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _objective(cfg: Config, student_out, teacher_out, target, kd_mask=None):
-    return methods.objective(cfg)(student_out, teacher_out, target, kd_mask)
-
-
 def teacher_outputs(cfg: Config, teacher: TeacherWrapper, raw: dict) -> dict:
     """What the method's objective reads of the teacher's ``raw`` outputs
     (:meth:`TeacherWrapper.teacher_forward`): logits, projected features (feature KD), and
@@ -325,12 +320,23 @@ def _reads_features(cfg: Config) -> bool:
     return methods.get(cfg.method).reads_features
 
 
-def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime | None = None, kd_mask=None) -> dict:
+def _world(rt: Runtime | None) -> int:
+    if rt is not None:
+        return rt.world
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def train_step(
+    cfg, student, teacher, optimizer, x, y, *, cached=None, kd_mask=None, rt: Runtime | None = None, objective=None
+) -> dict:
     """One optimisation step on a batch already on the device: the frozen teacher (online,
-    or its ``cached`` logits), the student, the method's loss, backward, Adam. ``kd_mask``:
-    the pixels the distillation terms see when they are not just the labelled ones (a batch
-    with unlabeled images). Returns the loss components (detached, still on the device:
-    reading them is the caller's choice)."""
+    or its ``cached`` logits), the student, the method's objective (``objective``: bound once
+    by the run; built from ``cfg`` when not given), backward, Adam. ``kd_mask``: the pixels
+    the distillation terms see when they are not just the labelled ones (a batch with
+    unlabeled images). Under torch.distributed the projections' gradients are averaged over
+    the ranks (``rt``, or the process group). Returns the loss components (detached, still on
+    the device: reading them is the caller's choice)."""
+    objective = objective or methods.objective(cfg)
     with _autocast(cfg, x.device):
         if cached is not None:
             teacher_out = {"out": cached, "features": [], "raw_features": []}
@@ -339,14 +345,15 @@ def train_step(cfg, student, teacher, optimizer, x, y, cached=None, rt: Runtime 
         else:
             teacher_out = None
         student_out = student(x)
-        loss, parts = _objective(cfg, student_out, teacher_out, y, kd_mask)
+        loss, parts = objective(student_out, teacher_out, y, kd_mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # DDP averages the student's gradients; the projections live outside it, so they are averaged here
-    if rt is not None and rt.world > 1 and methods.get(cfg.method).trains_projections:
+    world = _world(rt)
+    if world > 1 and objective.method.trains_projections:
         for p in teacher.projections.parameters():
             dist.all_reduce(p.grad)
-            p.grad /= rt.world
+            p.grad /= world
     optimizer.step()
     return parts
 
@@ -362,24 +369,41 @@ def with_unlabeled(labelled: tuple, unlabeled: tuple) -> tuple:
     return x, y, cached, kd_mask
 
 
-def train_one_epoch(cfg, student, teacher, optimizer, loader, rt, epoch, progress, unlabeled=None) -> dict:
-    student.train()
-    if teacher is not None:
-        teacher.train()
-    totals, start = LossTotals(rt.device), time.perf_counter()
-    extra = unlabeled.epoch(epoch) if unlabeled is not None else None
-    for step, batch in enumerate(progress(_batches(loader, cfg.max_batches), epoch)):
+def train_one_epoch(cfg: Config, parts: RunParts, rt: Runtime, epoch: int, progress) -> dict:
+    """One epoch of ``parts.train_loader`` (each labelled batch joined by as many unlabeled
+    images when the run has them): the loss components' means, the wall and CPU seconds of
+    its steps (CPU time is this process's: runs side by side do not count each other's load),
+    and the images per second."""
+    parts.model.train()
+    if parts.teacher is not None:
+        parts.teacher.train()
+    totals, start, cpu = LossTotals(rt.device), time.perf_counter(), time.process_time()
+    extra = parts.unlabeled.epoch(epoch) if parts.unlabeled is not None else None
+    for step, batch in enumerate(progress(_batches(parts.train_loader, cfg.max_batches), epoch)):
         x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
         kd_mask = None
         if extra is not None:
             x, y, cached, kd_mask = with_unlabeled(
                 (x, y, cached), prepare_batch(next(extra), rt.device, cfg.channels_last)
             )
-        totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt, kd_mask), x.shape[0], step)
+        step_parts = train_step(
+            cfg,
+            parts.model,
+            parts.teacher,
+            parts.optimizer,
+            x,
+            y,
+            cached=cached,
+            kd_mask=kd_mask,
+            rt=rt,
+            objective=parts.objective,
+        )
+        totals.add(step_parts, x.shape[0], step)
     means = totals.means(rt, epoch, "train")  # waits for the device once, then checks finiteness
     seconds = time.perf_counter() - start
     return {f"train_{k}": v for k, v in means.items()} | {
         "train_seconds": seconds,
+        "train_cpu_seconds": time.process_time() - cpu,
         "train_images_per_s": totals.seen * rt.world / seconds if seconds > 0 else math.nan,
     }
 
@@ -406,31 +430,29 @@ class ValTeacherCache:
         self.batches.append(raw)
 
 
-@torch.no_grad()
-def evaluate(cfg, student, teacher, loader, rt, epoch=0, teacher_cache: ValTeacherCache | None = None) -> dict:
-    """Whole-split metrics (confusion matrix over every pixel) and every loss component."""
-    student.eval()
+def evaluate(
+    cfg, student, teacher, loader, rt, *, epoch=0, teacher_cache: ValTeacherCache | None = None, objective=None
+) -> dict:
+    """Whole-split metrics (confusion matrix over every pixel, :func:`kdlib.evaluate.score`)
+    and every loss component of the method's objective."""
+    objective = objective or methods.objective(cfg)
     if teacher is not None:
         teacher.eval()
-    metrics = SegmentationMetrics(NUM_CLASSES, rt.device)
     totals = LossTotals(rt.device)
-    for step, batch in enumerate(loader):
-        x, y, cached = prepare_batch(batch, rt.device, cfg.channels_last)
-        with _autocast(cfg, rt.device):
-            teacher_out = {"out": cached, "features": [], "raw_features": []} if cached is not None else None
-            if teacher is not None and cached is None:
-                raw = teacher_cache.get(step) if teacher_cache is not None else None
-                if raw is None:
-                    raw = teacher.teacher_forward(x, _reads_features(cfg))
-                    if teacher_cache is not None:
-                        teacher_cache.put(step, raw)
-                teacher_out = teacher_outputs(cfg, teacher, raw)
-            student_out = student(x)
-            _, parts = _objective(cfg, student_out, teacher_out, y)
-        metrics.update(student_out["out"].float(), y)
-        totals.add(parts, x.shape[0], step)
+
+    def losses_of(step, x, y, cached, student_out):
+        teacher_out = {"out": cached, "features": [], "raw_features": []} if cached is not None else None
+        if teacher is not None and cached is None:
+            raw = teacher_cache.get(step) if teacher_cache is not None else None
+            if raw is None:
+                raw = teacher.teacher_forward(x, _reads_features(cfg))
+                if teacher_cache is not None:
+                    teacher_cache.put(step, raw)
+            teacher_out = teacher_outputs(cfg, teacher, raw)
+        totals.add(objective(student_out, teacher_out, y)[1], x.shape[0], step)
+
+    result = score(student, loader, rt.device, cfg.channels_last, losses_of, lambda: _autocast(cfg, rt.device))
     means = totals.means(rt, epoch, "val")
-    result = metrics.compute()
     return {f"val_{k}": v for k, v in means.items()} | {
         "val_miou": result["miou"],
         "val_pixel_accuracy": result["pixel_accuracy"],
@@ -516,6 +538,7 @@ def history_keys() -> tuple[str, ...]:
         "val_pixel_accuracy",
         "train_miou",
         "train_seconds",
+        "train_cpu_seconds",
         "epoch_seconds",
         "train_images_per_s",
     )
@@ -529,11 +552,88 @@ def write_history(history: list[dict], path: Path) -> None:
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
+# --------------------------------------------------------------------------- a run
+
+
+@dataclass
+class RunParts:
+    """Everything a run is built from, once, before its first epoch (:func:`build_run`)."""
+
+    train_loader: DataLoader
+    sampler: SeededSampler
+    val_loader: DataLoader
+    train_eval_loader: DataLoader | None  # the train split scored like val (train mIoU), or None
+    unlabeled: UnlabeledBatches | None
+    student: nn.Module
+    model: nn.Module  # the student, wrapped in DistributedDataParallel under torchrun
+    teacher: TeacherWrapper | None  # the online teacher; None without one or when its logits are cached
+    teacher_source: str  # "online", "cached" (logits served with each sample) or "none"
+    objective: methods.Objective  # α / β / T bound once
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    val_cache: ValTeacherCache | None
+    run_config: dict  # what config.json records
+
+
+@dataclass
+class RunState:
+    """Where a run stands after each epoch; saved in every checkpoint (as a plain dict)."""
+
+    epoch: int = 0
+    best_miou: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def done(self, cfg: Config) -> bool:
+        return self.epoch >= cfg.epochs or self.early_stopped(cfg)
+
+    def early_stopped(self, cfg: Config) -> bool:
+        return self.bad_epochs >= cfg.early_stop
+
+    def record(self, row: dict) -> bool:
+        """Add an epoch's history row; whether its val mIoU is the best so far."""
+        improved = row["val_miou"] > self.best_miou
+        if improved:
+            self.best_miou, self.best_epoch, self.bad_epochs = row["val_miou"], row["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        self.seconds += row["epoch_seconds"]
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        return improved
+
+
 def fit(cfg: Config | dict | None = None, **overrides) -> dict:
     """Train one model by the report's recipe and return the run's ``metrics.json`` dict.
 
     ``fit(Config(...))``, ``fit({"method": "both", ...})`` or ``fit(method="both", ...)``.
+    Builds the run's parts once (:func:`build_run`), resumes its state when asked, then trains
+    epoch after epoch until the budget or early stopping ends it; :class:`RunWriter` writes
+    every artifact.
     """
+    cfg = _settings(cfg, overrides)
+    rt = setup_runtime(cfg.device)
+    with RunLock(cfg.out) if rt.main else contextlib.nullcontext():  # one writer per run folder
+        out = _prepare_out(cfg, rt)
+        seed_everything(cfg.seed)
+        parts = build_run(cfg, rt)
+        state = resume(cfg, rt, parts, out)
+        writer = RunWriter(cfg, rt, out, parts)
+        progress = _progress_factory(cfg, rt, len(parts.train_loader))
+        while not state.done(cfg):
+            row, val = run_epoch(cfg, rt, parts, state.epoch + 1, progress)
+            improved = state.record(row)
+            writer.epoch(state, val, improved)
+            _log(cfg, rt, _epoch_line(cfg, row, improved))
+        if rt.world > 1:
+            dist.barrier()
+        return writer.metrics if writer.metrics is not None else json.loads((out / "metrics.json").read_text())
+
+
+def _settings(cfg, overrides) -> Config:
+    """A Config from what ``fit`` was given, checked and resolved."""
     if cfg is None:
         cfg = Config()
     elif isinstance(cfg, dict):
@@ -543,16 +643,13 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
         cfg = Config(**cfg)
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
-    cfg = cfg.resolved()
-    rt = setup_runtime(cfg.device)
-    with RunLock(cfg.out) if rt.main else contextlib.nullcontext():  # one writer per run folder
-        return _fit(cfg, rt)
+    return cfg.resolved()
 
 
-def _fit(cfg: Config, rt: Runtime) -> dict:
-    out = _prepare_out(cfg, rt)
-    seed_everything(cfg.seed)
-
+def build_run(cfg: Config, rt: Runtime) -> RunParts:
+    """The data, loaders, student, teacher source, objective, optimizer and scheduler of a run,
+    and the config.json it records. The order is that of the random draws (the student's
+    weights, then the projections'), so a run is the same from one version to the next."""
     train_set, val_set = build_datasets(cfg)
     unlabeled_set = build_unlabeled(cfg)
     skipped = {"train": [i for i, _ in train_set.skipped], "val": [i for i, _ in val_set.skipped]}
@@ -560,16 +657,17 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
     if unlabeled_set is not None:
         skipped["unlabeled"] = [i for i, _ in unlabeled_set.skipped]
         split_sizes[cfg.unlabeled_split] = len(unlabeled_set)
-    train_eval_set = train_set.evaluation_view()  # the train split scored like val (train mIoU)
+    train_eval_set = train_set.evaluation_view()
     student = build_model(cfg.model, NUM_CLASSES).to(rt.device)
     teacher = build_teacher(cfg, rt.device)
+    source = "none" if teacher is None else "online"
     cache_cards = None
     if cfg.teacher_cache:  # offline KD on logits: the teacher runs once per image, then goes
         splits = [train_set, val_set] + ([unlabeled_set] if unlabeled_set is not None else [])
         served, cache_cards = attach_teacher_cache(cfg, rt, teacher, splits)
         train_set, val_set = served[:2]
         unlabeled_set = served[2] if unlabeled_set is not None else None
-        teacher = None
+        teacher, source = None, "cached"
     train_batches, sampler = train_loader(cfg, rt, train_set)
     unlabeled = None
     if unlabeled_set is not None:
@@ -580,37 +678,16 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
+    objective = methods.objective(cfg)
     params = list(student.parameters())
-    if teacher is not None and methods.get(cfg.method).trains_projections:
+    if teacher is not None and objective.method.trains_projections:
         params += list(teacher.projections.parameters())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max",
-            factor=cfg.lr_factor,
-            patience=cfg.lr_patience,
-            threshold=0.0,
-            min_lr=cfg.min_lr,
-        )
     model = student
     if rt.world > 1:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
         )
-    state = {"epoch": 0, "best_miou": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "seconds": 0.0}
-    if cfg.resume and (out / "last.pt").is_file():
-        ckpt = load_checkpoint(out / "last.pt")
-        load_weights(student, ckpt["model"], out / "last.pt", f"{cfg.model!r} of this run")
-        if teacher is not None and ckpt.get("projections") is not None:
-            load_weights(teacher.projections, ckpt["projections"], out / "last.pt", "teacher projections")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        set_rng_state(ckpt["rng"])
-        _log(cfg, rt, f"resumed {out} after epoch {state['epoch']}")
     run_config = dataclasses.asdict(cfg) | {
         "skipped_samples": skipped,
         "num_classes": NUM_CLASSES,
@@ -623,79 +700,133 @@ def _fit(cfg: Config, rt: Runtime) -> dict:
         "data_fingerprints": data_fingerprints(cfg),
         "teacher_cache_cards": cache_cards,
     }
-    if rt.main:
-        atomic_write_text(json.dumps(run_config, indent=2) + "\n", out / "config.json")
+    return RunParts(
+        train_loader=train_batches,
+        sampler=sampler,
+        val_loader=val_loader,
+        # the same protocol as val (every rank its shard), so that train and val mIoU compare
+        train_eval_loader=eval_loader(cfg, rt, train_eval_set) if cfg.train_miou else None,
+        unlabeled=unlabeled,
+        student=student,
+        model=model,
+        teacher=teacher,
+        teacher_source=source,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=_scheduler(cfg, optimizer),
+        val_cache=ValTeacherCache(len(val_loader)) if teacher is not None else None,
+        run_config=run_config,
+    )
 
-    # the same protocol as val (every rank its shard), so that train and val mIoU compare
-    train_eval_loader = eval_loader(cfg, rt, train_eval_set) if cfg.train_miou else None
-    progress = _progress_factory(cfg, rt, len(train_batches))
-    val_cache = ValTeacherCache(len(val_loader)) if teacher is not None else None
-    stop = state["bad_epochs"] >= cfg.early_stop
-    while state["epoch"] < cfg.epochs and not stop:
-        epoch = state["epoch"] + 1
-        sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        train = train_one_epoch(cfg, model, teacher, optimizer, train_batches, rt, epoch, progress, unlabeled)
-        val = evaluate(cfg, student, teacher, val_loader, rt, epoch, val_cache)
-        if train_eval_loader is not None:
-            val["train_miou"] = score(student, train_eval_loader, rt.device, cfg.channels_last)["miou"]
-        miou = val["val_miou"]
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step() if cfg.lr_schedule == "cosine" else scheduler.step(miou)
-        improved = miou > state["best_miou"]
-        if improved:
-            state.update(best_miou=miou, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        seconds = time.perf_counter() - t0
-        state["seconds"] += seconds
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            **{k: v for k, v in (train | val).items() if k in history_keys()},
-            "epoch_seconds": seconds,
-        }
-        state["history"].append(row)
-        state["epoch"] = epoch
-        stop = state["bad_epochs"] >= cfg.early_stop
+
+def _scheduler(cfg: Config, optimizer):
+    """Table 1's ReduceLROnPlateau on val mIoU, or a cosine annealing to 0 at ``cfg.epochs``."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=0.0, min_lr=cfg.min_lr
+    )
+
+
+def resume(cfg: Config, rt: Runtime, parts: RunParts, out: Path) -> RunState:
+    """A fresh state, or with ``--resume`` the one in ``last.pt``: weights, optimizer,
+    scheduler and RNG state restored, so that the run goes on as if never stopped."""
+    path = out / "last.pt"
+    if not (cfg.resume and path.is_file()):
+        return RunState()
+    ckpt = load_checkpoint(path)
+    load_weights(parts.student, ckpt["model"], path, f"{cfg.model!r} of this run")
+    if parts.teacher is not None and ckpt.get("projections") is not None:
+        load_weights(parts.teacher.projections, ckpt["projections"], path, "teacher projections")
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    state = RunState(**ckpt["state"])
+    _log(cfg, rt, f"resumed {out} after epoch {state.epoch}")
+    return state
+
+
+def run_epoch(cfg: Config, rt: Runtime, parts: RunParts, epoch: int, progress) -> tuple[dict, dict]:
+    """Train one epoch, validate, score the train split, step the scheduler: the epoch's
+    history row and its validation result."""
+    parts.sampler.set_epoch(epoch)
+    t0 = time.perf_counter()
+    train = train_one_epoch(cfg, parts, rt, epoch, progress)
+    val = evaluate(
+        cfg,
+        parts.student,
+        parts.teacher,
+        parts.val_loader,
+        rt,
+        epoch=epoch,
+        teacher_cache=parts.val_cache,
+        objective=parts.objective,
+    )
+    if parts.train_eval_loader is not None:
+        val["train_miou"] = score(parts.student, parts.train_eval_loader, rt.device, cfg.channels_last)["miou"]
+    lr = parts.optimizer.param_groups[0]["lr"]
+    parts.scheduler.step() if cfg.lr_schedule == "cosine" else parts.scheduler.step(val["val_miou"])
+    keys = history_keys()
+    row = {"epoch": epoch, "lr": lr, **{k: v for k, v in (train | val).items() if k in keys}}
+    return row | {"epoch_seconds": time.perf_counter() - t0}, val
+
+
+class RunWriter:
+    """Every artifact of a run folder, written atomically by the main process alone:
+    ``config.json`` once; after each epoch ``last.pt``, ``history.csv`` and ``metrics.json``
+    (the best epoch's metrics and the run's progress), and ``best.pt`` when the epoch is the
+    best so far. ``metrics`` is the dict of the last metrics.json written (None before)."""
+
+    def __init__(self, cfg: Config, rt: Runtime, out: Path, parts: RunParts):
+        self.cfg, self.rt, self.out, self.parts = cfg, rt, out, parts
+        self.metrics = None
+        self._best = None  # the best epoch's part of metrics.json
+        if cfg.resume and (out / "metrics.json").is_file():
+            kept = json.loads((out / "metrics.json").read_text())
+            self._best = {k: v for k, v in kept.items() if k not in ("epochs_run", "total_seconds", "early_stopped")}
         if rt.main:
-            ckpt = {
-                "model": student.state_dict(),
-                "projections": teacher.projections.state_dict() if teacher is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": state,
-                "rng": rng_state(),
-                "config": run_config,
-                "epoch": epoch,
-            }
-            if improved:
-                atomic_save(ckpt | {"val": _summary(val)}, out / "best.pt")
-                atomic_write_text(
-                    json.dumps(_metrics(cfg, state, val, student, run_config["skipped_samples"]), indent=2) + "\n",
-                    out / "metrics.json",
-                )
-            atomic_save(ckpt, out / "last.pt")
-            write_history(state["history"], out / "history.csv")
-            _update_metrics_progress(out / "metrics.json", state, cfg)
-        _log(cfg, rt, _epoch_line(cfg, epoch, row, improved))
-    if rt.world > 1:
-        dist.barrier()
-    return json.loads((out / "metrics.json").read_text())
+            atomic_write_text(json.dumps(parts.run_config, indent=2) + "\n", out / "config.json")
+
+    def epoch(self, state: RunState, val: dict, improved: bool) -> None:
+        if improved or self._best is None:
+            self._best = _metrics(self.cfg, state, val, self.parts.student, self.parts.run_config["skipped_samples"])
+        self.metrics = self._best | {
+            "epochs_run": state.epoch,
+            "total_seconds": round(state.seconds, 3),
+            "early_stopped": state.early_stopped(self.cfg),
+        }
+        if not self.rt.main:
+            return
+        parts = self.parts
+        ckpt = {
+            "model": parts.student.state_dict(),
+            "projections": parts.teacher.projections.state_dict() if parts.teacher is not None else None,
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "state": dataclasses.asdict(state),
+            "rng": rng_state(),
+            "config": parts.run_config,
+            "epoch": state.epoch,
+        }
+        if improved:
+            atomic_save(ckpt | {"val": _summary(val)}, self.out / "best.pt")
+        atomic_save(ckpt, self.out / "last.pt")
+        write_history(state.history, self.out / "history.csv")
+        atomic_write_text(json.dumps(self.metrics, indent=2) + "\n", self.out / "metrics.json")
 
 
 def _summary(val: dict) -> dict:
     return {k: v for k, v in val.items() if k != "confusion_matrix"}
 
 
-def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module, skipped: dict) -> dict:
+def _metrics(cfg: Config, state: RunState, val: dict, student: nn.Module, skipped: dict) -> dict:
     return {
         "method": cfg.method,
         "model": cfg.model,
         "dataset": cfg.dataset,
         "seed": cfg.seed,
-        "best_epoch": state["best_epoch"],
-        "best_miou": state["best_miou"],
+        "best_epoch": state.best_epoch,
+        "best_miou": state.best_miou,
         "train_miou": val.get("train_miou"),  # the whole training split, at the best epoch
         "pixel_accuracy": val["val_pixel_accuracy"],
         "per_class_iou": val["per_class_iou"],
@@ -705,21 +836,10 @@ def _metrics(cfg: Config, state: dict, val: dict, student: nn.Module, skipped: d
     }
 
 
-def _update_metrics_progress(path: Path, state: dict, cfg: Config) -> None:
-    """Keep ``epochs_run``, ``total_seconds`` and ``early_stopped`` current in metrics.json."""
-    metrics = json.loads(path.read_text())
-    metrics.update(
-        epochs_run=state["epoch"],
-        total_seconds=round(state["seconds"], 3),
-        early_stopped=state["bad_epochs"] >= cfg.early_stop,
-    )
-    atomic_write_text(json.dumps(metrics, indent=2) + "\n", path)
-
-
-def _epoch_line(cfg: Config, epoch: int, row: dict, improved: bool) -> str:
+def _epoch_line(cfg: Config, row: dict, improved: bool) -> str:
     mark = " *" if improved else ""
     return (
-        f"[{cfg.method}] epoch {epoch:3d}/{cfg.epochs} loss {row['train_total']:.4f} "
+        f"[{cfg.method}] epoch {row['epoch']:3d}/{cfg.epochs} loss {row['train_total']:.4f} "
         f"val {row['val_total']:.4f} mIoU {row['val_miou']:.4f} lr {row['lr']:.1e} "
         f"{row['epoch_seconds']:.1f}s{mark}"
     )

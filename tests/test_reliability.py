@@ -171,22 +171,29 @@ def test_failed_figure_write_keeps_the_previous_png(tmp_path, monkeypatch):
 def test_non_finite_loss_stops_with_the_component_and_keeps_checkpoints(
     tiny_shapes, tmp_path, monkeypatch, capsys, bad
 ):
-    from kdlib import train
+    from kdlib import methods
 
     out = tmp_path / "run"
     fit(_cfg(tiny_shapes, out))
     before = _snapshot(out)
-    real = train._objective
+    real = methods.objective
     calls = {"n": 0}
 
-    def poisoned(cfg, student_out, teacher_out, target, kd_mask=None):  # the 2nd training step of epoch 2 blows up
-        loss, parts = real(cfg, student_out, teacher_out, target, kd_mask)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            parts = parts | {"ce": parts["ce"] * bad}
-        return loss, parts
+    def poisoned_objective(cfg):  # the run's objective, whose 2nd training step of epoch 2 blows up
+        bound = real(cfg)
 
-    monkeypatch.setattr(train, "_objective", poisoned)
+        def step(student_out, teacher_out, target, kd_mask=None):
+            loss, parts = bound(student_out, teacher_out, target, kd_mask)
+            if torch.is_grad_enabled():  # a training step, not validation
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    parts = parts | {"ce": parts["ce"] * bad}
+            return loss, parts
+
+        step.method = bound.method
+        return step
+
+    monkeypatch.setattr(methods, "objective", poisoned_objective)
     args = [
         "train",
         "--method",

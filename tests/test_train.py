@@ -86,7 +86,7 @@ def test_feature_kd_trains_the_projections(tiny_shapes, tiny_teacher, tmp_path):
     assert len(moved) == 4  # every level's projection learned
 
 
-TIMING = {"train_seconds", "epoch_seconds", "train_images_per_s"}  # the only columns a resume may change
+TIMING = {"train_seconds", "train_cpu_seconds", "epoch_seconds", "train_images_per_s"}  # what a resume may change
 
 
 def _same_run(a, b):
@@ -123,10 +123,10 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
     part = tmp_path / "runs" / "both" / "seed0"
     epoch_loop = train.train_one_epoch
 
-    def dies_in_epoch_3(cfg, model, teacher, optimizer, loader, rt, epoch, *args):
+    def dies_in_epoch_3(cfg, parts, rt, epoch, progress):
         if epoch == 3:
             raise KeyboardInterrupt  # as Ctrl-C would, mid-run
-        return epoch_loop(cfg, model, teacher, optimizer, loader, rt, epoch, *args)
+        return epoch_loop(cfg, parts, rt, epoch, progress)
 
     monkeypatch.setattr(train, "train_one_epoch", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
@@ -481,7 +481,7 @@ from torch import nn
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
 from kdlib.models import TeacherWrapper, build_model
-from kdlib.train import setup_runtime, train_step
+from kdlib.train import Runtime, setup_runtime, train_step
 
 cfg = Config(method="feature", dataset="shapes", teacher_weights=sys.argv[1], channels_last=False).resolved()
 rt = setup_runtime("cpu")
@@ -492,7 +492,7 @@ batches = [(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(10
             torch.randint(0, 21, (2, 64, 64), generator=torch.Generator().manual_seed(20 + r))) for r in range(2)]
 
 
-def step(student, teacher, batch, model=None, rt=None):
+def step(student, teacher, batch, model=None, rt=Runtime(torch.device("cpu"))):  # default: one process alone
     params = list(student.parameters()) + list(teacher.projections.parameters())
     train_step(cfg, model or student, teacher, torch.optim.SGD(params, lr=0.0), *batch, rt=rt)
     return [p.grad.clone() for p in teacher.projections.parameters()]
@@ -594,7 +594,7 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
         for step, batch in enumerate(loader):
             labelled = prepare_batch(batch, rt.device, cfg.channels_last)
             x, y, cached, kd_mask = with_unlabeled(labelled, prepare_batch(next(extra), rt.device, cfg.channels_last))
-            parts = train_step(cfg, student, teacher, optimizer, x, y, cached, rt, kd_mask)
+            parts = train_step(cfg, student, teacher, optimizer, x, y, cached=cached, kd_mask=kd_mask, rt=rt)
             totals.add(parts, x.shape[0], step)
     assert {f.split("/kdlib/")[-1] for f in reads.where} <= {"augment.py"}, reads.where
     assert totals.means(rt, 1, "train")["total"] > 0
@@ -617,13 +617,13 @@ def test_the_training_step_never_synchronises_with_the_gpu(tiny_shapes, tiny_tea
     optimizer = torch.optim.Adam(list(student.parameters()) + list(teacher.projections.parameters()), lr=1e-3)
     totals, batches = LossTotals(rt.device), list(loader)
     x, y, cached = prepare_batch(batches[0], rt.device, True)
-    train_step(cfg, student, teacher, optimizer, x, y, cached, rt)  # warm-up: allocations, cuDNN choices
+    train_step(cfg, student, teacher, optimizer, x, y, cached=cached, rt=rt)  # warm-up: allocations, cuDNN choices
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, batch in enumerate(batches):
             x, y, cached = prepare_batch(batch, rt.device, True)
-            totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached, rt), x.shape[0], step)
+            totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached=cached, rt=rt), x.shape[0], step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert totals.means(rt, 1, "train")["total"] > 0
@@ -710,10 +710,10 @@ def test_unlabeled_images_reach_the_distillation_terms_only(tiny_shapes, tiny_te
     assert torch.equal(kd_mask[:n], labelled[1] != VOID) and kd_mask[n:].all()
     student, teacher = build_model("student").eval(), build_teacher(cfg, rt.device)
     with torch.no_grad():
-        from kdlib.train import _objective
+        from kdlib.methods import objective
 
         z_s, z_t = student(x), teacher(x, with_features=False)
-        _, parts = _objective(cfg, z_s, z_t, y, kd_mask)
+        _, parts = objective(cfg)(z_s, z_t, y, kd_mask)
     assert parts["ce"].item() == pytest.approx(supervised_loss(z_s["out"][:n], labelled[1]).item(), rel=1e-5)
     assert parts["cwd"].item() == pytest.approx(cwd_loss(z_s["out"], z_t["out"], 4.0, kd_mask).item(), rel=1e-5)
 
