@@ -57,7 +57,8 @@ sweep: $(STAMP)
 report: $(STAMP)
 	$(PY) -m kdlib report $(DEMO_ARGS)
 
-# Retrain the embedded benchmark's teacher (kdlib/teachers/), about 28 minutes on 2 CPU cores.
+# Retrain the embedded benchmark's teacher (kdlib/teachers/): about 17 minutes on 2 CPU cores (its card
+# records the training time).
 teacher: $(STAMP)
 	$(PY) -m kdlib teacher --data-root $(DATA_ROOT)
 

@@ -18,7 +18,7 @@ HELP = {
     "method": "KD method (kdlib.methods): none (plain CE), the report's feature, response or both, or pairwise, cwd, dist",
     "dataset": "voc (PASCAL VOC 2012 on disk) or shapes (the embedded benchmark)",
     "data_root": "data folder (VOC: VOC2012 or a folder above it; shapes: the generated folder)",
-    "out": "run folder for config.json, history.csv, metrics.json, best.pt, last.pt",
+    "out": "run folder for config.json, history.csv, metrics.json, best.pt, last.pt (None: runs/<method>)",
     "model": "network to train: student, or a teacher architecture (lraspp_resnet18, fcn_resnet50)",
     "train_split": "split list used for training",
     "val_split": "split list used for validation",
@@ -160,6 +160,7 @@ def cmd_train(args, parser) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
         cfg.validate()
+        cfg = cfg.resolved()  # --out defaults to runs/<method>
         metrics = fit(cfg)
     except KeyboardInterrupt:
         print(

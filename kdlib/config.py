@@ -41,7 +41,7 @@ class Config:
     method: str = "none"  # a registered method (kdlib.methods): none, feature, response, both, pairwise, cwd, dist
     dataset: str = "shapes"  # voc | shapes
     data_root: str = "data/shapes"
-    out: str = "runs/none"
+    out: str | None = None  # the run folder; None: runs/<method>
     model: str = "student"  # the trained network: student, or a teacher architecture
     train_split: str = "train"
     val_split: str = "val"
@@ -136,6 +136,8 @@ class Config:
         for name, value in methods.get(cfg.method).defaults.items():
             if getattr(cfg, name) is None:
                 setattr(cfg, name, value)
+        if cfg.out is None:
+            cfg.out = f"runs/{cfg.method}"
         if cfg.workers is None:
             cfg.workers = default_workers()
         if cfg.image_size is None:

@@ -27,7 +27,7 @@ UNLABELED_SPLITS = {"shapes": "teacher_train"}
 # Settings per profile. `full` is the report's Table 1. `demo` is the report's situation in
 # miniature within the 20 minutes of `make demo` on a 2-core CPU: a data-starved student (the
 # benchmark's 32 training images, each seen 8 times per epoch) trained to convergence by a
-# cosine schedule, six seeds (two side by side: six cost what five do), the README says what chose it. `smoke`
+# cosine schedule, six seeds (two side by side: six cost what five do); docs/regime.md says what chose it. `smoke`
 # exercises every code path in seconds (tests, nbval). `leaves_out`: run names its notebooks do not
 # train (every other registered one they may): the demo leaves out the cached variant of response
 # KD, whose speed, not accuracy, is its point. `train` holds Config overrides; `jobs`
@@ -430,7 +430,7 @@ def train_extra_rows(*, runs_dir, committed_dir, **settings) -> pd.DataFrame:
     """`make methods` (chapter 8): the no-KD baseline every row is paired with (reused after
     `make demo`), every row of :func:`extra_runs`, then the data set's unlabeled images added to
     the KD method with the best mean of the table (this machine's runs and the committed ones,
-    :func:`best_kd_method`): the rule the README states. Returns the table's runs."""
+    :func:`best_kd_method`): the rule docs/regime.md states. Returns the table's runs."""
     train_method("none", runs_dir=runs_dir, **settings)
     for name in extra_runs():
         train_method(name, runs_dir=runs_dir, **settings)

@@ -283,7 +283,8 @@ def dist_loss(
 
         L_inter = 1 - 1/B · Σ_i ρ(Y_s[i,:], Y_t[i,:])     (a pixel's ranking of the classes)
         L_intra = 1 - 1/C · Σ_j ρ(Y_s[:,j], Y_t[:,j])     (a class's scores across the pixels)
-        L_DIST  = T² · (β·L_inter + γ·L_intra)             β = ``inter_weight``, γ = ``intra_weight``
+        L_DIST  = T² · (w_inter·L_inter + w_intra·L_intra)  w_inter = ``inter_weight``, w_intra = ``intra_weight``
+                                                            (the paper's β and γ; not the objective's β)
 
     with ρ the Pearson correlation, which ignores a shift and a scale of the student's
     predictions: only their relations must match, not their values (KL's exact match).

@@ -750,6 +750,8 @@ def test_settings_that_cannot_work_together_are_refused():
     with pytest.raises(ValueError, match="pairwise_grid=0"):
         Config(method="pairwise", pairwise_grid=0).validate()
     assert Config(method="cwd").resolved().beta == 3.0 and Config(method="cwd", beta=0.5).resolved().beta == 0.5
+    # a run without --out goes to runs/<method>, not into another method's folder
+    assert Config(method="both").resolved().out == "runs/both" and Config(out="x").resolved().out == "x"
 
 
 def test_variant_runs_are_their_method_with_its_settings(tmp_path):
