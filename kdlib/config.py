@@ -159,8 +159,12 @@ def default_workers() -> int:
     fewer (measured by ``make bench``: a worker there takes a core from the training step's
     threads, and the batched augmentation leaves workers little to do), else up to 4 while
     leaving 2 cores to the main process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 2))
+    return max(0, min(4, cpu_cores() - 2))
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _shapes_size(root: str) -> int:

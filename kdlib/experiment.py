@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import methods
-from .config import Config
+from .config import Config, cpu_cores
 from .files import atomic_write_text
 from .train import data_fingerprints, fit, teacher_weights_sha256
 
@@ -342,11 +342,9 @@ def train_runs(configs: list[Config], jobs: int, name: str) -> None:
 
 def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // jobs)
+    threads = max(1, cpu_cores() // jobs)
     print(f"[{name}] {len(configs)} runs, {jobs} at a time with {threads} thread(s) each")
     context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
@@ -497,6 +495,45 @@ def collect_with_committed(runs_dir, committed_dir, names=None) -> pd.DataFrame:
 SWEEP_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 SWEEP_BETAS = (0.1, 0.3, 0.5, 0.7)
 SWEEP_SEEDS = (0, 1, 2)
+SWEEP_COLUMNS = ["method", "temperature", "beta", "seed", "miou", "best_epoch", "epochs", "seconds"]
+
+
+def report_cell() -> tuple[float, float]:
+    """The report's own (T, β) cell of the map: Table 1's."""
+    return methods.TABLE1["temperature"], methods.TABLE1["beta"]
+
+
+def sweep_table(
+    swept=None,
+    *,
+    dataset: str,
+    data_root: str,
+    runs_dir,
+    committed_dir,
+    table_path,
+    profile: str = "demo",
+    temperatures=SWEEP_TEMPERATURES,
+    betas=SWEEP_BETAS,
+    seeds=SWEEP_SEEDS,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """`make sweep` (chapter 9): no KD on the sweep's seeds, then every (T, β) cell of each swept
+    method (default: response KD and the best of the methods beyond the report in the table of
+    this machine's and the committed runs, the rule docs/regime.md states), written to
+    ``table_path`` (``sweep.csv``: the no-KD rows first, their T and β empty). Returns it."""
+    kw = dict(dataset=dataset, data_root=data_root, profile=profile, device=device)
+    none = train_method("none", runs_dir=runs_dir, seeds=seeds, **kw)
+    if swept is None:
+        swept = [
+            "response",
+            best_kd_method(collect_with_committed(runs_dir, committed_dir), among=methods.names("new")),
+        ]
+    maps = [sweep(m, runs_dir=runs_dir, temperatures=temperatures, betas=betas, seeds=seeds, **kw) for m in swept]
+    baseline = none[none["seed"].isin(list(seeds))].assign(temperature=math.nan, beta=math.nan)
+    table = pd.concat([baseline, *maps], ignore_index=True)[SWEEP_COLUMNS]
+    Path(table_path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(table.to_csv(index=False), Path(table_path))
+    return table
 
 
 def sweep_dir(runs_dir, temperature: float, beta: float) -> Path:

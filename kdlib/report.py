@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
-from .experiment import collect_with_committed, target_of, unfinished_runs
+from .experiment import collect_with_committed, report_cell, target_of, unfinished_runs
 from .files import atomic_write_text
 from .methods import display_name, run_names
 
@@ -157,7 +157,7 @@ def unlabeled_md(runs: pd.DataFrame) -> list[str]:
 
 def sweep_md(path: Path) -> list[str]:
     """The hyper-parameter map's headline (chapter 9, ``make sweep``): each method's best (T, β)
-    cell and the report's (T = 4, β = 0.3), against the no-KD runs of the sweep's seeds (which
+    cell and the report's (Table 1's T and β), against the no-KD runs of the sweep's seeds (which
     the table holds too)."""
     if not path.is_file():
         return []
@@ -213,16 +213,17 @@ def sweep_cells(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sweep_headline(table: pd.DataFrame, runs: pd.DataFrame, report_cell=(4.0, 0.3)) -> pd.DataFrame:
-    """Per method: its best cell and the report's cell (T = 4, β = 0.3)."""
+def sweep_headline(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method: its best cell and the report's cell (Table 1's T and β)."""
+    t, b = report_cell()
     cells = sweep_cells(table, runs)
     rows = []
     for method, of_method in cells.groupby("method", sort=False):
         best = of_method.loc[of_method["miou_mean"].idxmax()]
         rows.append({"method": method, "cell": f"best: T={best['T']:g}, β={best['beta']:g}", **_cell(best)})
-        mine = of_method[(of_method["T"] == report_cell[0]) & (of_method["beta"] == report_cell[1])]
+        mine = of_method[(of_method["T"] == t) & (of_method["beta"] == b)]
         if not mine.empty:
-            rows.append({"method": method, "cell": "the report's: T=4, β=0.3", **_cell(mine.iloc[0])})
+            rows.append({"method": method, "cell": f"the report's: T={t:g}, β={b:g}", **_cell(mine.iloc[0])})
     return pd.DataFrame(rows)
 
 

@@ -99,3 +99,47 @@ def test_a_voc_split_fingerprint_follows_its_ids_and_files(tmp_path):
     assert split_fingerprint("voc", tmp_path, "train", labelled=False) == unlabeled
     with pytest.raises(FileNotFoundError):
         split_fingerprint("voc", tmp_path, "no_such_split")
+
+
+def test_make_sweep_writes_every_cell_of_its_grid_with_no_kd_on_the_same_seeds(tmp_path):
+    """experiment.sweep_table (chapter 9 calls it): one no-KD row per seed, one row per method,
+    cell and seed, each trained with that cell's T and β (read back from its config.json), and
+    sweep.csv holding exactly the returned table."""
+    import pandas as pd
+
+    data, runs = tmp_path / "shapes", tmp_path / "runs"
+    shapes.generate(data, seed=0, **SIZES)
+    table_path = tmp_path / "report" / "tables" / "sweep.csv"
+    table = experiment.sweep_table(
+        ["cwd"],
+        dataset="shapes",
+        data_root=str(data),
+        runs_dir=runs,
+        committed_dir=tmp_path / "report" / "runs",
+        table_path=table_path,
+        profile="smoke",
+        temperatures=(1.0,),
+        betas=(0.3, 0.7),
+        seeds=(0,),
+    )
+    assert list(table.columns) == experiment.SWEEP_COLUMNS
+    assert table["method"].tolist() == ["none", "cwd", "cwd"] and table["temperature"].isna().tolist()[0]
+    for t, b in ((1.0, 0.3), (1.0, 0.7)):
+        config = json.loads((runs / "sweep" / f"T{t:g}_b{b:g}" / "cwd" / "seed0" / "config.json").read_text())
+        assert (config["temperature"], config["beta"], config["alpha"]) == (t, b, 1.0)  # α stays CWD's own
+    written = pd.read_csv(table_path)
+    pd.testing.assert_frame_equal(written, table.reset_index(drop=True), check_dtype=False)
+    assert experiment.report_cell() == (4.0, 0.3)  # Table 1's T and β
+
+
+def test_the_best_kd_method_is_the_highest_mean_among_methods_not_variants():
+    """The rule that picks the unlabeled-images row and the sweep's second method."""
+    import pandas as pd
+
+    rows = {"none": [0.9, 0.9], "cwd": [0.30, 0.20], "dist": [0.26, 0.26], "cwd_unlabeled": [0.5, 0.5]}
+    rows |= {"response_t2": [0.6, 0.6], "response": [0.1, 0.5]}  # variants never win; response's mean is 0.3
+    runs = pd.DataFrame([{"method": m, "seed": s, "miou": v} for m, vs in rows.items() for s, v in enumerate(vs)])
+    assert experiment.best_kd_method(runs) == "response"  # 0.30 against dist 0.26 and cwd 0.25
+    assert experiment.best_kd_method(runs, among=("pairwise", "cwd", "dist")) == "dist"  # 0.26 > 0.25
+    with pytest.raises(ValueError, match="no finished run of \\['pairwise'\\]"):
+        experiment.best_kd_method(runs, among=("pairwise",))
