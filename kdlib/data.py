@@ -329,10 +329,12 @@ def split_fingerprint(name: str, root, split: str, labelled: bool = True) -> str
     """What the images of ``split`` are, cheap to compute, recorded with every run so that a run
     is not reused on other data of the same size. For ``shapes`` every sample is a pure
     function of (generator version, seed, split, index) at the card's image size: the card's
-    generator fields and a hash of the split's id list. For any other folder (VOC): the number
-    of ids and a hash of the id list with every listed image's and mask's size and
+    generator fields and a hash of the split's ids with each listed file's size (regenerating
+    gives byte-identical files, so new modification times do not count). For any other folder
+    (VOC): the number of ids and a hash of the ids with every listed image's and mask's size and
     modification time (a stat per file, no decoding; a file that is missing counts as such).
-    Raises FileNotFoundError when the split's list does not exist."""
+    Raises FileNotFoundError when the split's list does not exist, DataError when the shapes
+    card cannot be read."""
     import hashlib
     import json
 
@@ -341,9 +343,7 @@ def split_fingerprint(name: str, root, split: str, labelled: bool = True) -> str
     ids = [line.strip() for line in listed.splitlines() if line.strip()]
     id_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
     card = folder / "benchmark.json"
-    if name == "shapes" and card.is_file():
-        c = json.loads(card.read_text())
-        return f"shapes v{c['version']} seed {c['seed']} {c['size']}px, {len(ids)} ids {id_hash}"
+    generated = name == "shapes" and card.is_file()
     files = hashlib.sha256()
     for i in ids:
         for path in (folder / "JPEGImages" / f"{i}.jpg", folder / mask_dir / f"{i}.png" if mask_dir else None):
@@ -351,9 +351,20 @@ def split_fingerprint(name: str, root, split: str, labelled: bool = True) -> str
                 continue
             try:
                 st = path.stat()
-                files.update(f"{i} {path.suffix} {st.st_size} {st.st_mtime_ns}\n".encode())
+                stamp = st.st_size if generated else f"{st.st_size} {st.st_mtime_ns}"
+                files.update(f"{i} {path.suffix} {stamp}\n".encode())
             except FileNotFoundError:
                 files.update(f"{i} {path.suffix} missing\n".encode())
+    if generated:
+        try:
+            c = json.loads(card.read_text())
+            generator = f"shapes v{c['version']} seed {c['seed']} {c['size']}px"
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"{card} is not a benchmark card ({exc!r}); generate the benchmark again: "
+                f"python -m kdlib shapes --out {folder}"
+            ) from exc
+        return f"{generator}, {len(ids)} ids {id_hash} {files.hexdigest()[:8]}"
     return f"{len(ids)} ids {id_hash}, files {files.hexdigest()[:12]}"
 
 

@@ -18,6 +18,7 @@ timeout. Parameters the notebook does not declare are refused (papermill itself 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -328,10 +329,16 @@ def run_report(
             if stale or not is_finished(out, cfg.epochs):
                 missing.append((method, f"{out}: {stale}" if stale else str(out)))
     for name in (n for n in methods.run_names() if n not in required):  # `make methods`' rows: none stale
-        for run in sorted(p.parent for p in Path(params["runs_dir"], name).glob("seed*/config.json")):
-            stale = stale_reason(run, run_config(name, int(run.name.removeprefix("seed")), **kw))
+        for path in sorted(Path(params["runs_dir"], name).glob("seed*/config.json")):
+            recorded = json.loads(path.read_text())
+            # a data set without an unlabeled split of its own (VOC) was given one: the run's own
+            given = {"unlabeled_split": recorded["unlabeled_split"]} if recorded.get("unlabeled_split") else {}
+            try:
+                stale = stale_reason(path.parent, run_config(name, recorded["seed"], **kw, **given))
+            except (KeyError, ValueError) as exc:
+                stale = f"its config.json cannot be checked ({exc})"
             if stale:
-                missing.append((name, f"{run}: {stale}"))
+                missing.append((name, f"{path.parent}: {stale}"))
     if missing or collect_runs(params["runs_dir"]).empty:
         targets = sorted({target_of(name) for name, _ in missing} or {"make demo"})
         print(

@@ -100,7 +100,7 @@ def run_dir(runs_dir, method: str, seed: int) -> Path:
 
 def _finished(metrics: dict, config: dict) -> bool:
     """Whether a run ended: it trained its budget (config.json's ``epochs``) or early stopping
-    ended it. A run writes metrics.json after each improved epoch, so that file alone says
+    ended it. A run writes metrics.json from its first epoch on, so that the file exists says
     nothing about whether it is done."""
     return metrics.get("early_stopped", False) or metrics.get("epochs_run", 0) >= config.get("epochs", math.inf)
 
@@ -171,7 +171,7 @@ def stale_reason(out: Path, cfg: Config) -> str | None:
     if changed:
         return "it was trained with other settings (" + ", ".join(changed) + ")"
     if "data_fingerprints" in recorded:
-        now = _data_fingerprints(resolved)
+        now = data_fingerprints(resolved, missing_ok=True)  # what is missing, training reports
         other = [
             f"{split} split ({was} -> {now[split]})"
             for split, was in recorded["data_fingerprints"].items()
@@ -191,15 +191,6 @@ def stale_reason(out: Path, cfg: Config) -> str | None:
     now = f"{Path(resolved.teacher_weights).name} (sha256 {current[:12]})"
     unrecorded = recorded.get("teacher_sha256") is None
     return f"it was trained with {'unrecorded' if unrecorded else 'other'} teacher weights, not {now}"
-
-
-def _data_fingerprints(cfg: Config) -> dict:
-    """The fingerprints of the splits ``cfg`` reads now; those that cannot be read are left out
-    (training them reports the missing data itself)."""
-    try:
-        return data_fingerprints(cfg)
-    except OSError:
-        return {}
 
 
 _said: set[str] = set()
@@ -473,10 +464,11 @@ def same_regime(a: dict, b: dict) -> bool:
 def collect_with_committed(runs_dir, committed_dir, names=None) -> pd.DataFrame:
     """:func:`collect_runs` of ``runs_dir``, completed by the committed results (``report/runs/``,
     the same layout) trained in the same regime (:func:`same_regime`) as this machine's runs:
-    the rows of `make methods` then appear in every report of the demo. A run name takes this
-    machine's finished runs when they are at least as many seeds as its committed ones, else the
-    committed runs (so a `make methods` stopped half way does not put a one-seed row in place of
-    a six-seed one). ``source`` says where each row comes from."""
+    the rows of `make methods` then appear in every report of the demo. A row of `make methods`
+    takes this machine's finished runs when they are at least as many seeds as its committed
+    ones, else the committed runs (so a `make methods` stopped half way does not put a one-seed
+    row in place of a six-seed one); a row of `make demo` takes this machine's runs whenever it
+    has any. ``source`` says where each row comes from."""
     names = methods.run_names() if names is None else names
     here = collect_runs(runs_dir, names).assign(source="this machine")
     committed = collect_runs(committed_dir, names).assign(source="committed")
@@ -484,7 +476,11 @@ def collect_with_committed(runs_dir, committed_dir, names=None) -> pd.DataFrame:
         ours = regime(here["run"].iloc[0])
         committed = committed[[same_regime(regime(r), ours) for r in committed["run"]]]
     seeds_here, seeds_committed = here["method"].value_counts(), committed["method"].value_counts()
-    use_committed = [n for n in names if seeds_committed.get(n, 0) > seeds_here.get(n, 0)]
+    use_committed = [
+        n
+        for n in names
+        if seeds_here.get(n, 0) == 0 or (methods.is_extra(n) and seeds_committed.get(n, 0) > seeds_here.get(n, 0))
+    ]
     return pd.concat(
         [here[~here["method"].isin(use_committed)], committed[committed["method"].isin(use_committed)]],
         ignore_index=True,

@@ -247,19 +247,24 @@ def _images(config: dict, key: str) -> str:
 
 
 def unfinished_md(runs_dir) -> list[str]:
-    """The runs this machine started and has not finished: left out of every table, figure
-    and verdict, and named here with the target that resumes them."""
-    table = unfinished_runs(runs_dir)
-    if table.empty:
+    """The runs this machine started and has not finished (the sweep's too): left out of every
+    table, figure and verdict, and named here with the target that finishes them."""
+    runs_dir = Path(runs_dir)
+    found = [(f"`{target_of(r['method'])}`", "", r) for _, r in unfinished_runs(runs_dir).iterrows()]
+    for cell in sorted(runs_dir.glob("sweep/*")):
+        found += [("`make sweep`", f" {cell.name}", r) for _, r in unfinished_runs(cell).iterrows()]
+    if not found:
         return []
     runs = [
-        f"{display_name(r['method'])} seed {r['seed']} (epoch {r['epochs_run']} of {r['epochs']})"
-        for _, r in table.iterrows()
+        f"{display_name(r['method'])}{where} seed {r['seed']} (epoch {r['epochs_run']}"
+        + (f" of {r['epochs']})" if pd.notna(r["epochs"]) else ")")
+        for _, where, r in found
     ]
-    targets = sorted({f"`{target_of(m)}`" for m in table["method"]})
+    targets = sorted({target for target, _, _ in found})
     return [
         f"**Unfinished runs**, left out of every table, figure and verdict of this report: {'; '.join(runs)}. "
-        f"{' and '.join(targets)} resume{'s' if len(targets) == 1 else ''} them where they stopped.",
+        f"{' and '.join(targets)} finish{'es' if len(targets) == 1 else ''} them (resuming each where it "
+        "stopped, unless its settings or data changed since).",
         "",
     ]
 

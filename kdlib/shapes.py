@@ -291,6 +291,8 @@ def generate(
     if card_path.is_file() and json.loads(card_path.read_text()) == card:
         return out
     palette = voc_palette()
+    # the card is written last: a generation cut off half way leaves no card that vouches for it
+    card_path.unlink(missing_ok=True)
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", "metadata"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for split, count in counts.items():

@@ -486,15 +486,22 @@ def teacher_weights_sha256(cfg: Config) -> str | None:
     return file_sha256(cfg.teacher_weights)
 
 
-def data_fingerprints(cfg: Config) -> dict[str, str]:
+def data_fingerprints(cfg: Config, missing_ok: bool = False) -> dict[str, str]:
     """The fingerprint (:func:`kdlib.data.split_fingerprint`) of every split a run reads: train,
     val and the unlabeled split when it has one. Saved in ``config.json`` so that a finished run
     is not reused on other data with the same split sizes (another benchmark draw, an edited
-    split list)."""
+    split list). ``missing_ok``: a split whose list or folder is missing is left out."""
     splits = {cfg.train_split: True, cfg.val_split: True}
     if cfg.unlabeled_split:
         splits[cfg.unlabeled_split] = False
-    return {split: split_fingerprint(cfg.dataset, cfg.data_root, split, labelled) for split, labelled in splits.items()}
+    prints = {}
+    for split, labelled in splits.items():
+        try:
+            prints[split] = split_fingerprint(cfg.dataset, cfg.data_root, split, labelled)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+    return prints
 
 
 def environment() -> dict:
@@ -627,9 +634,10 @@ def fit(cfg: Config | dict | None = None, **overrides) -> dict:
             improved = state.record(row)
             writer.epoch(state, val, improved)
             _log(cfg, rt, _epoch_line(cfg, row, improved))
+        metrics = writer.finish(state)
         if rt.world > 1:
             dist.barrier()
-        return writer.metrics if writer.metrics is not None else json.loads((out / "metrics.json").read_text())
+        return metrics
 
 
 def _settings(cfg, overrides) -> Config:
@@ -787,14 +795,17 @@ class RunWriter:
         if rt.main:
             atomic_write_text(json.dumps(parts.run_config, indent=2) + "\n", out / "config.json")
 
-    def epoch(self, state: RunState, val: dict, improved: bool) -> None:
-        if improved or self._best is None:
-            self._best = _metrics(self.cfg, state, val, self.parts.student, self.parts.run_config["skipped_samples"])
-        self.metrics = self._best | {
+    def _progress(self, state: RunState) -> dict:
+        return self._best | {
             "epochs_run": state.epoch,
             "total_seconds": round(state.seconds, 3),
             "early_stopped": state.early_stopped(self.cfg),
         }
+
+    def epoch(self, state: RunState, val: dict, improved: bool) -> None:
+        if improved or self._best is None:
+            self._best = _metrics(self.cfg, state, val, self.parts.student, self.parts.run_config["skipped_samples"])
+        self.metrics = self._progress(state)
         if not self.rt.main:
             return
         parts = self.parts
@@ -808,11 +819,31 @@ class RunWriter:
             "config": parts.run_config,
             "epoch": state.epoch,
         }
+        # metrics.json last: a failed write of a checkpoint (a full disk) leaves the run as it
+        # was after the epoch before, which a resume continues
         if improved:
             atomic_save(ckpt | {"val": _summary(val)}, self.out / "best.pt")
         atomic_save(ckpt, self.out / "last.pt")
         write_history(state.history, self.out / "history.csv")
         atomic_write_text(json.dumps(self.metrics, indent=2) + "\n", self.out / "metrics.json")
+
+    def finish(self, state: RunState) -> dict:
+        """The run's metrics. A run resumed with nothing left to train whose metrics.json lags its
+        last.pt (killed between the two writes of its last epoch) has its progress brought up to
+        date, so that it counts as finished; when that last epoch was also its best, metrics.json
+        cannot be rebuilt (best.pt keeps no confusion matrix) and the run stays unfinished: the
+        report lists it, and --overwrite trains it again."""
+        same_best = self._best is not None and self._best.get("best_epoch") == state.best_epoch
+        if self.metrics is None and same_best and self._on_disk().get("epochs_run", 0) < state.epoch:
+            self.metrics = self._progress(state)
+            if self.rt.main:
+                write_history(state.history, self.out / "history.csv")
+                atomic_write_text(json.dumps(self.metrics, indent=2) + "\n", self.out / "metrics.json")
+        return self.metrics if self.metrics is not None else self._on_disk()
+
+    def _on_disk(self) -> dict:
+        path = self.out / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _summary(val: dict) -> dict:

@@ -143,3 +143,50 @@ def test_the_best_kd_method_is_the_highest_mean_among_methods_not_variants():
     assert experiment.best_kd_method(runs, among=("pairwise", "cwd", "dist")) == "dist"  # 0.26 > 0.25
     with pytest.raises(ValueError, match="no finished run of \\['pairwise'\\]"):
         experiment.best_kd_method(runs, among=("pairwise",))
+
+
+def test_a_broken_card_or_a_cut_off_generation_is_never_taken_for_a_draw(tmp_path, monkeypatch):
+    from kdlib.data import DataError
+
+    data = shapes.generate(tmp_path / "shapes", seed=0, **SIZES)
+    card = data / "benchmark.json"
+    card.write_text(json.dumps({"name": "shapes"}))  # no version, seed or size
+    with pytest.raises(DataError, match="benchmark.json is not a benchmark card.*python -m kdlib shapes --out"):
+        split_fingerprint("shapes", data, "train")
+    card.write_text("{not json")
+    with pytest.raises(DataError, match="benchmark.json is not a benchmark card"):
+        split_fingerprint("shapes", data, "train")
+
+    # another draw cut off half way leaves no card vouching for the old one's images
+    card.unlink()
+    shapes.generate(data, seed=0, **SIZES)
+    assert card.is_file()
+    real = shapes.render_sample
+
+    def cut_off(seed, split, index, size=64):
+        if split == "train" and index == 3:
+            raise KeyboardInterrupt
+        return real(seed, split, index, size)
+
+    monkeypatch.setattr(shapes, "render_sample", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        shapes.generate(data, seed=1, **SIZES)
+    assert not card.exists()
+
+
+def test_make_report_checks_a_voc_unlabeled_row_with_the_split_it_was_given(tmp_path, capsys):
+    """VOC has no unlabeled split of its own: a `<method>_unlabeled` run was given one, and make
+    report checks the run against that split instead of stopping at the missing default."""
+    from test_data import write_voc
+
+    from kdlib.demo import run_report
+
+    write_voc(tmp_path / "voc")
+    run = tmp_path / "runs" / "cwd_unlabeled" / "seed0"
+    run.mkdir(parents=True)
+    config = {"method": "cwd", "seed": 0, "dataset": "voc", "unlabeled_split": "sbd_extra", "lr": 0.5}
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_report("voc", str(tmp_path / "voc"), profile="smoke", runs_dir=tmp_path / "runs") == 1
+    err = capsys.readouterr().err
+    assert "cwd_unlabeled/seed0: it was trained with other settings (lr 0.5 -> 0.001)" in err
+    assert "no unlabeled split" not in err

@@ -20,8 +20,8 @@ MIOU = {  # method -> per-seed best val mIoU
 
 # Every column differs per method, so that a column read from the wrong field, or typed in,
 # shows: each method's own loss weights and temperature (CWD's paper's for cwd), its own number
-# of epochs run (early stopping ends all but `feature` before the budget), its best epoch half
-# way, and its own training time per seed.
+# of epochs run, one fewer on odd seeds (early stopping ends all but `feature`'s even seeds
+# before the budget), its best epoch half way, and its own training time per seed.
 WEIGHTS = {  # method -> (alpha, beta, temperature) recorded in config.json
     "none": (0.7, 0.3, 4.0),
     "response": (0.7, 0.3, 4.0),
@@ -35,9 +35,9 @@ SECONDS = {"none": 50.0, "response": 70.0, "feature": 90.0, "both": 110.0, "cwd"
 
 def write_runs(root, epochs=10, miou=MIOU, **settings):
     for method, values in miou.items():
-        run_epochs = min(EPOCHS_RUN[method], epochs)
         alpha, beta, temperature = WEIGHTS[method]
         for seed, miou in enumerate(values):
+            run_epochs = min(EPOCHS_RUN[method] - seed % 2, epochs)
             run = root / method / f"seed{seed}"
             run.mkdir(parents=True)
             history = pd.DataFrame(
@@ -87,9 +87,10 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
         alpha, beta, temperature = WEIGHTS[method]
         weights = "—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}"
         seconds = statistics.mean(SECONDS[method] + 2 * s for s in range(len(values)))
+        epochs = statistics.mean(EPOCHS_RUN[method] - s % 2 for s in range(len(values)))
         row = (
             f"| {display_name(method)} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
-            f"{statistics.stdev(values):.4f} | {len(values)} | {EPOCHS_RUN[method]:.1f} | {seconds:.0f}s |"
+            f"{statistics.stdev(values):.4f} | {len(values)} | {epochs:.1f} | {seconds:.0f}s |"
         )
         assert row in text, row
     assert "- **Response** beats no KD: +0.1050 mIoU over 4 paired seeds" in text
@@ -107,16 +108,18 @@ def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
     field (best epoch for epochs, the first run's weights for every row) or typed in fails."""
     from kdlib.experiment import collect_runs
 
-    write_runs(tmp_path / "runs", miou=MIOU | {"cwd": [0.25, 0.27, 0.23, 0.26]})
+    runs = MIOU | {"cwd": [0.25, 0.27, 0.23]}  # three seeds where the others have four
+    write_runs(tmp_path / "runs", miou=runs)
     table = report.results_table(collect_runs(tmp_path / "runs"), {"model": "t", "miou": 0.8}).set_index("KD type")
-    for method, values in (MIOU | {"cwd": [0.25, 0.27, 0.23, 0.26]}).items():
+    for method, values in runs.items():
         row = table.loc[display_name(method)]
         alpha, beta, temperature = WEIGHTS[method]
         assert row["α / β / T"] == ("—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}")
         assert row["mIoU (mean ± std)"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        seeds = range(len(values))
         assert row["seeds"] == len(values)
-        assert row["# training epochs"] == f"{EPOCHS_RUN[method]:.1f}"
-        assert row["total training time"] == f"{statistics.mean(SECONDS[method] + 2 * s for s in range(4)):.0f}s"
+        assert row["# training epochs"] == f"{statistics.mean(EPOCHS_RUN[method] - s % 2 for s in seeds):.1f}"
+        assert row["total training time"] == f"{statistics.mean(SECONDS[method] + 2 * s for s in seeds):.0f}s"
     assert table.loc["Channel-wise (CWD)", "from"] == "`make methods`"
     assert table.loc["Teacher (t, upper bound)", "mIoU (mean ± std)"] == "0.8000"
 
@@ -249,9 +252,23 @@ def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(
     assert "| Channel-wise (CWD) | `make methods`, committed | 1 / 3 / 4 | 0.2525 ± " in text
     assert (
         "**Unfinished runs**, left out of every table, figure and verdict of this report: "
-        "Channel-wise (CWD) seed 1 (epoch 3 of 10). `make methods` resumes them where they stopped."
+        "Channel-wise (CWD) seed 1 (epoch 3 of 10). `make methods` finishes them (resuming each where it "
+        "stopped, unless its settings or data changed since)."
     ) in text
     assert "0.4000" not in text  # the finished local seed of a row taken from the committed runs
+
+    # an unfinished run of the sweep is named too, with its cell and the target that finishes it
+    write_runs(tmp_path / "runs" / "sweep" / "T4_b0.7", miou={"cwd": [0.3]})
+    cell = tmp_path / "runs" / "sweep" / "T4_b0.7" / "cwd" / "seed0" / "metrics.json"
+    cell.write_text(json.dumps(json.loads(cell.read_text()) | {"epochs_run": 2, "early_stopped": False}))
+    lines = "\n".join(report.unfinished_md(tmp_path / "runs"))
+    assert "Channel-wise (CWD) T4_b0.7 seed 0 (epoch 2 of 10)" in lines and "`make methods` and `make sweep`" in lines
+
+    # a row of make demo is this machine's whenever it has one, even with fewer seeds than committed
+    write_runs(tmp_path / "few", miou={"none": [0.2, 0.22]})
+    write_runs(tmp_path / "committed", miou={"none": [0.3, 0.3, 0.3, 0.3]})
+    merged = collect_with_committed(tmp_path / "few", tmp_path / "committed")
+    assert set(merged["source"]) == {"this machine"} and len(merged) == 2
 
     # once this machine has as many finished seeds as the committed row, its own runs are the row
     write_runs(tmp_path / "more", miou=MIOU | {"cwd": [0.3, 0.31, 0.29, 0.3]})

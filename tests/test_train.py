@@ -107,8 +107,9 @@ DEMO_LIKE = dict(method="both", epochs=4, lr=1e-2, lr_schedule="cosine", train_r
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path, monkeypatch):
-    """A run of the demo's schedule that dies in its third epoch and is resumed ends where the
-    uninterrupted run ends: same history (learning rates included), same weights."""
+    """A run of the demo's schedule that dies in the middle of its third epoch (after one of its
+    steps has moved the weights) and is resumed ends where the uninterrupted run ends: same
+    history (learning rates included), same weights."""
     import kdlib.train as train
     from kdlib.experiment import collect_runs, unfinished_runs
 
@@ -121,24 +122,41 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
     )  # 6 digits written
 
     part = tmp_path / "runs" / "both" / "seed0"
-    epoch_loop = train.train_one_epoch
+    step, calls = train.train_step, []
+    per_epoch = 2 * 8 // 4  # two passes over 8 images, batches of 4
 
-    def dies_in_epoch_3(cfg, parts, rt, epoch, progress):
-        if epoch == 3:
-            raise KeyboardInterrupt  # as Ctrl-C would, mid-run
-        return epoch_loop(cfg, parts, rt, epoch, progress)
+    def dies_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * per_epoch + 2:
+            raise KeyboardInterrupt  # as Ctrl-C would: epoch 3's first step is done, its second not
+        return step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", dies_in_epoch_3)
+    monkeypatch.setattr(train, "train_step", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE))
     assert len(_history(part)) == 2
     # stopped half way, it is no result: no table or verdict reads it, and it is listed as unfinished
     assert collect_runs(tmp_path / "runs").empty
     assert unfinished_runs(tmp_path / "runs")[["method", "epochs_run", "epochs"]].values.tolist() == [["both", 2, 4]]
-    monkeypatch.setattr(train, "train_one_epoch", epoch_loop)
+    monkeypatch.setattr(train, "train_step", step)
     fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE, resume=True))
     _same_run(full, part)
     assert len(collect_runs(tmp_path / "runs")) == 1 and unfinished_runs(tmp_path / "runs").empty
+
+
+def test_a_finished_run_whose_metrics_lag_its_checkpoint_is_brought_up_to_date(tiny_shapes, tiny_teacher, tmp_path):
+    """Killed between its last epoch's last.pt and metrics.json, a run would stay unfinished for
+    ever: resuming it, with nothing left to train, brings metrics.json up to date."""
+    from kdlib.experiment import collect_runs
+
+    out = tmp_path / "runs" / "none" / "seed0"
+    fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=2))
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(metrics | {"epochs_run": 1, "total_seconds": 0.0}))
+    assert collect_runs(tmp_path / "runs").empty
+    again = fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=2, resume=True))
+    assert again["epochs_run"] == 2 and json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+    assert again["best_miou"] == metrics["best_miou"] and len(collect_runs(tmp_path / "runs")) == 1
 
 
 def test_same_seed_same_run_and_workers_do_not_change_it(tiny_shapes, tiny_teacher, tmp_path):
@@ -360,24 +378,36 @@ def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypa
     assert not tiny.enabled and tiny.batches == []
 
 
+def _train_command(root, teacher, out):
+    """A run of the demo's schedule, shortened: cosine, several passes per epoch."""
+    return [sys.executable, "-m", "kdlib", "train", "--data-root", str(root), "--out", str(out)] + [
+        *("--method", "response", "--epochs", "4", "--batch-size", "2", "--workers", "0"),
+        *("--lr", "0.01", "--lr-schedule", "cosine", "--train-repeats", "2"),
+        *("--teacher-weights", str(teacher)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_shapes, tiny_teacher, tmp_path_factory):
+    """The run the killed ones must end as, trained once by the same command."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(_train_command(tiny_shapes, tiny_teacher, out), check=True, capture_output=True, timeout=300)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
-def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path, sig):
-    """A real subprocess of the demo's schedule (cosine, several passes per epoch) killed after a
-    checkpoint: SIGTERM exits cleanly (130) with advice, SIGKILL leaves last.pt intact (atomic
-    writes); --resume then ends bit-identical to the same command left uninterrupted."""
+def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, uninterrupted, tmp_path, sig):
+    """A real subprocess of the demo's schedule killed after a checkpoint: SIGTERM exits cleanly
+    (130) with advice, SIGKILL leaves last.pt intact (atomic writes); --resume then ends
+    bit-identical to the same command left uninterrupted."""
     import signal
     import time
 
     def command(out):
-        return [sys.executable, "-m", "kdlib", "train", "--data-root", str(tiny_shapes), "--out", str(out)] + [
-            *("--method", "response", "--epochs", "4", "--batch-size", "2", "--workers", "0"),
-            *("--lr", "0.01", "--lr-schedule", "cosine", "--train-repeats", "2"),
-            *("--teacher-weights", str(tiny_teacher)),
-        ]
+        return _train_command(tiny_shapes, tiny_teacher, out)
 
-    out, reference = tmp_path / "run", tmp_path / "reference"
-    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "run"
     proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "history.csv").is_file() and time.time() < deadline and proc.poll() is None:
@@ -394,7 +424,7 @@ def test_killed_run_resumes_to_the_same_end(tiny_shapes, tiny_teacher, tmp_path,
     subprocess.run(command(out) + ["--resume"], check=True, capture_output=True, timeout=300)
     assert [int(r["epoch"]) for r in _history(out)] == [1, 2, 3, 4]
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
-    _same_run(reference, out)
+    _same_run(uninterrupted, out)
 
 
 def test_finished_run_of_another_teacher_is_trained_again(tiny_shapes, tiny_teacher, tmp_path, capsys):
