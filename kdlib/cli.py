@@ -159,8 +159,7 @@ def cmd_train(args, parser) -> int:
     cfg = config_from_args(args)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
-        cfg.validate()
-        cfg = cfg.resolved()  # --out defaults to runs/<method>
+        cfg = cfg.resolved()  # --out defaults to runs/<method>; fit checks every setting
         metrics = fit(cfg)
     except KeyboardInterrupt:
         print(

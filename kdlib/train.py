@@ -1,7 +1,7 @@
 """The report's training recipe (Table 1, Section 2) as one resumable, reproducible trainer.
 
 Read top to bottom: the runtime and samplers, ``build_datasets`` and the loaders, ``build_teacher``,
-``train_one_epoch``, ``evaluate``, ``fit``; the settings are :class:`kdlib.config.Config`, the
+``train_one_epoch``, ``validate``, ``fit``; the settings are :class:`kdlib.config.Config`, the
 checkpoint and RNG-state I/O :mod:`kdlib.checkpoints`. ``python -m kdlib train`` is
 ``fit`` behind an argument parser (see ``kdlib/cli.py``).
 
@@ -430,8 +430,8 @@ class ValTeacherCache:
         self.batches.append(raw)
 
 
-def evaluate(
-    cfg, student, teacher, loader, rt, *, epoch=0, teacher_cache: ValTeacherCache | None = None, objective=None
+def validate(
+    cfg, student, teacher, loader, rt, *, epoch=0, val_cache: ValTeacherCache | None = None, objective=None
 ) -> dict:
     """Whole-split metrics (confusion matrix over every pixel, :func:`kdlib.evaluate.score`)
     and every loss component of the method's objective."""
@@ -443,11 +443,11 @@ def evaluate(
     def losses_of(step, x, y, cached, student_out):
         teacher_out = {"out": cached, "features": [], "raw_features": []} if cached is not None else None
         if teacher is not None and cached is None:
-            raw = teacher_cache.get(step) if teacher_cache is not None else None
+            raw = val_cache.get(step) if val_cache is not None else None
             if raw is None:
                 raw = teacher.teacher_forward(x, _reads_features(cfg))
-                if teacher_cache is not None:
-                    teacher_cache.put(step, raw)
+                if val_cache is not None:
+                    val_cache.put(step, raw)
             teacher_out = teacher_outputs(cfg, teacher, raw)
         totals.add(objective(student_out, teacher_out, y)[1], x.shape[0], step)
 
@@ -760,14 +760,14 @@ def run_epoch(cfg: Config, rt: Runtime, parts: RunParts, epoch: int, progress) -
     parts.sampler.set_epoch(epoch)
     t0 = time.perf_counter()
     train = train_one_epoch(cfg, parts, rt, epoch, progress)
-    val = evaluate(
+    val = validate(
         cfg,
         parts.student,
         parts.teacher,
         parts.val_loader,
         rt,
         epoch=epoch,
-        teacher_cache=parts.val_cache,
+        val_cache=parts.val_cache,
         objective=parts.objective,
     )
     if parts.train_eval_loader is not None:

@@ -271,12 +271,12 @@ EVAL_SCRIPT = r"""
 import json, os, sys, torch
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
-from kdlib.train import build_datasets, eval_loader, setup_runtime, evaluate
+from kdlib.train import build_datasets, eval_loader, setup_runtime, validate
 cfg = Config(dataset="shapes", data_root=sys.argv[1], workers=0, batch_size=4, channels_last=False).resolved()
 rt = setup_runtime("cpu")
 val_loader = eval_loader(cfg, rt, build_datasets(cfg)[1])
 model = load_model(sys.argv[2])
-result = evaluate(cfg, model, None, val_loader, rt)
+result = validate(cfg, model, None, val_loader, rt)
 if rt.rank == 0:
     with open(sys.argv[3], "w") as f:
         json.dump({"miou": result["val_miou"], "world": rt.world, "ce": result["val_ce"]}, f)
@@ -356,25 +356,25 @@ def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path,
 
 def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypatch):
     from kdlib.models import CustomSegmentationModel
-    from kdlib.train import ValTeacherCache, build_datasets, build_teacher, eval_loader, evaluate, setup_runtime
+    from kdlib.train import ValTeacherCache, build_datasets, build_teacher, eval_loader, setup_runtime, validate
 
     cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method="both").resolved()
     rt = setup_runtime("cpu")
     val_loader = eval_loader(cfg, rt, build_datasets(cfg)[1])
     torch.manual_seed(0)
     student, teacher = CustomSegmentationModel(21), build_teacher(cfg, rt.device)
-    plain = evaluate(cfg, student, teacher, val_loader, rt)
+    plain = validate(cfg, student, teacher, val_loader, rt)
     cache = ValTeacherCache(len(val_loader))
-    first = evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=cache)
+    first = validate(cfg, student, teacher, val_loader, rt, val_cache=cache)
     calls = []
     original = teacher.teacher_forward
     monkeypatch.setattr(teacher, "teacher_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
-    second = evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=cache)
+    second = validate(cfg, student, teacher, val_loader, rt, val_cache=cache)
     assert not calls and len(cache.batches) == len(val_loader)
     for key in ("val_total", "val_response", "val_feature", "val_miou"):
         assert plain[key] == first[key] == second[key]
     tiny = ValTeacherCache(len(val_loader), limit_bytes=1000)
-    evaluate(cfg, student, teacher, val_loader, rt, teacher_cache=tiny)
+    validate(cfg, student, teacher, val_loader, rt, val_cache=tiny)
     assert not tiny.enabled and tiny.batches == []
 
 
