@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -325,10 +326,34 @@ def train_runs(configs: list[Config], jobs: int, name: str) -> None:
     """Train ``configs``, ``jobs`` side by side on a CPU (one after the other on a GPU)."""
     jobs = min(jobs, len(configs))
     if jobs <= 1 or any(cfg.device != "cpu" for cfg in configs):
+        progress = RunProgress(len(configs), 1)
         for cfg in configs:
-            print(run_line(name, cfg.seed, fit(cfg), cfg.out))
+            print(run_line(name, cfg.seed, fit(cfg), cfg.out) + progress.finished(), flush=True)
     else:
         _fit_side_by_side(configs, jobs, name)
+
+
+class RunProgress:
+    """Where a batch of runs stands, said after each finished one: how many are done, how many
+    are running, and the time left at the pace so far (the batch's elapsed time per finished
+    run; with runs side by side that pace already counts them)."""
+
+    def __init__(self, total: int, jobs: int):
+        self.total, self.jobs, self.done, self.start = total, jobs, 0, time.perf_counter()
+
+    def finished(self) -> str:
+        self.done += 1
+        elapsed, left = time.perf_counter() - self.start, self.total - self.done
+        if left == 0:
+            return f" | {self.done} of {self.total} done in {_minutes(elapsed)}"
+        running = min(self.jobs, left)
+        return (
+            f" | {self.done} of {self.total} done, {running} running, about {_minutes(elapsed / self.done * left)} left"
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
@@ -338,11 +363,12 @@ def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
     threads = max(1, cpu_cores() // jobs)
     print(f"[{name}] {len(configs)} runs, {jobs} at a time with {threads} thread(s) each")
     context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
+    progress = RunProgress(len(configs), jobs)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(fit, dataclasses.replace(cfg, progress="none")): cfg for cfg in configs}
         for future in as_completed(futures):
             cfg = futures[future]
-            print(run_line(name, cfg.seed, future.result(), cfg.out), flush=True)
+            print(run_line(name, cfg.seed, future.result(), cfg.out) + progress.finished(), flush=True)
 
 
 def run_line(name: str, seed: int, metrics: dict, out, prefix: str = "") -> str:

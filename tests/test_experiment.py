@@ -190,3 +190,13 @@ def test_make_report_checks_a_voc_unlabeled_row_with_the_split_it_was_given(tmp_
     err = capsys.readouterr().err
     assert "cwd_unlabeled/seed0: it was trained with other settings (lr 0.5 -> 0.001)" in err
     assert "no unlabeled split" not in err
+
+
+def test_progress_counts_the_runs_and_estimates_the_time_left_at_the_pace_so_far(monkeypatch):
+    clock = iter([0.0, 120.0, 240.0, 250.0])  # start; three runs finished at 2 min, 4 min, 4 min 10 s
+    monkeypatch.setattr(experiment.time, "perf_counter", lambda: next(clock))
+    progress = experiment.RunProgress(4, 2)
+    # 120 s per finished run so far, 3 left: 360 s; then 2 left at 120 s each; then 1 left at 83 s each
+    assert progress.finished() == " | 1 of 4 done, 2 running, about 6 min left"
+    assert progress.finished() == " | 2 of 4 done, 2 running, about 4 min left"
+    assert progress.finished() == " | 3 of 4 done, 1 running, about 83 s left"

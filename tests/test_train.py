@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -499,6 +500,9 @@ def test_profile_jobs_train_seeds_side_by_side(tiny_shapes, tmp_path, monkeypatc
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     assert f"2 runs, 2 at a time with {threads} thread(s) each" in out
     assert "seed 0: best val mIoU" in out and "seed 1: best val mIoU" in out
+    # each finished run says where the batch stands: the first that 1 more is running, the last the total time
+    assert re.search(r"\| 1 of 2 done, 1 running, about \d+ s left\n", out), out
+    assert re.search(r"\| 2 of 2 done in \d+ s\n", out), out
     for seed in (0, 1):
         config = json.loads((tmp_path / "none" / f"seed{seed}" / "config.json").read_text())
         assert config["seed"] == seed and config["environment"]["cpu_threads"] == threads
