@@ -303,11 +303,13 @@ def train_method(
     return collect_runs(runs_dir, [method])
 
 
-def pending_runs(name: str, *, runs_dir, profile: str, seeds=None, **settings) -> list[Config]:
+def pending_runs(name: str, *, runs_dir, profile: str, seeds=None, reused=None, **settings) -> list[Config]:
     """The runs of ``name`` (one per seed) that still have to train, each set to resume an
-    interrupted run or to start over a stale one; finished runs are reported and left out."""
+    interrupted run or to start over a stale one. Finished runs are left out and said in one
+    line, or, given a list ``reused``, added to it as (seed, metrics, folder) for the caller to
+    say (the sweep says all its cells' in one line)."""
     seeds = profile_settings(profile)["seeds"] if seeds is None else list(seeds)
-    todo = []
+    todo, finished = [], [] if reused is None else reused
     for seed in seeds:
         cfg = run_config(name, seed, runs_dir=runs_dir, profile=profile, **settings)
         out = Path(cfg.out)
@@ -315,11 +317,26 @@ def pending_runs(name: str, *, runs_dir, profile: str, seeds=None, **settings) -
         if stale:
             print(f"[{name}] seed {seed}: {out} is stale, {stale}; training it again")
         elif is_finished(out, cfg.epochs):
-            print(run_line(name, seed, json.loads((out / "metrics.json").read_text()), out, "finished run reused: "))
+            finished.append((seed, json.loads((out / "metrics.json").read_text()), out))
             continue
         resume = not stale and (out / "last.pt").is_file()
         todo.append(dataclasses.replace(cfg, resume=resume, overwrite=not resume))
+    if reused is None and finished:
+        print(reused_line(name, finished, Path(runs_dir) / name))
     return todo
+
+
+def reused_line(name: str, finished: list, where) -> str:
+    """One line for the finished runs a call reuses (a run alone: its own line)."""
+    if len(finished) == 1:
+        seed, metrics, out = finished[0]
+        return run_line(name, seed, metrics, out, "finished run reused: ")
+    mious = [m["best_miou"] for _, m, _ in finished]
+    seeds = ", ".join(str(s) for s in sorted({s for s, _, _ in finished}))
+    return (
+        f"[{name}] {len(finished)} finished runs reused (seeds {seeds}): best val mIoU "
+        f"{min(mious):.4f} to {max(mious):.4f} -> {where}"
+    )
 
 
 def train_runs(configs: list[Config], jobs: int, name: str) -> None:
@@ -579,7 +596,7 @@ def sweep(
     runs side by side as the profile allows. One row per run: method, temperature, beta, seed,
     best val mIoU, best epoch, epochs, seconds."""
     settings = profile_settings(profile)
-    todo = []
+    todo, reused = [], []
     for t in temperatures:
         for b in betas:
             todo += pending_runs(
@@ -590,9 +607,12 @@ def sweep(
                 profile=profile,
                 seeds=seeds,
                 device=device,
+                reused=reused,
                 temperature=float(t),
                 beta=float(b),
             )
+    if reused:  # one line for all the cells, not one per run
+        print(reused_line(f"{method} sweep", reused, Path(runs_dir) / "sweep"))
     train_runs(todo, settings.get("jobs", 1), f"{method} sweep")
     return sweep_results(method, runs_dir, temperatures, betas, seeds)
 

@@ -64,7 +64,8 @@ def test_runs_recorded_before_fingerprints_are_reused_and_it_is_said_once(tmp_pa
     experiment.train_method("none", seeds=[0, 1], **kw)
     experiment.train_method("none", seeds=[0, 1], **kw)
     out = capsys.readouterr().out
-    assert out.count("finished run reused") == 4
+    assert out.count("[none] 2 finished runs reused (seeds 0, 1): best val mIoU") == 2  # one line per call
+    assert "training it again" not in out
     assert out.count("are checked against the data by split size only") == 1
 
 
@@ -200,3 +201,15 @@ def test_progress_counts_the_runs_and_estimates_the_time_left_at_the_pace_so_far
     assert progress.finished() == " | 1 of 4 done, 2 running, about 6 min left"
     assert progress.finished() == " | 2 of 4 done, 2 running, about 4 min left"
     assert progress.finished() == " | 3 of 4 done, 1 running, about 83 s left"
+
+
+def test_a_sweep_says_its_reused_runs_in_one_line(tmp_path, capsys):
+    data, runs = tmp_path / "shapes", tmp_path / "runs"
+    shapes.generate(data, seed=0, **SIZES)
+    kw = dict(dataset="shapes", data_root=str(data), runs_dir=runs, profile="smoke", seeds=(0,))
+    experiment.sweep("cwd", temperatures=(1.0, 2.0), betas=(0.3,), **kw)
+    capsys.readouterr()
+    table = experiment.sweep("cwd", temperatures=(1.0, 2.0), betas=(0.3,), **kw)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("[cwd sweep] 2 finished runs reused (seeds 0): best val mIoU")
+    assert len(table) == 2
