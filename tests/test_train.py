@@ -46,6 +46,7 @@ def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, meth
     assert config["method"] == method and config["lr"] == 1e-3
     assert {k: config[k] for k in ("alpha", "beta", "temperature")} == METHODS[method].defaults  # recorded, resolved
     assert config["image_size"] == 64 and config["environment"]["torch"] == torch.__version__
+    assert config["teacher_source"] == ("none" if method == "none" else "online")
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     terms = {"response": ("response", "both"), "feature": ("feature", "both")} | {m: (m,) for m in names("new")}
@@ -768,6 +769,7 @@ def test_an_unlabeled_split_trains_and_is_recorded_and_cached(tiny_shapes, tiny_
     config = json.loads((out / "config.json").read_text())
     assert config["split_sizes"]["teacher_train"] == 4 and config["unlabeled_split"] == "teacher_train"
     assert set(config["teacher_cache_cards"]) == {"train", "val", "teacher_train"}  # the cache serves them too
+    assert config["teacher_source"] == "cached"
     alone = tmp_path / "alone"
     fit(_cfg(tiny_shapes, tiny_teacher, alone, method="dist", epochs=1, teacher_cache=str(tmp_path / "cache")))
     with_images, without = _history(out)[0], _history(alone)[0]
