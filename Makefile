@@ -13,7 +13,7 @@ DEVICE    ?= cpu
 PROFILE   ?= demo
 DEMO_ARGS  = --dataset $(DATASET) --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 
-.PHONY: demo test lab bench report teacher methods sweep lint clean-venv
+.PHONY: demo test lab bench report teacher methods sweep draws budget lint clean-venv
 
 # The virtual environment: rebuilt only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -52,6 +52,14 @@ methods: $(STAMP)
 # the results chapter and report: about 85 minutes on 2 CPU cores.
 sweep: $(STAMP)
 	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True --cell-timeout 0
+
+# The verdicts under other conditions (docs/regime.md): six methods x six seeds on two other draws of
+# the benchmark; then at 2x and 4x the demo's budget (BUDGETS="2" or "4" trains one part).
+draws: $(STAMP)
+	$(PY) -m kdlib draws --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
+
+budget: $(STAMP)
+	$(PY) -m kdlib budget --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE) $(if $(BUDGETS),--budgets $(BUDGETS))
 
 # Figures, tables and report/ again from the finished runs of `make demo` (no training).
 report: $(STAMP)

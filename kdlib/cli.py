@@ -1,5 +1,5 @@
-"""``python -m kdlib <command>``: shapes, train, evaluate, bench, teacher, demo, report,
-smoke-notebooks.
+"""``python -m kdlib <command>``: shapes, train, evaluate, bench, teacher, demo, draws, budget,
+report, smoke-notebooks.
 
 Every training setting is a flag whose default is ``kdlib.config.Config``'s (the report's
 Table 1); bad values are refused by argparse before any work starts.
@@ -257,6 +257,23 @@ def cmd_demo(args) -> int:
     )
 
 
+def cmd_conditions(args) -> int:
+    from . import conditions
+    from .demo import demo_parameters
+
+    params = demo_parameters("shapes", args.data_root, args.device, args.profile)
+    kw = dict(data_root=params["data_root"], runs_dir=params["runs_dir"], profile=args.profile, device=args.device)
+    start = time.perf_counter()
+    if args.command == "draws":
+        conditions.train_draws(**kw, draws=args.draws or conditions.DRAWS)
+    else:
+        conditions.train_budgets(**kw, budgets=args.budgets or None)
+    print(
+        f"make {args.command} finished in {(time.perf_counter() - start) / 60:.0f} min; runs under {params['runs_dir']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kdlib", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -328,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-weights", default=None, help="the shapes teacher (default: the shipped one)")
     p.add_argument("--out", default="bench.json")
 
+    for name, what in (
+        ("draws", "the verdicts' methods on other draws of the benchmark (make draws; docs/regime.md)"),
+        ("budget", "the verdicts' methods at longer budgets on the demo's draw (make budget; docs/regime.md)"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--data-root", default="data/shapes", help="the demo's benchmark (draws go beside it)")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--profile", default="demo")
+        if name == "draws":
+            p.add_argument("--draws", type=int, nargs="+", help="benchmark seeds (default: kdlib.conditions.DRAWS)")
+        else:
+            p.add_argument("--budgets", type=int, nargs="+", help="factors (default: kdlib.conditions.BUDGETS)")
+
     p = sub.add_parser("demo", help="run every notebook in order (make demo)")
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
     p.add_argument("--data-root", default="data/shapes")
@@ -364,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_teacher(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command in ("draws", "budget"):
+        return cmd_conditions(args)
     if args.command == "bench":
         return cmd_bench(args)
     if args.command == "smoke-notebooks":

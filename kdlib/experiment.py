@@ -86,12 +86,14 @@ def extra_runs() -> tuple[str, ...]:
     return tuple(n for n in methods.run_names() if methods.is_extra(n) and not n.endswith("_unlabeled"))
 
 
-def prepare_data(dataset: str, data_root: str, profile: str) -> Path:
-    """The embedded benchmark is generated when absent (sized by the profile); VOC must exist."""
+def prepare_data(dataset: str, data_root: str, profile: str, seed: int | None = None) -> Path:
+    """The embedded benchmark is generated when absent (sized by the profile; ``seed``: another
+    draw of it than the demo's); VOC must exist."""
     if dataset == "shapes":
-        from .shapes import generate
+        from .shapes import DEFAULTS, generate
 
-        return generate(data_root, progress=False, **profile_settings(profile)["benchmark"])
+        draw = DEFAULTS["seed"] if seed is None else seed
+        return generate(data_root, progress=False, seed=draw, **profile_settings(profile)["benchmark"])
     return Path(data_root)
 
 
@@ -345,7 +347,7 @@ def train_runs(configs: list[Config], jobs: int, name: str) -> None:
     if jobs <= 1 or any(cfg.device != "cpu" for cfg in configs):
         progress = RunProgress(len(configs), 1)
         for cfg in configs:
-            print(run_line(name, cfg.seed, fit(cfg), cfg.out) + progress.finished(), flush=True)
+            print(run_line(_label(name, cfg), cfg.seed, fit(cfg), cfg.out) + progress.finished(), flush=True)
     else:
         _fit_side_by_side(configs, jobs, name)
 
@@ -385,7 +387,13 @@ def _fit_side_by_side(configs: list[Config], jobs: int, name: str) -> None:
         futures = {pool.submit(fit, dataclasses.replace(cfg, progress="none")): cfg for cfg in configs}
         for future in as_completed(futures):
             cfg = futures[future]
-            print(run_line(name, cfg.seed, future.result(), cfg.out) + progress.finished(), flush=True)
+            print(run_line(_label(name, cfg), cfg.seed, future.result(), cfg.out) + progress.finished(), flush=True)
+
+
+def _label(name: str, cfg: Config) -> str:
+    """A batch's name, and the run's own where the batch mixes runs (``draws: cwd``)."""
+    run = Path(cfg.out).parent.name
+    return name if run in name else f"{name}: {run}"
 
 
 def run_line(name: str, seed: int, metrics: dict, out, prefix: str = "") -> str:
