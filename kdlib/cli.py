@@ -244,7 +244,7 @@ def _assignment(text: str) -> tuple[str, object]:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .notebooks import run_demo
 
     return run_demo(
         args.dataset,
@@ -259,7 +259,7 @@ def cmd_demo(args) -> int:
 
 def cmd_conditions(args) -> int:
     from . import conditions
-    from .demo import demo_parameters
+    from .notebooks import demo_parameters
 
     params = demo_parameters("shapes", args.data_root, args.device, args.profile)
     kw = dict(data_root=params["data_root"], runs_dir=params["runs_dir"], profile=args.profile, device=args.device)
@@ -401,14 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "smoke-notebooks":
         import shutil
 
-        from .demo import write_smoke_copies
+        from .notebooks import write_smoke_copies
 
         shutil.rmtree(args.out, ignore_errors=True)  # a fresh smoke run each time
         for path in write_smoke_copies(args.out):
             print(path)
         return 0
     if args.command == "report":
-        from .demo import run_report
+        from .notebooks import run_report
 
         return run_report(args.dataset, args.data_root, args.device, args.profile)
     return 2

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiment import (
-    evaluate_teacher,
-    pending_runs,
-    prepare_data,
-    profile_settings,
-    train_runs,
-)
+from .experiment import pending_runs, train_runs
+from .profiles import prepare_data, profile_settings
+from .teacher import evaluate_teacher
 
 # The methods and seeds of every condition: no KD, the report's three, and cwd and dist.
 METHODS = ("none", "response", "feature", "both", "cwd", "dist")

@@ -177,3 +177,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_image_size(dataset: str, data_root, image_size=None) -> int:
+    return image_size or Config(dataset=dataset, data_root=str(data_root)).resolved().image_size

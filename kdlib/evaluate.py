@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .augment import prepare_batch
 from .checkpoints import load_model
-from .config import Config, resolve_device
+from .config import Config, resolve_device, resolve_image_size
 from .conventions import NUM_CLASSES
 from .data import build_dataset, class_names
 from .metrics import SegmentationMetrics
@@ -151,3 +151,17 @@ def confusion_from_predictions(pred: np.ndarray, target: np.ndarray, num_classes
     valid = target < num_classes
     idx = target[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
     return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def sample_batch(dataset: str, data_root, split: str = "val", n: int = 8, image_size=None):
+    """The first ``n`` images of ``split`` as the models see them at evaluation (resized,
+    normalised): ``(images N×3×H×W, masks N×H×W)``. The notebooks show each loss at work on it."""
+    from torch.utils.data import default_collate
+
+    from .augment import prepare_batch
+    from .data import build_dataset
+
+    size = resolve_image_size(dataset, data_root, image_size)
+    items = build_dataset(dataset, data_root, split, train=False, image_size=size)
+    x, y, _ = prepare_batch(default_collate([items[i] for i in range(min(n, len(items)))]), "cpu")
+    return x, y

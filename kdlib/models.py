@@ -289,7 +289,7 @@ def lraspp_resnet18(num_classes: int = 21) -> nn.Module:
     "low" feature map and adds the stride-32 ``layer4`` context, gated by a global-pooling
     attention branch. Here "low" is ``layer1`` (stride 4), so the output stride is 4: a 16×16
     logit map for a 64 px image. On 64 px images the stride sets a ceiling
-    (:func:`kdlib.analysis.output_stride_ceiling`: ground-truth masks pooled to the stride and
+    (:func:`kdlib.failures.output_stride_ceiling`: ground-truth masks pooled to the stride and
     upsampled back score 0.757 mIoU on ``shapes`` val at stride 8, 0.944 at stride 4); a
     stride-8 tap of ``layer2`` trained to 0.705. The head is two 1×1 convolutions either way,
     so the cost is the same. 11.3M parameters, 3.07× the student; the four distilled levels

@@ -152,7 +152,7 @@ def per_class_heatmap(table, title: str = "per-class IoU"):
 
 
 def bucket_bars(tables: dict, title: str = "object IoU by condition"):
-    """One panel per bucket table (from ``analysis.iou_by_bucket``): mean object IoU per
+    """One panel per bucket table (from ``failures.iou_by_bucket``): mean object IoU per
     bucket, one bar per model."""
     fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.2), squeeze=False)
     for ax, (by, table) in zip(axes[0], tables.items()):

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
-from .experiment import collect_with_committed, report_cell, target_of, unfinished_runs
+from . import methods
+from .experiment import target_of
 from .files import atomic_write_text
 from .methods import display_name, run_names
+from .results import collect_runs, collect_with_committed, unfinished_runs
+from .stats import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
+from .sweep import report_cell
 
 
 def _source(runs: pd.DataFrame, method: str) -> str:
@@ -327,7 +330,6 @@ def per_class_md(runs_dir, dataset: str, k: int = 3, committed_dir=None) -> list
     """Where each method gains or loses against no KD: the classes with the largest and the
     smallest change in IoU (means over seeds)."""
     from .data import class_names
-    from .experiment import per_class_table
 
     table = per_class_table(runs_dir, class_names(dataset), committed_dir=committed_dir)
     if "none" not in table.columns or len(table.columns) < 2:
@@ -498,3 +500,19 @@ def to_html(markdown_text: str, base: Path) -> str:
         "padding:3px 8px;font-size:90%}img{max-width:100%}"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>KD segmentation report</title><style>{style}</style></head><body>{body}</body></html>\n"
+
+
+def per_class_table(runs_dir, class_names, teacher: dict | None = None, committed_dir=None) -> pd.DataFrame:
+    """Per-class IoU (mean over seeds) of the teacher and each method: classes × models (with
+    ``committed_dir``, the committed runs of the methods this machine did not train too)."""
+    runs = collect_runs(runs_dir) if committed_dir is None else collect_with_committed(runs_dir, committed_dir)
+    table = {}
+    if teacher is not None:
+        table["teacher"] = teacher["per_class_iou"]
+    for method in [m for m in methods.names() if m in set(runs["method"])]:
+        per_seed = [
+            json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
+            for r in runs[runs["method"] == method]["run"]
+        ]
+        table[method] = pd.DataFrame(per_seed).mean(axis=0).tolist()
+    return pd.DataFrame(table, index=list(class_names))

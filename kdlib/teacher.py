@@ -18,7 +18,7 @@ import torch
 
 from . import shapes
 from .checkpoints import load_checkpoint, load_model
-from .config import SHAPES_TEACHER, Config, resolve_device
+from .config import SHAPES_TEACHER, Config, resolve_device, resolve_image_size
 from .files import atomic_save, atomic_write_text
 from .train import fit
 
@@ -109,3 +109,33 @@ def train_shapes_teacher(
     atomic_write_text(json.dumps(card, indent=2) + "\n", card_path(target))
     print(json.dumps({k: card[k] for k in ("val_miou", "train_seconds", "epochs_run")}))
     return card
+
+
+def teacher_arch(dataset: str) -> str:
+    return Config(dataset=dataset, method="both").resolved().teacher
+
+
+def load_teacher(dataset: str, teacher_weights=None):
+    """The data set's frozen teacher (unwrapped), as the trainer builds it."""
+    from .train import build_teacher
+
+    cfg = Config(dataset=dataset, method="response", teacher_weights=teacher_weights).resolved()
+    return build_teacher(cfg, "cpu").model
+
+
+def evaluate_teacher(dataset: str, data_root, image_size=None, device: str = "cpu", report_dir=None) -> dict:
+    """The upper-bound row: the teacher on the whole validation split (saved to
+    ``report_dir/teacher_eval.json`` when given)."""
+    from .data import build_dataset
+    from .evaluate import evaluate_model
+    from .models import count_parameters
+
+    size = resolve_image_size(dataset, data_root, image_size)
+    model = load_teacher(dataset)
+    result = evaluate_model(model, build_dataset(dataset, data_root, "val", train=False, image_size=size), device)
+    result.pop("confusion_matrix")
+    out = {"model": teacher_arch(dataset), "parameters": count_parameters(model), **result}
+    if report_dir is not None:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(out, indent=2) + "\n", Path(report_dir) / "teacher_eval.json")
+    return out

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import analysis
+from kdlib import failures, stats
 from kdlib.conventions import VOID
 from kdlib.evaluate import confusion_from_predictions
 from kdlib.metrics import SegmentationMetrics
@@ -15,10 +15,10 @@ def test_object_iou_and_buckets():
     target[0, 2:6, 2:6] = 3  # 16 px
     pred = np.zeros_like(target)
     pred[0, 2:6, 2:4] = 3  # 8 px right
-    objects = analysis.objects_from_masks(target)
+    objects = failures.objects_from_masks(target)
     assert list(objects["class"]) == [3] and objects["size"].iloc[0] == "large (>5%)"
-    assert analysis.object_ious(objects, pred, target)[0] == pytest.approx(0.5)
-    table = analysis.iou_by_bucket(objects, {"m": analysis.object_ious(objects, pred, target)}, "size")
+    assert failures.object_ious(objects, pred, target)[0] == pytest.approx(0.5)
+    table = failures.iou_by_bucket(objects, {"m": failures.object_ious(objects, pred, target)}, "size")
     assert table.loc["large (>5%)", "objects"] == 1 and table.loc["large (>5%)", "m"] == pytest.approx(0.5)
 
 
@@ -27,21 +27,21 @@ def test_object_iou_ignores_void():
     target[0, :, 2:] = VOID
     pred = np.full_like(target, 5)
     pred[0, :, :2] = 2
-    objects = analysis.objects_from_masks(target)
-    assert analysis.object_ious(objects, pred, target)[0] == 1.0
+    objects = failures.objects_from_masks(target)
+    assert failures.object_ious(objects, pred, target)[0] == 1.0
 
 
 def test_most_confused_pairs():
     cm = np.zeros((3, 3))
     cm[1, 1], cm[1, 2], cm[2, 2], cm[2, 0] = 60, 40, 90, 10
-    pairs = analysis.most_confused_pairs(cm, ["bg", "a", "b"], k=5)
+    pairs = failures.most_confused_pairs(cm, ["bg", "a", "b"], k=5)
     assert list(pairs["true class"]) == ["a", "b"] and pairs["rate"].iloc[0] == pytest.approx(0.4)
 
 
 def test_teacher_dependency():
     teacher = np.array([0.1, 0.2, 0.9, 0.9, 0.9, 0.9])
     student = np.array([0.1, 0.3, 0.8, 0.2, 0.9, 0.9])
-    d = analysis.teacher_dependency(student, teacher)
+    d = failures.teacher_dependency(student, teacher)
     assert d["p_student_fails_given_teacher_fails"] == 1.0
     assert d["p_student_fails_given_teacher_succeeds"] == 0.25
     assert d["ratio"] == 4.0 and d["teacher_failures"] == 2
@@ -50,9 +50,9 @@ def test_teacher_dependency():
 def test_per_image_miou_and_pick_examples():
     target = np.array([[[0, 1], [1, 1]], [[0, 0], [0, 0]]], np.uint8)
     pred = np.array([[[0, 1], [1, 1]], [[1, 1], [0, 0]]], np.uint8)
-    scores = analysis.per_image_miou(pred, target)
+    scores = failures.per_image_miou(pred, target)
     assert scores[0] == 1.0 and scores[1] == pytest.approx(0.25)
-    assert analysis.pick_examples(scores, k=1) == ([0], [1])
+    assert failures.pick_examples(scores, k=1) == ([0], [1])
 
 
 def test_paired_comparison_says_when_differences_exceed_seed_noise():
@@ -63,7 +63,7 @@ def test_paired_comparison_says_when_differences_exceed_seed_noise():
             "miou": [0.30, 0.32, 0.31, 0.40, 0.42, 0.41, 0.30, 0.35, 0.27],
         }
     )
-    table = analysis.paired_comparison(runs).set_index("method")
+    table = stats.paired_comparison(runs).set_index("method")
     assert table.loc["response", "mean_diff"] == pytest.approx(0.10)
     assert table.loc["response", "verdict"] == "larger than seed noise"
     assert table.loc["feature", "verdict"] == "within seed noise"
@@ -73,7 +73,7 @@ def test_paired_comparison_says_when_differences_exceed_seed_noise():
     assert table.loc["feature", "detectable"] == pytest.approx(half, rel=1e-4)
     assert table.loc["feature", "ci95_low"] == pytest.approx(-0.01 / 3 - half, rel=1e-4)
     assert table.loc["feature", "ci95_high"] == pytest.approx(-0.01 / 3 + half, rel=1e-4)
-    one = analysis.paired_comparison(runs[runs["seed"] == 0]).set_index("method")
+    one = stats.paired_comparison(runs[runs["seed"] == 0]).set_index("method")
     assert one.loc["response", "verdict"] == "one seed: no verdict"
 
 
@@ -88,15 +88,15 @@ def test_a_difference_that_does_not_survive_holm_says_so_in_its_verdict():
         [{"method": "none", "seed": k, "miou": b} for k, b in enumerate(base)]
         + [{"method": m, "seed": k, "miou": b + x} for m, d in diffs.items() for k, (b, x) in enumerate(zip(base, d))]
     )
-    table = analysis.paired_comparison(runs).set_index("method")
+    table = stats.paired_comparison(runs).set_index("method")
     assert table.loc["weak", "p"] == pytest.approx(0.0383, abs=1e-4)
     assert table.loc["weak", "p_holm"] == pytest.approx(2 * table.loc["weak", "p"])
     assert table["verdict"].to_dict() == {
         "strong": "larger than seed noise",
-        "weak": analysis.NOT_AFTER_HOLM,
+        "weak": stats.NOT_AFTER_HOLM,
         "null": "within seed noise",
     }
-    alone = analysis.paired_comparison(runs[runs["method"].isin(["none", "weak"])])
+    alone = stats.paired_comparison(runs[runs["method"].isin(["none", "weak"])])
     assert alone["verdict"].tolist() == ["larger than seed noise"]  # one test: nothing to correct for
 
 
@@ -139,7 +139,7 @@ def test_output_stride_ceiling_loses_small_objects_at_coarse_strides():
     masks[:, 8:40, 8:40] = 1  # a large square
     masks[:, 50:53, 50:53] = 2  # a small one
     masks[1, 0, :] = VOID
-    ceilings = [analysis.output_stride_ceiling(masks, s, num_classes=3) for s in (1, 2, 4, 8)]
+    ceilings = [failures.output_stride_ceiling(masks, s, num_classes=3) for s in (1, 2, 4, 8)]
     assert ceilings[0] == pytest.approx(1.0)
     assert ceilings == sorted(ceilings, reverse=True) and ceilings[3] < 0.7 < ceilings[1]
 
@@ -152,13 +152,13 @@ def test_convergence_compares_the_last_quarter_with_the_epochs_before():
             "train_miou": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9],
         }
     )
-    c = analysis.convergence(rising)
+    c = stats.convergence(rising)
     assert c["last_quarter_gain"] == pytest.approx(0.15) and not c["converged"]  # .75 vs .6 before
     assert c["best_epoch"] == 8 and c["train_miou"] == 0.9 and c["val_miou"] == 0.75
     flat = rising.assign(val_miou=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.61, 0.59])
-    c = analysis.convergence(flat)
+    c = stats.convergence(flat)
     assert c["last_quarter_gain"] == pytest.approx(0.01) and c["converged"] and c["best_epoch"] == 7
-    assert analysis.convergence(rising, early_stopped=True)["converged"]
+    assert stats.convergence(rising, early_stopped=True)["converged"]
 
 
 def test_position_similarity_tells_a_collapsed_map_from_a_spatial_one():
@@ -168,14 +168,14 @@ def test_position_similarity_tells_a_collapsed_map_from_a_spatial_one():
     spatial = torch.randn(2, 16, 4, 4)
     collapsed = torch.randn(2, 16, 1, 1).expand(2, 16, 4, 4) * torch.rand(2, 1, 4, 4)  # one direction, any length
     one_position = torch.randn(2, 16, 1, 1)
-    same, spread, single = analysis.position_similarity([collapsed, spatial, one_position])
+    same, spread, single = failures.position_similarity([collapsed, spatial, one_position])
     assert same == pytest.approx(1.0, abs=1e-5) and abs(spread) < 0.2 and math.isnan(single)
 
 
 def test_p_values_by_hand_and_holms_correction():
     # Holm: sorted p times (m - rank), kept non-decreasing: 0.01*3, max(0.03*2, 0.03), max(0.04*1, 0.06)
-    assert analysis.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert analysis.holm([0.5, float("nan")])[0] == pytest.approx(0.5)
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, float("nan")])[0] == pytest.approx(0.5)
     runs = pd.DataFrame(
         {
             "method": ["none"] * 3 + ["feature"] * 3,
@@ -183,7 +183,7 @@ def test_p_values_by_hand_and_holms_correction():
             "miou": [0.30, 0.32, 0.31, 0.30, 0.35, 0.27],
         }
     )
-    row = analysis.paired_comparison(runs).iloc[0]
+    row = stats.paired_comparison(runs).iloc[0]
     # d = (0, 0.03, -0.04); with 2 degrees of freedom the t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so the
     # two-sided p is 1 - |t| / sqrt(2 + t^2), t = mean / (sd / sqrt 3)
     t = (-0.01 / 3) / (0.0351188 / 3**0.5)
@@ -201,7 +201,7 @@ def test_a_verdict_that_does_not_survive_the_correction_says_so():
     runs = pd.DataFrame(
         [{"method": m, "seed": s, "miou": v} for m, values in rows.items() for s, v in enumerate(values)]
     )
-    paired = analysis.paired_comparison(runs).set_index("method")
+    paired = stats.paired_comparison(runs).set_index("method")
     assert paired.loc["response", "p"] < 0.05 < paired.loc["response", "p_holm"]
     line = next(v for v in report.verdicts(paired.reset_index()) if "**Response**" in v)
     assert "beats no KD, but not once the 3 comparisons are corrected for together (Holm)" in line
@@ -222,7 +222,7 @@ def test_a_verdict_that_does_not_survive_the_correction_says_so():
 )
 def test_convergence_window_is_the_last_ceil_quarter_of_epochs(val_miou, gain, converged):
     history = pd.DataFrame({"epoch": range(1, len(val_miou) + 1), "val_miou": val_miou})
-    c = analysis.convergence(history)
+    c = stats.convergence(history)
     assert c["last_quarter_gain"] == pytest.approx(gain) and c["converged"] == converged
 
 
@@ -262,7 +262,7 @@ def test_wilcoxon_p_is_the_exact_signed_rank_p_with_zeros_dropped(diffs):
             "miou": [0.3] * len(diffs) + [0.3 + x for x in diffs],
         }
     )
-    row = analysis.paired_comparison(runs).iloc[0]
+    row = stats.paired_comparison(runs).iloc[0]
     # the runs' differences are 0.3 + x - 0.3, which can differ from x in the last bit
     expected = _exact_wilcoxon([round(x, 9) for x in diffs])
     assert row["p_wilcoxon"] == pytest.approx(expected, rel=1e-9)

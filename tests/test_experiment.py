@@ -7,14 +7,14 @@ import os
 
 import pytest
 
-from kdlib import experiment, shapes
+from kdlib import experiment, results, shapes, sweep
 from kdlib.data import split_fingerprint
 
 SIZES = dict(teacher_train=4, train=16, val=12, size=64, progress=False)  # the smoke profile's benchmark
 
 
 def test_a_finished_run_is_not_reused_on_another_draw_of_the_benchmark(tmp_path, capsys):
-    from kdlib.demo import run_report
+    from kdlib.notebooks import run_report
 
     data, runs = tmp_path / "shapes", tmp_path / "runs"
     shapes.generate(data, seed=0, **SIZES)
@@ -59,7 +59,7 @@ def test_runs_recorded_before_fingerprints_are_reused_and_it_is_said_once(tmp_pa
         config = json.loads(path.read_text())
         del config["data_fingerprints"]
         path.write_text(json.dumps(config))
-    experiment._said.clear()
+    results._said.clear()
     capsys.readouterr()
     experiment.train_method("none", seeds=[0, 1], **kw)
     experiment.train_method("none", seeds=[0, 1], **kw)
@@ -103,7 +103,7 @@ def test_a_voc_split_fingerprint_follows_its_ids_and_files(tmp_path):
 
 
 def test_make_sweep_writes_every_cell_of_its_grid_with_no_kd_on_the_same_seeds(tmp_path):
-    """experiment.sweep_table (chapter 9 calls it): one no-KD row per seed, one row per method,
+    """sweep.sweep_table (chapter 9 calls it): one no-KD row per seed, one row per method,
     cell and seed, each trained with that cell's T and β (read back from its config.json), and
     sweep.csv holding exactly the returned table."""
     import pandas as pd
@@ -111,7 +111,7 @@ def test_make_sweep_writes_every_cell_of_its_grid_with_no_kd_on_the_same_seeds(t
     data, runs = tmp_path / "shapes", tmp_path / "runs"
     shapes.generate(data, seed=0, **SIZES)
     table_path = tmp_path / "report" / "tables" / "sweep.csv"
-    table = experiment.sweep_table(
+    table = sweep.sweep_table(
         ["cwd"],
         dataset="shapes",
         data_root=str(data),
@@ -123,14 +123,14 @@ def test_make_sweep_writes_every_cell_of_its_grid_with_no_kd_on_the_same_seeds(t
         betas=(0.3, 0.7),
         seeds=(0,),
     )
-    assert list(table.columns) == experiment.SWEEP_COLUMNS
+    assert list(table.columns) == sweep.SWEEP_COLUMNS
     assert table["method"].tolist() == ["none", "cwd", "cwd"] and table["temperature"].isna().tolist()[0]
     for t, b in ((1.0, 0.3), (1.0, 0.7)):
         config = json.loads((runs / "sweep" / f"T{t:g}_b{b:g}" / "cwd" / "seed0" / "config.json").read_text())
         assert (config["temperature"], config["beta"], config["alpha"]) == (t, b, 1.0)  # α stays CWD's own
     written = pd.read_csv(table_path)
     pd.testing.assert_frame_equal(written, table.reset_index(drop=True), check_dtype=False)
-    assert experiment.report_cell() == (4.0, 0.3)  # Table 1's T and β
+    assert sweep.report_cell() == (4.0, 0.3)  # Table 1's T and β
 
 
 def test_the_best_kd_method_is_the_highest_mean_among_methods_not_variants():
@@ -180,7 +180,7 @@ def test_make_report_checks_a_voc_unlabeled_row_with_the_split_it_was_given(tmp_
     report checks the run against that split instead of stopping at the missing default."""
     from test_data import write_voc
 
-    from kdlib.demo import run_report
+    from kdlib.notebooks import run_report
 
     write_voc(tmp_path / "voc")
     run = tmp_path / "runs" / "cwd_unlabeled" / "seed0"
@@ -207,9 +207,9 @@ def test_a_sweep_says_its_reused_runs_in_one_line(tmp_path, capsys):
     data, runs = tmp_path / "shapes", tmp_path / "runs"
     shapes.generate(data, seed=0, **SIZES)
     kw = dict(dataset="shapes", data_root=str(data), runs_dir=runs, profile="smoke", seeds=(0,))
-    experiment.sweep("cwd", temperatures=(1.0, 2.0), betas=(0.3,), **kw)
+    sweep.sweep("cwd", temperatures=(1.0, 2.0), betas=(0.3,), **kw)
     capsys.readouterr()
-    table = experiment.sweep("cwd", temperatures=(1.0, 2.0), betas=(0.3,), **kw)
+    table = sweep.sweep("cwd", temperatures=(1.0, 2.0), betas=(0.3,), **kw)
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("[cwd sweep] 2 finished runs reused (seeds 0): best val mIoU")
     assert len(table) == 2

@@ -61,7 +61,8 @@ def test_the_shared_facts_sit_at_the_bottom():
     assert graph["conventions"] == set()  # the void label, classes, mean/std import nothing of kdlib
     assert "models" not in graph["augment"] and "train" not in graph["evaluate"]
     users = {m for m, targets in graph.items() if "train" in targets}
-    assert users <= {"cli", "experiment", "teacher", "bench"}, users  # the loop's callers, nothing below it
+    # the loop's callers, and results, which asks it what a run was trained on (data, teacher)
+    assert users <= {"cli", "experiment", "teacher", "bench", "results"}, users
 
 
 def test_the_method_registry_sits_just_above_the_losses():
@@ -69,6 +70,6 @@ def test_the_method_registry_sits_just_above_the_losses():
     the loss functions and the shared facts, so any of them can import it."""
     graph = import_graph()
     assert graph["methods"] <= {"losses", "conventions"}, graph["methods"]
-    assert {"config", "train", "report", "plots", "bench", "analysis"} <= {
+    assert {"config", "train", "report", "plots", "bench", "failures"} <= {
         m for m, t in graph.items() if "methods" in t
     }

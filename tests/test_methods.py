@@ -66,7 +66,7 @@ def test_a_method_registered_outside_kdlib_trains_reports_plots_and_benchmarks(
     from kdlib import plots, report
     from kdlib.cli import main
     from kdlib.config import Config
-    from kdlib.experiment import collect_runs
+    from kdlib.results import collect_runs
     from kdlib.train import fit
 
     # its objective: α·CE + β·L_toy with its own defaults, on the pixels it may see

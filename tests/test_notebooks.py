@@ -8,7 +8,8 @@ import nbformat
 import pytest
 from PIL import Image
 
-from kdlib.demo import INJECTED_TAG, NOTEBOOKS, UnknownParameterError, check_parameters, notebook_paths
+from kdlib.chapter import UnknownParameterError
+from kdlib.notebooks import INJECTED_TAG, NOTEBOOKS, check_parameters, notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = [
@@ -143,8 +144,8 @@ def test_training_and_results_notebooks_run_on_voc_with_the_fcn_resnet50_teacher
     import torch
     from test_data import write_voc
 
-    from kdlib.demo import run_notebook
     from kdlib.models import build_model
+    from kdlib.notebooks import run_notebook
 
     write_voc(tmp_path / "voc")
     weights = tmp_path / "fcn_resnet50_coco-1167a1af.pth"
@@ -171,7 +172,7 @@ def test_training_and_results_notebooks_run_on_voc_with_the_fcn_resnet50_teacher
 
 
 def test_make_report_refuses_to_train(tmp_path, capsys):
-    from kdlib.demo import run_report
+    from kdlib.notebooks import run_report
 
     assert run_report("shapes", str(tmp_path / "data"), "cpu", "smoke", runs_dir=tmp_path / "runs") == 1
     err = capsys.readouterr().err
@@ -180,7 +181,7 @@ def test_make_report_refuses_to_train(tmp_path, capsys):
 
 
 def test_smoke_copies_keep_the_committed_outputs_and_set_the_smoke_profile(tmp_path):
-    from kdlib.demo import write_smoke_copies
+    from kdlib.notebooks import write_smoke_copies
 
     copies = write_smoke_copies(tmp_path)
     assert [p.name for p in copies] == [p.name for p in notebook_paths()]
@@ -202,7 +203,7 @@ def test_smoke_copies_keep_the_committed_outputs_and_set_the_smoke_profile(tmp_p
 
 
 def test_committed_notebooks_declare_the_demo_configuration():
-    from kdlib.demo import COMMITTED, ROOT, is_committed_configuration
+    from kdlib.notebooks import COMMITTED, ROOT, is_committed_configuration
 
     for path in notebook_paths():
         nb = nbformat.read(str(path), as_version=4)
@@ -217,7 +218,7 @@ def test_committed_notebooks_declare_the_demo_configuration():
 
 
 def test_a_parameter_injected_but_not_declared_is_refused_inside_the_kernel():
-    from kdlib.demo import check_injected_parameters
+    from kdlib.chapter import check_injected_parameters
 
     declared = 'dataset = "shapes"\nepochs = None\n'
     check_injected_parameters(["", declared, "# Parameters\nepochs = 3\n", "x = 1"])  # declared: fine
@@ -250,7 +251,7 @@ def test_papermill_used_directly_stops_at_an_undeclared_parameter(tmp_path):
 
 
 def test_make_demo_stops_before_the_first_notebook_on_missing_data(tmp_path, capsys):
-    from kdlib.demo import run_demo
+    from kdlib.notebooks import run_demo
 
     assert run_demo("voc", str(tmp_path / "no-voc-here"), "cpu", "smoke") == 2
     out, err = capsys.readouterr()
@@ -264,7 +265,7 @@ def test_make_demo_reports_a_failing_cell_in_a_few_lines(tmp_path, monkeypatch, 
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-    from kdlib import demo
+    from kdlib import notebooks
 
     folder = tmp_path / "notebooks"
     folder.mkdir()
@@ -278,9 +279,9 @@ def test_make_demo_reports_a_failing_cell_in_a_few_lines(tmp_path, monkeypatch, 
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
     nbformat.write(nb, str(folder / "00_broken.ipynb"))
-    monkeypatch.setattr(demo, "NOTEBOOKS", folder)
-    monkeypatch.setattr(demo, "ROOT", tmp_path)
-    assert demo.run_demo("shapes", str(tmp_path / "data"), "cpu", "smoke") == 1
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", folder)
+    monkeypatch.setattr(notebooks, "ROOT", tmp_path)
+    assert notebooks.run_demo("shapes", str(tmp_path / "data"), "cpu", "smoke") == 1
     out, err = capfd.readouterr()
     executed = tmp_path / "runs" / "smoke-shapes" / "notebooks" / "00_broken.ipynb"
     # a kernel slow to shut down on a loaded machine is interrupted and says so in its own log line,
@@ -304,7 +305,7 @@ def test_a_notebook_runs_with_its_own_defaults_whatever_an_earlier_run_injected(
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-    from kdlib import demo
+    from kdlib import notebooks
 
     params = new_code_cell("switch = False")
     params.metadata["tags"] = ["parameters"]
@@ -320,10 +321,10 @@ def test_a_notebook_runs_with_its_own_defaults_whatever_an_earlier_run_injected(
     def printed(executed):
         return "".join(o.get("text", "") for o in nbformat.read(str(executed), as_version=4).cells[-1].outputs)
 
-    assert printed(demo.run_notebook(path, {}, tmp_path / "a", 60)) == "switch=False\n"
-    executed = demo.run_notebook(path, {"switch": True}, tmp_path / "b", 60)
+    assert printed(notebooks.run_notebook(path, {}, tmp_path / "a", 60)) == "switch=False\n"
+    executed = notebooks.run_notebook(path, {"switch": True}, tmp_path / "b", 60)
     assert printed(executed) == "switch=True\n"
-    demo.clean_for_commit(executed)  # what `make sweep` writes back keeps its outputs, not the switch
+    notebooks.clean_for_commit(executed)  # what `make sweep` writes back keeps its outputs, not the switch
     cleaned = nbformat.read(str(executed), as_version=4)
     assert [c.source for c in cleaned.cells] == [c.source for c in nb.cells if c is not stale]
     assert printed(executed) == "switch=True\n"
@@ -428,20 +429,22 @@ def test_make_methods_and_make_sweep_set_their_switch_in_their_chapter_only(tmp_
     """`python -m kdlib demo --notebooks ... --set NAME=VALUE` runs those chapters in that order,
     the value (a Python literal) injected where the chapter declares it, on top of the
     configuration's parameters; the Makefile's targets say so."""
-    from kdlib import cli, demo
+    from kdlib import cli, notebooks
 
     calls = []
     monkeypatch.setattr(
-        demo, "run_notebook", lambda nb, params, out, timeout: calls.append((nb.name, params, timeout)) or out / nb.name
+        notebooks,
+        "run_notebook",
+        lambda nb, params, out, timeout: calls.append((nb.name, params, timeout)) or out / nb.name,
     )
-    monkeypatch.setattr(demo, "clean_for_commit", lambda path: None)
-    monkeypatch.setattr(demo.shutil, "copyfile", lambda a, b: None)
-    monkeypatch.setattr(demo, "check_data", lambda *a: None)
+    monkeypatch.setattr(notebooks, "clean_for_commit", lambda path: None)
+    monkeypatch.setattr(notebooks.shutil, "copyfile", lambda a, b: None)
+    monkeypatch.setattr(notebooks, "check_data", lambda *a: None)
     argv = ["demo", "--data-root", str(tmp_path), "--profile", "smoke"]
     argv += ["--notebooks", "08_beyond_the_report.ipynb", "07_results.ipynb", "--set", "train_extra=True"]
     assert cli.main(argv) == 0
     assert [name for name, _, _ in calls] == ["08_beyond_the_report.ipynb", "07_results.ipynb"]
-    assert {timeout for _, _, timeout in calls} == {demo.CELL_TIMEOUT_S}
+    assert {timeout for _, _, timeout in calls} == {notebooks.CELL_TIMEOUT_S}
     calls.clear()
     assert cli.main(argv + ["--cell-timeout", "0"]) == 0
     assert {timeout for _, _, timeout in calls} == {None}  # no limit: a sweep's cell trains for an hour or more

@@ -40,7 +40,7 @@ def test_hintons_form_is_response_kd_times_t_squared_in_the_trained_objective(tm
     """`response_t2` and `response` are the run configs the report's rows train with; through
     the trainer's step, the response term and its gradient differ by exactly T², and the total
     is α·CE + β·term with the run's own α, β, T."""
-    from kdlib.experiment import run_config
+    from kdlib.profiles import run_config
 
     kw = dict(dataset="shapes", data_root="data/shapes", runs_dir=tmp_path)
     plain = run_config("response", 0, **kw).resolved()
@@ -103,7 +103,7 @@ def test_every_distillation_term_sends_the_student_a_gradient(models, tmp_path, 
     import copy
     import dataclasses
 
-    from kdlib.experiment import run_config
+    from kdlib.profiles import run_config
 
     student, teacher = (copy.deepcopy(m) for m in models)
     cfg = run_config(method, 0, dataset="shapes", data_root="data/shapes", runs_dir=tmp_path)

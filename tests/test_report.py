@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from kdlib import plots, report
-from kdlib.analysis import paired_comparison
 from kdlib.methods import display_name
+from kdlib.stats import paired_comparison
 
 MIOU = {  # method -> per-seed best val mIoU
     "none": [0.20, 0.22, 0.18, 0.21],
@@ -106,7 +106,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
 def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
     """Column by column, against the fixture's values computed here: a column read from another
     field (best epoch for epochs, the first run's weights for every row) or typed in fails."""
-    from kdlib.experiment import collect_runs
+    from kdlib.results import collect_runs
 
     runs = MIOU | {"cwd": [0.25, 0.27, 0.23]}  # three seeds where the others have four
     write_runs(tmp_path / "runs", miou=runs)
@@ -232,7 +232,7 @@ def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(
     """A run writes metrics.json after each improved epoch: one stopped half way (here cwd seed 1
     at epoch 3 of 10, as a `make methods` cut off would leave it) is not a result. Its one
     finished seed does not replace the four committed ones either."""
-    from kdlib.experiment import collect_runs, collect_with_committed, unfinished_runs
+    from kdlib.results import collect_runs, collect_with_committed, unfinished_runs
 
     write_runs(tmp_path / "runs", miou=MIOU | {"cwd": [0.4, 0.1]})
     stopped = tmp_path / "runs" / "cwd" / "seed1" / "metrics.json"

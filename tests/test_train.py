@@ -113,7 +113,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
     steps has moved the weights) and is resumed ends where the uninterrupted run ends: same
     history (learning rates included), same weights."""
     import kdlib.train as train
-    from kdlib.experiment import collect_runs, unfinished_runs
+    from kdlib.results import collect_runs, unfinished_runs
 
     full = tmp_path / "full"
     fit(_cfg(tiny_shapes, tiny_teacher, full, **DEMO_LIKE))
@@ -149,7 +149,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
 def test_a_finished_run_whose_metrics_lag_its_checkpoint_is_brought_up_to_date(tiny_shapes, tiny_teacher, tmp_path):
     """Killed between its last epoch's last.pt and metrics.json, a run would stay unfinished for
     ever: resuming it, with nothing left to train, brings metrics.json up to date."""
-    from kdlib.experiment import collect_runs
+    from kdlib.results import collect_runs
 
     out = tmp_path / "runs" / "none" / "seed0"
     fit(_cfg(tiny_shapes, tiny_teacher, out, epochs=2))
@@ -433,8 +433,8 @@ def test_finished_run_of_another_teacher_is_trained_again(tiny_shapes, tiny_teac
     """A finished KD run is reused only while its teacher's weights are the ones it recorded;
     after the teacher changes (``make teacher``, other --teacher-weights) it is trained again,
     and ``make report`` refuses to build from it."""
-    from kdlib.demo import run_report
     from kdlib.experiment import train_method
+    from kdlib.notebooks import run_report
 
     runs = tmp_path / "runs"
     kw = dict(dataset="shapes", data_root=str(tiny_shapes), runs_dir=str(runs), profile="smoke")
@@ -489,10 +489,10 @@ def test_train_repeats_passes_over_the_split_with_fresh_order_and_augmentation()
 
 
 def test_profile_jobs_train_seeds_side_by_side(tiny_shapes, tmp_path, monkeypatch, capsys):
-    from kdlib import experiment
+    from kdlib import experiment, profiles
 
-    smoke = experiment.PROFILES["smoke"] | {"jobs": 2, "seeds": [0, 1]}
-    monkeypatch.setitem(experiment.PROFILES, "smoke", smoke)
+    smoke = profiles.PROFILES["smoke"] | {"jobs": 2, "seeds": [0, 1]}
+    monkeypatch.setitem(profiles.PROFILES, "smoke", smoke)
     runs = experiment.train_method(
         "none", dataset="shapes", data_root=str(tiny_shapes), runs_dir=str(tmp_path), profile="smoke"
     )
@@ -791,8 +791,8 @@ def test_settings_that_cannot_work_together_are_refused():
 
 
 def test_variant_runs_are_their_method_with_its_settings(tmp_path):
-    from kdlib.experiment import extra_runs, run_config
     from kdlib.methods import is_extra
+    from kdlib.profiles import extra_runs, run_config
 
     kw = dict(dataset="shapes", data_root="data/shapes", runs_dir=tmp_path)
     t2 = run_config("response_t2", 0, **kw)

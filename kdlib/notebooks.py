@@ -24,14 +24,18 @@ import sys
 import time
 from pathlib import Path
 
+from .chapter import UnknownParameterError
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
 NOTEBOOKS = ROOT / "notebooks"
+
+
 INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell of the parameters it was given
+
+
 CELL_TIMEOUT_S = 3600  # a hung cell in `make demo`; `make methods` / `make sweep` train for longer and lift it
-
-
-class UnknownParameterError(ValueError):
-    pass
 
 
 def notebook_paths() -> list[Path]:
@@ -49,43 +53,6 @@ def check_parameters(notebook: Path, parameters: dict) -> dict:
             f"{notebook.name} has no parameter(s) {unknown}; its parameters cell declares {sorted(declared)}"
         )
     return parameters
-
-
-def _assigned_names(source: str) -> set[str]:
-    import ast
-
-    names = set()
-    for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        names |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return names
-
-
-def check_injected_parameters(history=None) -> None:
-    """Called first in every notebook: refuse a parameter that papermill injected but the
-    notebook's parameters cell does not declare (``papermill nb.ipynb out.ipynb -p epoch 50``).
-    papermill itself only warns and the run goes on with the defaults.
-
-    It reads the kernel's input history (``In``): papermill's injected cell starts with
-    ``# Parameters`` and runs right after the notebook's parameters cell. Outside a kernel,
-    or with nothing injected, it does nothing."""
-    if history is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        shell = get_ipython()
-        history = shell.user_ns.get("In", []) if shell is not None else []
-    cells = list(history)
-    for k in range(1, len(cells)):
-        if cells[k].lstrip().startswith("# Parameters"):
-            declared, injected = _assigned_names(cells[k - 1]), _assigned_names(cells[k])
-            unknown = sorted(injected - declared)
-            if unknown:
-                raise UnknownParameterError(
-                    f"this notebook has no parameter(s) {', '.join(unknown)}; "
-                    f"its parameters cell declares {', '.join(sorted(declared))}"
-                )
 
 
 def run_notebook(notebook: Path, parameters: dict, out_dir: Path, timeout: int | None = CELL_TIMEOUT_S) -> Path:
@@ -126,8 +93,9 @@ def check_data(dataset: str, data_root, profile: str = "demo") -> str | None:
     """Why the data under ``data_root`` cannot serve the notebooks (None when it can): the
     data set's own message, checked before the first notebook starts. The embedded benchmark
     is generated when absent, as the notebooks would."""
+    from .config import resolve_image_size
     from .data import DataError, DatasetNotFoundError, build_dataset
-    from .experiment import prepare_data, resolve_image_size
+    from .profiles import prepare_data
 
     try:
         root = prepare_data(dataset, str(data_root), profile)
@@ -226,7 +194,7 @@ def run_demo(
     the configuration's. ``cell_timeout``: seconds a cell may run (None: no limit)."""
     from papermill.exceptions import PapermillExecutionError
 
-    from .experiment import profile_settings
+    from .profiles import profile_settings
 
     profile_settings(profile)  # refuses an unknown profile before any work
     in_place = is_committed_configuration(dataset, data_root, device, profile)
@@ -306,14 +274,9 @@ def run_report(
     report's four methods is an error, not a job, and so is any run on this machine that is
     stale (other settings, data or teacher than now: the reason names what changed)."""
     from . import methods
-    from .experiment import (
-        collect_runs,
-        is_finished,
-        profile_settings,
-        run_config,
-        stale_reason,
-        target_of,
-    )
+    from .experiment import target_of
+    from .profiles import profile_settings, run_config
+    from .results import collect_runs, is_finished, stale_reason
 
     params = demo_parameters(dataset, data_root, device, profile)
     if runs_dir is not None:
