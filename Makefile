@@ -43,15 +43,15 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out report/bench.json
 
-# The rows beyond the report (chapter 8: pairwise, cwd, dist, Hinton's T², unlabeled images), then the
-# results chapter and report with them: about 30 minutes on 2 CPU cores, on top of `make demo`'s runs.
+# The rows beyond the report (chapter 8: pairwise, cwd, dist, Hinton's T², unlabeled images), trained by
+# kdlib, then chapters 8 and 7 and the report show them: about 30 minutes on 2 CPU cores.
 methods: $(STAMP)
-	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True --cell-timeout 0
+	$(PY) -m kdlib methods $(DEMO_ARGS)
 
 # The hyper-parameter map (chapter 9: T × β for response KD and the best new method, 3 seeds), then
-# the results chapter and report: about 85 minutes on 2 CPU cores.
+# chapters 9 and 7 and the report: about 85 minutes on 2 CPU cores.
 sweep: $(STAMP)
-	$(PY) -m kdlib demo $(DEMO_ARGS) --notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True --cell-timeout 0
+	$(PY) -m kdlib sweep $(DEMO_ARGS)
 
 # The verdicts under other conditions (docs/regime.md): six methods x six seeds on two other draws of
 # the benchmark; then at 2x and 4x the demo's budget (BUDGETS="2" or "4" trains one part).
@@ -61,7 +61,7 @@ draws: $(STAMP)
 budget: $(STAMP)
 	$(PY) -m kdlib budget --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE) $(if $(BUDGETS),--budgets $(BUDGETS))
 
-# Figures, tables and report/ again from the finished runs of `make demo` (no training).
+# Figures, tables and report/ again from the finished runs (no notebook runs, nothing trains).
 report: $(STAMP)
 	$(PY) -m kdlib report $(DEMO_ARGS)
 

@@ -1,5 +1,5 @@
-"""``python -m kdlib <command>``: shapes, train, evaluate, bench, teacher, demo, draws, budget,
-report, smoke-notebooks.
+"""``python -m kdlib <command>``: shapes, train, evaluate, bench, teacher, demo, methods, sweep,
+draws, budget, report, smoke-notebooks.
 
 Every training setting is a flag whose default is ``kdlib.config.Config``'s (the report's
 Table 1); bad values are refused by argparse before any work starts.
@@ -257,6 +257,32 @@ def cmd_demo(args) -> int:
     )
 
 
+def cmd_rows(args) -> int:
+    """`make methods` and `make sweep`: train the rows, then chapters 8 or 9 and 7 show them
+    (reusing every run) and rebuild the report."""
+    from .notebooks import demo_parameters, run_demo
+    from .profiles import prepare_data
+
+    params = demo_parameters(args.dataset, args.data_root, args.device, args.profile)
+    committed = Path(params["report_dir"]) / "runs"
+    root = prepare_data(args.dataset, params["data_root"], args.profile)
+    kw = dict(dataset=args.dataset, data_root=str(root), runs_dir=params["runs_dir"], profile=args.profile)
+    start = time.perf_counter()
+    if args.command == "methods":
+        from .experiment import train_extra_rows
+
+        train_extra_rows(committed_dir=committed, device=args.device, **kw)
+        chapters = ["08_beyond_the_report.ipynb", "07_results.ipynb"]
+    else:
+        from .sweep import sweep_table
+
+        sweep_table(committed_dir=committed, table_path=Path(params["report_dir"]) / "tables" / "sweep.csv",
+                    device=args.device, **kw)  # fmt: skip
+        chapters = ["09_sweep.ipynb", "07_results.ipynb"]
+    print(f"make {args.command}: runs trained in {(time.perf_counter() - start) / 60:.0f} min; now the chapters")
+    return run_demo(args.dataset, args.data_root, args.device, args.profile, chapters, None, None)
+
+
 def cmd_conditions(args) -> int:
     from . import conditions
     from .notebooks import demo_parameters
@@ -320,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/nbval", help="folder for the copies and everything they write")
 
-    p = sub.add_parser("report", help="rebuild figures' report, tables and report/ from existing runs (no training)")
+    p = sub.add_parser(
+        "report", help="rebuild figures/, tables and report/ from finished runs (no notebook, no training)"
+    )
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
     p.add_argument("--data-root", default="data/shapes")
     p.add_argument("--device", default="cpu")
@@ -346,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench.json")
 
     for name, what in (
+        ("methods", "the rows beyond the report (chapter 8), then chapters 8 and 7 (make methods)"),
+        ("sweep", "the T x beta map of response KD and the best new method (chapter 9), then chapters 9 and 7"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
+        p.add_argument("--data-root", default="data/shapes")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--profile", default="demo")
+
+    for name, what in (
         ("draws", "the verdicts' methods on other draws of the benchmark (make draws; docs/regime.md)"),
         ("budget", "the verdicts' methods at longer budgets on the demo's draw (make budget; docs/regime.md)"),
     ):
@@ -358,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--budgets", type=int, nargs="+", help="factors (default: kdlib.conditions.BUDGETS)")
 
-    p = sub.add_parser("demo", help="run every notebook in order (make demo)")
+    p = sub.add_parser("demo", help="train the demo's runs, then run every chapter in order (make demo)")
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))
     p.add_argument("--data-root", default="data/shapes")
     p.add_argument("--device", default="cpu")
@@ -394,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_teacher(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command in ("methods", "sweep"):
+        return cmd_rows(args)
     if args.command in ("draws", "budget"):
         return cmd_conditions(args)
     if args.command == "bench":

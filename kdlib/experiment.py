@@ -148,6 +148,21 @@ def target_of(name: str) -> str:
     return "make methods" if methods.is_extra(name) else "make demo"
 
 
+def demo_runs(profile: str) -> tuple[str, ...]:
+    """The run names `make demo` trains (chapters 2-5): every one that is not `make methods`'."""
+    return tuple(n for n in profile_runs(profile) if not methods.is_extra(n))
+
+
+def train_demo_rows(*, runs_dir, profile: str = "demo", **settings) -> None:
+    """`make demo`'s training, before its chapters run: every seed of :func:`demo_runs` in one
+    batch side by side (the chapters then reuse them), a line per finished run with the time
+    left. Finished runs are reused, interrupted ones resumed."""
+    todo = []
+    for name in demo_runs(profile):
+        todo += pending_runs(name, runs_dir=runs_dir, profile=profile, **settings)
+    train_runs(todo, profile_settings(profile).get("jobs", 1), "demo")
+
+
 def train_extra_rows(*, runs_dir, committed_dir, **settings) -> pd.DataFrame:
     """`make methods` (chapter 8): the no-KD baseline every row is paired with (reused after
     `make demo`), every row of :func:`extra_runs`, then the data set's unlabeled images added to
@@ -164,9 +179,9 @@ def train_extra_rows(*, runs_dir, committed_dir, **settings) -> pd.DataFrame:
 def best_kd_method(runs: pd.DataFrame, among=None) -> str:
     """The KD method (no variant; of ``among`` when given) with the highest mean val mIoU in ``runs``."""
     candidates = list(methods.kd_names() if among is None else among)
-    kd = runs[runs["method"].isin(candidates)]
+    kd = runs[runs["run"].isin(candidates)]
     if kd.empty:
         raise ValueError(
             f"no finished run of {candidates} to choose the best method from: train them first (make methods)"
         )
-    return str(kd.groupby("method")["miou"].mean().idxmax())
+    return str(kd.groupby("run")["miou"].mean().idxmax())

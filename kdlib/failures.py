@@ -204,11 +204,11 @@ def predict_all(dataset: str, data_root, runs_dir, image_size: int, device: str 
     pred, targets, _ = predict(load_teacher(dataset), val, device)
     preds["teacher"] = pred
     for method in names("report"):
-        rows = runs[runs["method"] == method]
+        rows = runs[runs["run"] == method]
         if rows.empty:
             continue
         row = rows.sort_values("seed").iloc[0] if seed is None else rows[rows["seed"] == seed].iloc[0]
-        preds[method] = predict(load_model(Path(row["run"]) / "best.pt"), val, device)[0]
+        preds[method] = predict(load_model(Path(row["folder"]) / "best.pt"), val, device)[0]
     images = np.stack([val[i]["image"].permute(1, 2, 0).numpy() for i in range(len(val))])
     return images, targets, preds
 

@@ -206,6 +206,13 @@ def run_demo(
         print(f"make demo: the {dataset} data at {params['data_root']} cannot be used:\n{problem}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    if notebooks is None:  # the whole demo: its runs train first, in one batch, then the chapters show them
+        from .experiment import train_demo_rows
+
+        print("training the demo's runs (finished ones are reused) ...", flush=True)
+        train_demo_rows(
+            dataset=dataset, data_root=params["data_root"], runs_dir=params["runs_dir"], profile=profile, device=device
+        )
     for i, nb in enumerate(paths, 1):
         t0 = time.perf_counter()
         print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
@@ -267,20 +274,28 @@ def clean_for_commit(path: Path) -> None:
 
 
 def run_report(
-    dataset: str = "shapes", data_root: str = "data/shapes", device: str = "cpu", profile: str = "demo", runs_dir=None
+    dataset: str = "shapes",
+    data_root: str = "data/shapes",
+    device: str = "cpu",
+    profile: str = "demo",
+    runs_dir=None,
+    figures_dir=None,
+    report_dir=None,
 ) -> int:
-    """``make report``: every figure, table and the report again from finished runs. The
-    notebooks reuse finished runs, so nothing trains; a missing or unfinished run of the
-    report's four methods is an error, not a job, and so is any run on this machine that is
-    stale (other settings, data or teacher than now: the reason names what changed)."""
+    """``make report``: every figure, table and the report again from finished runs
+    (:func:`kdlib.report.build_all`; no notebook runs and nothing trains). A missing or
+    unfinished run of the report's four methods is an error, not a job, and so is any run on
+    this machine that is stale (other settings, data or teacher than now: the reason names
+    what changed)."""
     from . import methods
     from .experiment import target_of
     from .profiles import profile_settings, run_config
     from .results import collect_runs, is_finished, stale_reason
 
     params = demo_parameters(dataset, data_root, device, profile)
-    if runs_dir is not None:
-        params["runs_dir"] = str(runs_dir)
+    for name, given in (("runs_dir", runs_dir), ("figures_dir", figures_dir), ("report_dir", report_dir)):
+        if given is not None:
+            params[name] = str(given)
     settings = profile_settings(profile)
     kw = dict(dataset=dataset, data_root=params["data_root"], runs_dir=params["runs_dir"], profile=profile)
     missing, required = [], methods.names("report")
@@ -311,4 +326,10 @@ def run_report(
             file=sys.stderr,
         )
         return 1
-    return run_demo(dataset, data_root, device, profile)
+    from .report import build_all
+
+    path = build_all(
+        dataset, params["data_root"], params["runs_dir"], params["figures_dir"], params["report_dir"], device
+    )
+    print(f"report rebuilt from the finished runs under {params['runs_dir']}: {path} and {path.with_suffix('.html')}")
+    return 0

@@ -17,7 +17,7 @@ from . import methods
 from .experiment import target_of
 from .files import atomic_write_text
 from .methods import display_name, run_names
-from .results import collect_runs, collect_with_committed, unfinished_runs
+from .results import collect_runs, collect_with_committed, per_class_table, unfinished_runs
 from .stats import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
 from .sweep import report_cell
 
@@ -25,7 +25,7 @@ from .sweep import report_cell
 def _source(runs: pd.DataFrame, method: str) -> str:
     """Which target trains a row, and whether its numbers are this machine's or committed."""
     target = f"`{target_of(method)}`"
-    committed = "source" in runs and (runs.loc[runs["method"] == method, "source"] == "committed").any()
+    committed = "source" in runs and (runs.loc[runs["run"] == method, "source"] == "committed").any()
     return f"{target}, committed" if committed else target
 
 
@@ -68,7 +68,7 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
             {
                 "KD type": display_name(method),
                 "from": _source(runs, method),
-                "α / β / T": _weights(runs[runs["method"] == method]["run"].iloc[0]),
+                "α / β / T": _weights(runs[runs["run"] == method]["folder"].iloc[0]),
                 "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
                 "seeds": int(r["seeds"]),
                 "# training epochs": f"{r['epochs_mean']:.1f}",
@@ -122,8 +122,8 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
 def cached_vs_online(runs: pd.DataFrame) -> list[str]:
     """Markdown lines comparing response KD from the teacher-output cache with online
     response KD, paired by seed (empty when either is missing)."""
-    pair = runs[runs["method"].isin(["response", "response_cached"])]
-    if set(pair["method"]) != {"response", "response_cached"}:
+    pair = runs[runs["run"].isin(["response", "response_cached"])]
+    if set(pair["run"]) != {"response", "response_cached"}:
         return []
     diff = paired_comparison(pair, baseline="response").drop(columns=["vs"])
     seconds = summary_table(pair)["seconds_mean"]
@@ -141,10 +141,10 @@ def cached_vs_online(runs: pd.DataFrame) -> list[str]:
 def unlabeled_md(runs: pd.DataFrame) -> list[str]:
     """What the unlabeled images add to a method: ``<m>_unlabeled`` against ``<m>``, paired by seed."""
     lines = []
-    for name in sorted(m for m in runs["method"].unique() if m.endswith("_unlabeled")):
+    for name in sorted(m for m in runs["run"].unique() if m.endswith("_unlabeled")):
         base = name.removesuffix("_unlabeled")
-        pair = runs[runs["method"].isin([base, name])]
-        if base not in set(pair["method"]):
+        pair = runs[runs["run"].isin([base, name])]
+        if base not in set(pair["run"]):
             continue
         diff = paired_comparison(pair, baseline=base).drop(columns=["vs", "p_holm"])
         lines += [
@@ -196,18 +196,18 @@ def sweep_cells(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method, of_method in table.groupby("method", sort=False):
         label = [f"T{t:g}_b{b:g}" for t, b in zip(of_method["temperature"], of_method["beta"])]
-        cells = of_method.assign(method=label)[["method", "seed", "miou"]]
-        paired = paired_comparison(pd.concat([none.assign(method="none"), cells]))
-        stats = cells.groupby("method")["miou"].agg(["mean", "std"])
+        cells = of_method.assign(run=label)[["run", "seed", "miou"]]
+        paired = paired_comparison(pd.concat([none.assign(run="none"), cells]))
+        stats = cells.groupby("run")["miou"].agg(["mean", "std"])
         for _, r in paired.iterrows():
-            t, b = (float(v[1:]) for v in r["method"].split("_"))
+            t, b = (float(v[1:]) for v in r["run"].split("_"))
             rows.append(
                 {
                     "method": method,
                     "T": t,
                     "beta": b,
-                    "miou_mean": stats.loc[r["method"], "mean"],
-                    "miou_std": stats.loc[r["method"], "std"],
+                    "miou_mean": stats.loc[r["run"], "mean"],
+                    "miou_std": stats.loc[r["run"], "std"],
                     "vs_none": r["mean_diff"],
                     "detectable": r["detectable"],
                     "p_holm": r["p_holm"],
@@ -253,13 +253,13 @@ def unfinished_md(runs_dir) -> list[str]:
     """The runs this machine started and has not finished (the sweep's too): left out of every
     table, figure and verdict, and named here with the target that finishes them."""
     runs_dir = Path(runs_dir)
-    found = [(f"`{target_of(r['method'])}`", "", r) for _, r in unfinished_runs(runs_dir).iterrows()]
+    found = [(f"`{target_of(r['run'])}`", "", r) for _, r in unfinished_runs(runs_dir).iterrows()]
     for cell in sorted(runs_dir.glob("sweep/*")):
         found += [("`make sweep`", f" {cell.name}", r) for _, r in unfinished_runs(cell).iterrows()]
     if not found:
         return []
     runs = [
-        f"{display_name(r['method'])}{where} seed {r['seed']} (epoch {r['epochs_run']}"
+        f"{display_name(r['run'])}{where} seed {r['seed']} (epoch {r['epochs_run']}"
         + (f" of {r['epochs']})" if pd.notna(r["epochs"]) else ")")
         for _, where, r in found
     ]
@@ -277,7 +277,7 @@ def verdicts(paired: pd.DataFrame) -> list[str]:
     resolve, and whether it holds once every comparison of the table is corrected for (Holm)."""
     lines, tests = [], len(paired)
     for _, r in paired.iterrows():
-        name = display_name(r["method"])
+        name = display_name(r["run"])
         if r["verdict"] == "one seed: no verdict":
             lines.append(f"- **{name}**: one seed, no verdict.")
             continue
@@ -307,7 +307,7 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
         "unaugmented, at the best epoch.",
         "",
     ]
-    summary = table.groupby("method").agg(
+    summary = table.groupby("run").agg(
         runs=("seed", "size"),
         converged=("converged", "sum"),
         best_epoch=("best_epoch", "mean"),
@@ -318,7 +318,7 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
     )
     order = [m for m in run_names() if m in summary.index] + [m for m in summary.index if m not in run_names()]
     summary = summary.loc[order].reset_index()
-    summary["method"] = [display_name(m) for m in summary["method"]]
+    summary = summary.assign(run=[display_name(m) for m in summary["run"]]).rename(columns={"run": "method"})
     summary["converged"] = summary["converged"].astype(int).astype(str) + " of " + summary["runs"].astype(str)
     for column in ("best_epoch", "epochs"):
         summary[column] = [f"{v:.1f}" for v in summary[column]]
@@ -347,6 +347,30 @@ def per_class_md(runs_dir, dataset: str, k: int = 3, committed_dir=None) -> list
     return lines + [""]
 
 
+def build_all(dataset: str, root, runs_dir, figures_dir, report_dir, device: str = "cpu", image_size=None) -> Path:
+    """``make report``: every figure and table of the report from the finished runs, the data
+    and the models (:mod:`kdlib.figures`, the functions the chapters call), then the report
+    itself. No notebook runs and nothing trains."""
+    from . import figures
+    from .teacher import evaluate_teacher
+
+    runs_dir, figures_dir, report_dir = Path(runs_dir), Path(figures_dir), Path(report_dir)
+    tables, committed = report_dir / "tables", report_dir / "runs"
+    teacher = evaluate_teacher(dataset, root, image_size, device, report_dir)
+    figures.augmentation(dataset, root, figures_dir, image_size)
+    figures.architecture(dataset, figures_dir)
+    here = collect_runs(runs_dir)
+    for name in (n for n in methods.names("report") if n in set(here["run"])):
+        figures.loss_curves(here, name, figures_dir)
+    if "feature" in set(here["run"]):
+        figures.feature_similarity(dataset, root, runs_dir, tables, image_size)
+    figures.failure_analysis(dataset, root, runs_dir, figures_dir, tables, image_size, device)
+    figures.per_class(runs_dir, committed, dataset, teacher, figures_dir)
+    if (tables / "sweep.csv").is_file():
+        figures.sweep_map(pd.read_csv(tables / "sweep.csv"), figures_dir)
+    return build_report(runs_dir, figures_dir, report_dir, dataset)
+
+
 def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> Path:
     runs_dir, figures_dir, report_dir = Path(runs_dir), Path(figures_dir), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -355,15 +379,15 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         raise FileNotFoundError(f"no finished runs under {runs_dir}: run the training notebooks (make demo) first")
     teacher_path = report_dir / "teacher_eval.json"
     teacher = json.loads(teacher_path.read_text()) if teacher_path.is_file() else None
-    config = json.loads((Path(runs["run"].iloc[0]) / "config.json").read_text())
+    config = json.loads((Path(runs["folder"].iloc[0]) / "config.json").read_text())
     tables = report_dir / "tables"
 
     # trace: every run's metrics.json, history.csv and config.json under report/runs/<name>/seed<k>/
     # (and nothing else); the names this machine did not train keep their committed files
     here = runs[runs["source"] == "this machine"]
-    for method in here["method"].unique():
+    for method in here["run"].unique():
         shutil.rmtree(report_dir / "runs" / method, ignore_errors=True)
-    for run in here["run"]:
+    for run in here["folder"]:
         dst = report_dir / "runs" / Path(run).relative_to(runs_dir)
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.json", "history.csv", "config.json"):
@@ -500,19 +524,3 @@ def to_html(markdown_text: str, base: Path) -> str:
         "padding:3px 8px;font-size:90%}img{max-width:100%}"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>KD segmentation report</title><style>{style}</style></head><body>{body}</body></html>\n"
-
-
-def per_class_table(runs_dir, class_names, teacher: dict | None = None, committed_dir=None) -> pd.DataFrame:
-    """Per-class IoU (mean over seeds) of the teacher and each method: classes × models (with
-    ``committed_dir``, the committed runs of the methods this machine did not train too)."""
-    runs = collect_runs(runs_dir) if committed_dir is None else collect_with_committed(runs_dir, committed_dir)
-    table = {}
-    if teacher is not None:
-        table["teacher"] = teacher["per_class_iou"]
-    for method in [m for m in methods.names() if m in set(runs["method"])]:
-        per_seed = [
-            json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
-            for r in runs[runs["method"] == method]["run"]
-        ]
-        table[method] = pd.DataFrame(per_seed).mean(axis=0).tolist()
-    return pd.DataFrame(table, index=list(class_names))

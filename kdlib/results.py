@@ -163,7 +163,7 @@ def reused_line(name: str, finished: list, where) -> str:
     )
 
 
-RUN_COLUMNS = ["method", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "run"]
+RUN_COLUMNS = ["run", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "folder"]
 
 
 def _run_folders(runs_dir, names=None):
@@ -182,21 +182,21 @@ def _run_folders(runs_dir, names=None):
 
 
 def collect_runs(runs_dir, names=None) -> pd.DataFrame:
-    """One row per *finished* run under ``runs_dir``: run name (column ``method``), seed, best
-    mIoU, epochs, seconds, folder. A run still training, or stopped before its budget, is left
+    """One row per *finished* run under ``runs_dir``: run name (``run``: a method or a variant,
+    :mod:`kdlib.methods`), seed, best mIoU, epochs, seconds, ``folder``. A run still training, or stopped before its budget, is left
     out of every table, figure and verdict built from this; :func:`unfinished_runs` lists them."""
     rows = [
         {
-            "method": method,
+            "run": name,
             "seed": m["seed"],
             "miou": m["best_miou"],
             "pixel_accuracy": m["pixel_accuracy"],
             "best_epoch": m["best_epoch"],
             "epochs": m["epochs_run"],
             "seconds": m["total_seconds"],
-            "run": str(folder),
+            "folder": str(folder),
         }
-        for method, folder, m, config in _run_folders(runs_dir, names)
+        for name, folder, m, config in _run_folders(runs_dir, names)
         if _finished(m, config)
     ]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
@@ -206,12 +206,12 @@ def unfinished_runs(runs_dir, names=None) -> pd.DataFrame:
     """The runs under ``runs_dir`` that started but have not finished: run name, seed, epochs run
     of how many, folder (``--resume``, or the target that trains them, finishes them)."""
     rows = [
-        {"method": method, "seed": m["seed"], "epochs_run": m.get("epochs_run", 0), "epochs": config.get("epochs")}
-        | {"run": str(folder)}
-        for method, folder, m, config in _run_folders(runs_dir, names)
+        {"run": name, "seed": m["seed"], "epochs_run": m.get("epochs_run", 0), "epochs": config.get("epochs")}
+        | {"folder": str(folder)}
+        for name, folder, m, config in _run_folders(runs_dir, names)
         if not _finished(m, config)
     ]
-    return pd.DataFrame(rows, columns=["method", "seed", "epochs_run", "epochs", "run"])
+    return pd.DataFrame(rows, columns=["run", "seed", "epochs_run", "epochs", "folder"])
 
 
 def regime(run) -> dict:
@@ -248,19 +248,35 @@ def collect_with_committed(runs_dir, committed_dir, names=None) -> pd.DataFrame:
     here = collect_runs(runs_dir, names).assign(source="this machine")
     committed = collect_runs(committed_dir, names).assign(source="committed")
     if not here.empty and not committed.empty:
-        ours = regime(here["run"].iloc[0])
-        committed = committed[[same_regime(regime(r), ours) for r in committed["run"]]]
-    seeds_here, seeds_committed = here["method"].value_counts(), committed["method"].value_counts()
+        ours = regime(here["folder"].iloc[0])
+        committed = committed[[same_regime(regime(r), ours) for r in committed["folder"]]]
+    seeds_here, seeds_committed = here["run"].value_counts(), committed["run"].value_counts()
     use_committed = [
         n
         for n in names
         if seeds_here.get(n, 0) == 0 or (methods.is_extra(n) and seeds_committed.get(n, 0) > seeds_here.get(n, 0))
     ]
     return pd.concat(
-        [here[~here["method"].isin(use_committed)], committed[committed["method"].isin(use_committed)]],
+        [here[~here["run"].isin(use_committed)], committed[committed["run"].isin(use_committed)]],
         ignore_index=True,
     )
 
 
 def load_history(run) -> pd.DataFrame:
     return pd.read_csv(Path(run) / "history.csv")
+
+
+def per_class_table(runs_dir, class_names, teacher: dict | None = None, committed_dir=None) -> pd.DataFrame:
+    """Per-class IoU (mean over seeds) of the teacher and each method: classes × models (with
+    ``committed_dir``, the committed runs of the methods this machine did not train too)."""
+    runs = collect_runs(runs_dir) if committed_dir is None else collect_with_committed(runs_dir, committed_dir)
+    table = {}
+    if teacher is not None:
+        table["teacher"] = teacher["per_class_iou"]
+    for method in [m for m in methods.names() if m in set(runs["run"])]:
+        per_seed = [
+            json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
+            for r in runs[runs["run"] == method]["folder"]
+        ]
+        table[method] = pd.DataFrame(per_seed).mean(axis=0).tolist()
+    return pd.DataFrame(table, index=list(class_names))

@@ -53,12 +53,12 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
     difference larger than seed noise whose corrected p is not below 0.05 has the verdict
     :data:`NOT_AFTER_HOLM`), and the Wilcoxon signed-rank test's p (no normality assumed; with
     6 seeds it cannot go below 0.031). With one seed nothing can be said."""
-    base = runs[runs["method"] == baseline].set_index("seed")[metric]
+    base = runs[runs["run"] == baseline].set_index("seed")[metric]
     rows = []
-    for method in runs["method"].unique():
-        if method == baseline:
+    for name in runs["run"].unique():
+        if name == baseline:
             continue
-        other = runs[runs["method"] == method].set_index("seed")[metric]
+        other = runs[runs["run"] == name].set_index("seed")[metric]
         seeds = sorted(set(base.index) & set(other.index))
         d = np.array([other[s] - base[s] for s in seeds])
         n = len(d)
@@ -70,7 +70,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
             half, p_t, p_w, verdict = math.nan, math.nan, math.nan, "one seed: no verdict"
         rows.append(
             {
-                "method": method,
+                "run": name,
                 "vs": baseline,
                 "seeds": n,
                 "mean_diff": mean,
@@ -121,10 +121,10 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
     import json
 
     rows = []
-    for method, seed, run in zip(runs["method"], runs["seed"], runs["run"]):
-        history = pd.read_csv(Path(run) / "history.csv")
-        stopped = json.loads((Path(run) / "metrics.json").read_text()).get("early_stopped", False)
-        rows.append({"method": method, "seed": seed, **convergence(history, stopped)})
+    for name, seed, folder in zip(runs["run"], runs["seed"], runs["folder"]):
+        history = pd.read_csv(Path(folder) / "history.csv")
+        stopped = json.loads((Path(folder) / "metrics.json").read_text()).get("early_stopped", False)
+        rows.append({"run": name, "seed": seed, **convergence(history, stopped)})
     return pd.DataFrame(rows)
 
 
@@ -133,7 +133,7 @@ def summary_table(runs: pd.DataFrame, order=None) -> pd.DataFrame:
     ``order``, by default the registry's (:func:`kdlib.methods.run_names`: the report's
     methods first), then any others as they appear."""
 
-    g = runs.groupby("method")
+    g = runs.groupby("run")
     table = pd.DataFrame(
         {
             "seeds": g.size(),
@@ -144,5 +144,5 @@ def summary_table(runs: pd.DataFrame, order=None) -> pd.DataFrame:
         }
     )
     if order is None:
-        order = [*run_names(), *(m for m in runs["method"].unique() if m not in run_names())]
+        order = [*run_names(), *(m for m in runs["run"].unique() if m not in run_names())]
     return table.loc[[m for m in order if m in table.index]]

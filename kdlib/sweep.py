@@ -58,7 +58,8 @@ def sweep_table(
             best_kd_method(collect_with_committed(runs_dir, committed_dir), among=methods.names("new")),
         ]
     maps = [sweep(m, runs_dir=runs_dir, temperatures=temperatures, betas=betas, seeds=seeds, **kw) for m in swept]
-    baseline = none[none["seed"].isin(list(seeds))].assign(temperature=math.nan, beta=math.nan)
+    baseline = none[none["seed"].isin(list(seeds))].rename(columns={"run": "method"})
+    baseline = baseline.assign(temperature=math.nan, beta=math.nan)
     table = pd.concat([baseline, *maps], ignore_index=True)[SWEEP_COLUMNS]
     Path(table_path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(table.to_csv(index=False), Path(table_path))
@@ -116,7 +117,7 @@ def sweep_results(method: str, runs_dir, temperatures=SWEEP_TEMPERATURES, betas=
             runs = collect_runs(sweep_dir(runs_dir, t, b), [method])
             runs = runs[runs["seed"].isin(list(seeds))]
             rows += [
-                {"method": method, "temperature": float(t), "beta": float(b), **r} for r in runs.to_dict("records")
+                {**r, "method": method, "temperature": float(t), "beta": float(b)} for r in runs.to_dict("records")
             ]
     table = pd.DataFrame(rows)
-    return table.drop(columns=["run", "pixel_accuracy"], errors="ignore")
+    return table.drop(columns=["run", "folder", "pixel_accuracy"], errors="ignore")

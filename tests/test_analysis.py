@@ -58,12 +58,12 @@ def test_per_image_miou_and_pick_examples():
 def test_paired_comparison_says_when_differences_exceed_seed_noise():
     runs = pd.DataFrame(
         {
-            "method": ["none"] * 3 + ["response"] * 3 + ["feature"] * 3,
+            "run": ["none"] * 3 + ["response"] * 3 + ["feature"] * 3,
             "seed": [0, 1, 2] * 3,
             "miou": [0.30, 0.32, 0.31, 0.40, 0.42, 0.41, 0.30, 0.35, 0.27],
         }
     )
-    table = stats.paired_comparison(runs).set_index("method")
+    table = stats.paired_comparison(runs).set_index("run")
     assert table.loc["response", "mean_diff"] == pytest.approx(0.10)
     assert table.loc["response", "verdict"] == "larger than seed noise"
     assert table.loc["feature", "verdict"] == "within seed noise"
@@ -73,7 +73,7 @@ def test_paired_comparison_says_when_differences_exceed_seed_noise():
     assert table.loc["feature", "detectable"] == pytest.approx(half, rel=1e-4)
     assert table.loc["feature", "ci95_low"] == pytest.approx(-0.01 / 3 - half, rel=1e-4)
     assert table.loc["feature", "ci95_high"] == pytest.approx(-0.01 / 3 + half, rel=1e-4)
-    one = stats.paired_comparison(runs[runs["seed"] == 0]).set_index("method")
+    one = stats.paired_comparison(runs[runs["seed"] == 0]).set_index("run")
     assert one.loc["response", "verdict"] == "one seed: no verdict"
 
 
@@ -85,10 +85,10 @@ def test_a_difference_that_does_not_survive_holm_says_so_in_its_verdict():
         "null": [0.01, -0.01, 0.0, 0.02, -0.02, 0.0],
     }
     runs = pd.DataFrame(
-        [{"method": "none", "seed": k, "miou": b} for k, b in enumerate(base)]
-        + [{"method": m, "seed": k, "miou": b + x} for m, d in diffs.items() for k, (b, x) in enumerate(zip(base, d))]
+        [{"run": "none", "seed": k, "miou": b} for k, b in enumerate(base)]
+        + [{"run": m, "seed": k, "miou": b + x} for m, d in diffs.items() for k, (b, x) in enumerate(zip(base, d))]
     )
-    table = stats.paired_comparison(runs).set_index("method")
+    table = stats.paired_comparison(runs).set_index("run")
     assert table.loc["weak", "p"] == pytest.approx(0.0383, abs=1e-4)
     assert table.loc["weak", "p_holm"] == pytest.approx(2 * table.loc["weak", "p"])
     assert table["verdict"].to_dict() == {
@@ -96,7 +96,7 @@ def test_a_difference_that_does_not_survive_holm_says_so_in_its_verdict():
         "weak": stats.NOT_AFTER_HOLM,
         "null": "within seed noise",
     }
-    alone = stats.paired_comparison(runs[runs["method"].isin(["none", "weak"])])
+    alone = stats.paired_comparison(runs[runs["run"].isin(["none", "weak"])])
     assert alone["verdict"].tolist() == ["larger than seed noise"]  # one test: nothing to correct for
 
 
@@ -178,7 +178,7 @@ def test_p_values_by_hand_and_holms_correction():
     assert stats.holm([0.5, float("nan")])[0] == pytest.approx(0.5)
     runs = pd.DataFrame(
         {
-            "method": ["none"] * 3 + ["feature"] * 3,
+            "run": ["none"] * 3 + ["feature"] * 3,
             "seed": [0, 1, 2] * 2,
             "miou": [0.30, 0.32, 0.31, 0.30, 0.35, 0.27],
         }
@@ -198,10 +198,8 @@ def test_a_verdict_that_does_not_survive_the_correction_says_so():
     none = [0.20, 0.22, 0.18, 0.21]
     rows = {"none": none, "response": [v + d for v, d in zip(none, (0.01, 0.02, 0.015, 0.005))]}
     rows |= {"feature": [v + d for v, d in zip(none, (0.01, -0.02, 0.0, 0.012))], "both": none[::-1]}
-    runs = pd.DataFrame(
-        [{"method": m, "seed": s, "miou": v} for m, values in rows.items() for s, v in enumerate(values)]
-    )
-    paired = stats.paired_comparison(runs).set_index("method")
+    runs = pd.DataFrame([{"run": m, "seed": s, "miou": v} for m, values in rows.items() for s, v in enumerate(values)])
+    paired = stats.paired_comparison(runs).set_index("run")
     assert paired.loc["response", "p"] < 0.05 < paired.loc["response", "p_holm"]
     line = next(v for v in report.verdicts(paired.reset_index()) if "**Response**" in v)
     assert "beats no KD, but not once the 3 comparisons are corrected for together (Holm)" in line
@@ -257,7 +255,7 @@ def _exact_wilcoxon(d):
 def test_wilcoxon_p_is_the_exact_signed_rank_p_with_zeros_dropped(diffs):
     runs = pd.DataFrame(
         {
-            "method": ["none"] * len(diffs) + ["cwd"] * len(diffs),
+            "run": ["none"] * len(diffs) + ["cwd"] * len(diffs),
             "seed": list(range(len(diffs))) * 2,
             "miou": [0.3] * len(diffs) + [0.3 + x for x in diffs],
         }

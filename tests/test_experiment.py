@@ -139,7 +139,7 @@ def test_the_best_kd_method_is_the_highest_mean_among_methods_not_variants():
 
     rows = {"none": [0.9, 0.9], "cwd": [0.30, 0.20], "dist": [0.26, 0.26], "cwd_unlabeled": [0.5, 0.5]}
     rows |= {"response_t2": [0.6, 0.6], "response": [0.1, 0.5]}  # variants never win; response's mean is 0.3
-    runs = pd.DataFrame([{"method": m, "seed": s, "miou": v} for m, vs in rows.items() for s, v in enumerate(vs)])
+    runs = pd.DataFrame([{"run": m, "seed": s, "miou": v} for m, vs in rows.items() for s, v in enumerate(vs)])
     assert experiment.best_kd_method(runs) == "response"  # 0.30 against dist 0.26 and cwd 0.25
     assert experiment.best_kd_method(runs, among=("pairwise", "cwd", "dist")) == "dist"  # 0.26 > 0.25
     with pytest.raises(ValueError, match="no finished run of \\['pairwise'\\]"):

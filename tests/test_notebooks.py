@@ -425,13 +425,13 @@ def test_the_html_report_refuses_a_missing_image(tmp_path):
         to_html("![a](there.png)\n\n![b](missing.png)", tmp_path)
 
 
-def test_make_methods_and_make_sweep_set_their_switch_in_their_chapter_only(tmp_path, monkeypatch):
-    """`python -m kdlib demo --notebooks ... --set NAME=VALUE` runs those chapters in that order,
-    the value (a Python literal) injected where the chapter declares it, on top of the
-    configuration's parameters; the Makefile's targets say so."""
-    from kdlib import cli, notebooks
+def test_make_methods_and_make_sweep_train_in_kdlib_then_show_their_chapters(tmp_path, monkeypatch):
+    """`python -m kdlib methods` / `sweep` train their rows by kdlib's one function for them
+    (the rule of which rows train lives there), then run chapter 8 or 9 and chapter 7 with no
+    switch injected: the chapters only show. The Makefile's targets are these commands."""
+    from kdlib import cli, experiment, notebooks, sweep
 
-    calls = []
+    calls, trained = [], []
     monkeypatch.setattr(
         notebooks,
         "run_notebook",
@@ -440,18 +440,49 @@ def test_make_methods_and_make_sweep_set_their_switch_in_their_chapter_only(tmp_
     monkeypatch.setattr(notebooks, "clean_for_commit", lambda path: None)
     monkeypatch.setattr(notebooks.shutil, "copyfile", lambda a, b: None)
     monkeypatch.setattr(notebooks, "check_data", lambda *a: None)
-    argv = ["demo", "--data-root", str(tmp_path), "--profile", "smoke"]
-    argv += ["--notebooks", "08_beyond_the_report.ipynb", "07_results.ipynb", "--set", "train_extra=True"]
-    assert cli.main(argv) == 0
+    monkeypatch.setattr(experiment, "train_extra_rows", lambda **kw: trained.append(("methods", kw)))
+    monkeypatch.setattr(sweep, "sweep_table", lambda swept=None, **kw: trained.append(("sweep", kw)))
+    argv = ["--data-root", str(tmp_path / "shapes"), "--profile", "smoke"]
+    assert cli.main(["methods", *argv]) == 0
     assert [name for name, _, _ in calls] == ["08_beyond_the_report.ipynb", "07_results.ipynb"]
-    assert {timeout for _, _, timeout in calls} == {notebooks.CELL_TIMEOUT_S}
+    assert trained[0][0] == "methods" and trained[0][1]["profile"] == "smoke"
+    assert trained[0][1]["committed_dir"] == notebooks.ROOT / "report" / "runs"
+    assert all("train_extra" not in params and "run_sweep" not in params for _, params, _ in calls)
     calls.clear()
-    assert cli.main(argv + ["--cell-timeout", "0"]) == 0
-    assert {timeout for _, _, timeout in calls} == {None}  # no limit: a sweep's cell trains for an hour or more
-    assert calls[0][1]["train_extra"] is True and calls[0][1]["profile"] == "smoke"
-    assert "train_extra" not in calls[1][1]
-    with pytest.raises(SystemExit):
-        cli.main(argv[:-1] + ["not an assignment"])
+    assert cli.main(["sweep", *argv]) == 0
+    assert [name for name, _, _ in calls] == ["09_sweep.ipynb", "07_results.ipynb"]
+    assert trained[1][0] == "sweep" and str(trained[1][1]["table_path"]).endswith("report/tables/sweep.csv")
     makefile = (ROOT / "Makefile").read_text()
-    assert "--notebooks 08_beyond_the_report.ipynb 07_results.ipynb --set train_extra=True --cell-timeout 0" in makefile
-    assert "--notebooks 09_sweep.ipynb 07_results.ipynb --set run_sweep=True --cell-timeout 0" in makefile
+    assert "$(PY) -m kdlib methods $(DEMO_ARGS)" in makefile and "$(PY) -m kdlib sweep $(DEMO_ARGS)" in makefile
+    assert "--set" not in makefile
+
+
+def test_make_report_builds_every_figure_and_table_without_a_notebook(tmp_path, monkeypatch, capsys):
+    """`make report` rebuilds the figures, the tables and the report from finished runs with
+    kdlib's own functions: no notebook runs (papermill would fail here) and nothing trains."""
+    from kdlib import experiment, notebooks, shapes
+
+    data = shapes.generate(tmp_path / "shapes", teacher_train=4, train=16, val=12, size=64, progress=False)
+    runs, figs, report = tmp_path / "runs", tmp_path / "figures", tmp_path / "report"
+    experiment.train_demo_rows(dataset="shapes", data_root=str(data), runs_dir=runs, profile="smoke")
+
+    def no_notebook(*args, **kwargs):
+        raise AssertionError("make report ran a notebook")
+
+    monkeypatch.setattr(notebooks, "run_notebook", no_notebook)
+    monkeypatch.setattr(experiment, "fit", no_notebook)
+    assert notebooks.run_report("shapes", str(data), "cpu", "smoke", runs, figs, report) == 0
+    made = {p.name for p in figs.glob("*.png")}
+    assert made >= {"architecture.png", "data_augmentation.png", "per_class_iou.png", "failure_buckets.png"}
+    assert made >= {f"loss_{m}.png" for m in ("none", "feature", "response", "both")}
+    assert made >= {f"qualitative_{m}.png" for m in ("none", "feature", "response", "both")}
+    tables = {p.name for p in (report / "tables").glob("*.csv")}
+    assert tables >= {
+        "iou_by_size.csv",
+        "confused_pairs.csv",
+        "teacher_dependency.csv",
+        "feature_position_similarity.csv",
+    }
+    text = (report / "report.md").read_text()
+    assert "![" in text and (report / "report.html").is_file() and (report / "teacher_eval.json").is_file()
+    assert "report rebuilt from the finished runs" in capsys.readouterr().out

@@ -126,7 +126,7 @@ def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
 
 def _runs_rows():
     return [
-        {"method": m, "seed": s, "miou": v, "epochs": 8, "seconds": 60.0}
+        {"run": m, "seed": s, "miou": v, "epochs": 8, "seconds": 60.0}
         for m, vs in MIOU.items()
         for s, v in enumerate(vs)
     ]
@@ -240,12 +240,12 @@ def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(
     write_runs(tmp_path / "report" / "runs", miou={"cwd": [0.25, 0.27, 0.23, 0.26]})
 
     here = collect_runs(tmp_path / "runs")
-    assert len(here) == 17 and not ((here["method"] == "cwd") & (here["seed"] == 1)).any()
-    assert unfinished_runs(tmp_path / "runs")[["method", "seed", "epochs_run", "epochs"]].values.tolist() == [
+    assert len(here) == 17 and not ((here["run"] == "cwd") & (here["seed"] == 1)).any()
+    assert unfinished_runs(tmp_path / "runs")[["run", "seed", "epochs_run", "epochs"]].values.tolist() == [
         ["cwd", 1, 3, 10]
     ]
     merged = collect_with_committed(tmp_path / "runs", tmp_path / "report" / "runs")
-    cwd = merged[merged["method"] == "cwd"]
+    cwd = merged[merged["run"] == "cwd"]
     assert sorted(cwd["seed"]) == [0, 1, 2, 3] and set(cwd["source"]) == {"committed"}
 
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
@@ -273,4 +273,4 @@ def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(
     # once this machine has as many finished seeds as the committed row, its own runs are the row
     write_runs(tmp_path / "more", miou=MIOU | {"cwd": [0.3, 0.31, 0.29, 0.3]})
     merged = collect_with_committed(tmp_path / "more", tmp_path / "report" / "runs")
-    assert set(merged.loc[merged["method"] == "cwd", "source"]) == {"this machine"}
+    assert set(merged.loc[merged["run"] == "cwd", "source"]) == {"this machine"}

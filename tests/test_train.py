@@ -139,7 +139,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
     assert len(_history(part)) == 2
     # stopped half way, it is no result: no table or verdict reads it, and it is listed as unfinished
     assert collect_runs(tmp_path / "runs").empty
-    assert unfinished_runs(tmp_path / "runs")[["method", "epochs_run", "epochs"]].values.tolist() == [["both", 2, 4]]
+    assert unfinished_runs(tmp_path / "runs")[["run", "epochs_run", "epochs"]].values.tolist() == [["both", 2, 4]]
     monkeypatch.setattr(train, "train_step", step)
     fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE, resume=True))
     _same_run(full, part)

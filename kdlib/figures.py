@@ -1,0 +1,185 @@
+"""Every figure and table of the report that comes from runs, data or models, each built by one
+function: it writes its file under ``figures/`` or ``report/tables/`` and returns the figure or
+table, so a chapter shows exactly what ``make report`` writes (chapters call these too).
+
+The chapters' own illustrations of a mechanism (cosine maps, soft targets, CWD's
+distributions) stay in their chapters: they explain, they are not results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import methods, plots
+from .config import resolve_image_size
+from .data import build_dataset, class_names
+from .results import load_history, per_class_table
+
+
+def _save(fig, folder, name: str):
+    """Write ``fig`` to ``folder/name`` and close it: a chapter shows it where it returns it (a
+    figure as a cell's value), not wherever pyplot happened to create it."""
+    import matplotlib.pyplot as plt
+
+    plots.save_figure(fig, Path(folder) / name)
+    plt.close(fig)
+    return fig
+
+
+def _write(table: pd.DataFrame, folder, name: str, index: bool = False) -> pd.DataFrame:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    table.to_csv(Path(folder) / name, index=index)
+    return table
+
+
+def augmentation(dataset: str, root, figures_dir, image_size=None):
+    """``data_augmentation.png`` (chapter 0): four training images, each unaugmented and in three
+    of Table 2's random views, their masks beside them."""
+    size = resolve_image_size(dataset, root, image_size)
+    train_set = build_dataset(dataset, root, "train", train=True, image_size=size)
+    eval_set = build_dataset(dataset, root, "train", train=False, image_size=size)
+    fig = plots.augmentation_grid(eval_set, train_set, indices=[0, 1, 2, 3], views=3, class_names=class_names(dataset))
+    return _save(fig, figures_dir, "data_augmentation.png")
+
+
+def architecture(dataset: str, figures_dir):
+    """``architecture.png`` (chapter 1): the student's and the teacher backbone's stages."""
+    import torch
+
+    from .models import CustomSegmentationModel, TeacherWrapper, build_model, describe
+    from .teacher import teacher_arch
+
+    student_rows = describe(CustomSegmentationModel(num_classes=21), image_size=224)
+    torch.manual_seed(0)  # the projections' initialisation: their shapes are what is drawn
+    teacher_rows = describe(TeacherWrapper(build_model(teacher_arch(dataset))), image_size=224)
+    name = f"teacher backbone ({teacher_arch(dataset)})"
+    return _save(
+        plots.architecture_figure(student_rows, teacher_rows, "student", name), figures_dir, "architecture.png"
+    )
+
+
+LOSS_TITLES = {
+    "none": "No knowledge distillation",
+    "feature": "Feature-based KD",
+    "response": "Response-based KD",
+    "both": "Feature and response KD",
+}
+
+
+def loss_curves(runs: pd.DataFrame, name: str, figures_dir):
+    """``loss_<name>.png`` (chapters 2-5): every loss term of the first seed's run of ``name``."""
+    first = runs[runs["run"] == name].sort_values("seed").iloc[0]
+    title = f"{LOSS_TITLES.get(name, methods.display_name(name))} (seed {first['seed']})"
+    return _save(plots.loss_curves(load_history(first["folder"]), title), figures_dir, f"loss_{name}.png")
+
+
+def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None) -> pd.DataFrame:
+    """``feature_position_similarity.csv`` (chapter 3): per level, the mean cosine between two
+    positions of the same image (:func:`kdlib.failures.position_similarity`) on the first 8
+    validation images, for the raw teacher, the teacher through the feature-KD run's trained
+    projections, that run's student and (when it exists) the no-KD student of the same seed."""
+    import torch
+
+    from .checkpoints import load_checkpoint, load_model
+    from .evaluate import sample_batch
+    from .failures import position_similarity
+    from .models import TeacherWrapper
+    from .results import collect_runs, run_dir
+    from .teacher import load_teacher
+
+    feature = collect_runs(runs_dir, ["feature"]).sort_values("seed").iloc[0]
+    best = Path(feature["folder"]) / "best.pt"
+    torch.manual_seed(0)
+    teacher = TeacherWrapper(load_teacher(dataset))
+    teacher.projections.load_state_dict(load_checkpoint(best)["projections"])
+    x, _ = sample_batch(dataset, root, n=8, image_size=image_size)
+    no_kd = run_dir(runs_dir, "none", feature["seed"]) / "best.pt"
+    with torch.no_grad():
+        raw = teacher.teacher_forward(x)["features"]
+        maps = {
+            "teacher (raw)": raw,
+            "teacher, projected": teacher.project(raw),
+            "feature-KD student": load_model(best)(x)["features"],
+        }
+        if no_kd.is_file():
+            maps["no-KD student"] = load_model(no_kd)(x)["features"]
+    table = pd.DataFrame({k: position_similarity(f) for k, f in maps.items()}, index=list(teacher.feature_layers))
+    table = table.round(3).rename_axis("level").reset_index()
+    return _write(table, tables_dir, "feature_position_similarity.csv")
+
+
+def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, image_size=None, device: str = "cpu"):
+    """The report's Section 5 (chapter 6), from the best-val checkpoint of each report method's
+    first seed and the teacher on the whole val split: ``qualitative_<method>.png`` (each
+    method's two best and two worst images, every model's prediction beside them),
+    ``iou_by_{size,light,occlusion}.csv`` and ``failure_buckets.png``, ``confused_pairs.csv``
+    (the most confused classes of the last report method) and ``teacher_dependency.csv``.
+    Returns ``{"scores": per-image mIoU per model, "tables": {name: table}, "figures": {file
+    stem: figure}}``."""
+    from . import failures
+    from .evaluate import confusion_from_predictions
+
+    size = resolve_image_size(dataset, root, image_size)
+    names = class_names(dataset)
+    shown = {}
+    images, targets, preds = failures.predict_all(dataset, root, runs_dir, size, device)
+    scores = {name: failures.per_image_miou(p, targets) for name, p in preds.items()}
+    for method in [m for m in methods.names("report") if m in preds]:
+        best, worst = failures.pick_examples(scores[method], k=2)
+        rows = best + worst
+        columns = {"ground truth": targets[rows]} | {name: p[rows] for name, p in preds.items()}
+        labels = [f"success #{i}" for i in best] + [f"failure #{i}" for i in worst]
+        fig = plots.qualitative_grid(
+            images[rows], columns, names, row_labels=labels, scores={name: s[rows] for name, s in scores.items()}
+        )
+        shown[f"qualitative_{method}"] = _save(fig, figures_dir, f"qualitative_{method}.png")
+    if dataset == "shapes":
+        from .shapes import load_metadata
+
+        objects = failures.objects_from_metadata(load_metadata(root, "val"))
+    else:
+        objects = failures.objects_from_masks(targets)
+    tables = failures.failure_tables(objects, targets, preds)
+    buckets = [by for by in ("size", "light", "occlusion") if by in tables]
+    for by in buckets:
+        _write(tables[by].round(4).reset_index(), tables_dir, f"iou_by_{by}.csv")
+    shown["failure_buckets"] = _save(
+        plots.bucket_bars({by: tables[by] for by in buckets}), figures_dir, "failure_buckets.png"
+    )
+    student = [m for m in methods.names("report") if m in preds][-1]
+    pairs = failures.most_confused_pairs(confusion_from_predictions(preds[student], targets), names, k=8)
+    tables["confused_pairs"] = _write(pairs.round(4), tables_dir, "confused_pairs.csv")
+    _write(tables["teacher_dependency"].round(4), tables_dir, "teacher_dependency.csv")
+    tables["teacher_confused_pairs"] = failures.most_confused_pairs(
+        confusion_from_predictions(preds["teacher"], targets), names, k=8
+    )
+    return {"scores": scores, "tables": tables, "figures": shown}
+
+
+def per_class(runs_dir, committed_dir, dataset: str, teacher: dict | None, figures_dir):
+    """``per_class_iou.png`` (chapter 7): per-class IoU, mean over seeds, of the teacher and
+    every row of the results table."""
+    table = per_class_table(runs_dir, class_names(dataset), teacher, committed_dir)
+    return _save(plots.per_class_heatmap(table, "per-class IoU (mean over seeds)"), figures_dir, "per_class_iou.png")
+
+
+def sweep_map(table: pd.DataFrame, figures_dir):
+    """``sweep.png`` (chapter 9): mean val mIoU of every (T, β) cell of each swept method, from
+    ``sweep.csv``, against no KD on the same seeds, the report's cell marked."""
+    from .sweep import report_cell
+
+    cells = table[table["method"] != "none"]
+    none = table[table["method"] == "none"]["miou"].mean()
+    temps, betas = sorted(cells["temperature"].unique()), sorted(cells["beta"].unique())
+    means = {
+        methods.display_name(m): g.pivot_table(index="temperature", columns="beta", values="miou")
+        .reindex(index=temps, columns=betas)
+        .to_numpy()
+        for m, g in cells.groupby("method", sort=False)
+    }
+    title = f"mean val mIoU over seeds {sorted(cells['seed'].unique().tolist())}"
+    return _save(
+        plots.sweep_heatmap(means, temps, betas, none, marked=report_cell(), title=title), figures_dir, "sweep.png"
+    )
