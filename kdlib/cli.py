@@ -87,34 +87,24 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``Config`` field, its default and type the field's. Values are checked in one
+    place, ``Config.validate`` (called by ``train`` before any work); argparse only parses them,
+    and offers the choices of the settings that take one of a few values."""
     from .config import Config, choices
 
-    special = {name: {"choices": allowed} for name, allowed in choices().items()} | {
-        "image_size": {"type": _image_size},
-        "batch_size": {"type": _positive_int},
-        "epochs": {"type": _positive_int},
-        "train_repeats": {"type": _positive_int},
-        "max_batches": {"type": _positive_int},
-        "workers": {"type": int},
-        "pairwise_grid": {"type": _positive_int},
-        "temperature": {"type": _positive_float},
-        "lr": {"type": _positive_float},
-        "alpha": {"type": _non_negative_float},
-        "beta": {"type": _non_negative_float},
-    }
+    allowed = choices()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         kwargs = {"default": default, "help": f"{HELP[f.name]} (default: {default})"}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.name in special:
-            kwargs.update(special[f.name])
-        elif isinstance(default, float):
+        elif f.name in allowed:
+            kwargs["choices"] = allowed[f.name]
+        elif f.type in (float, "float", "float | None") or isinstance(default, float):
             kwargs["type"] = float
-        elif isinstance(default, int):
+        elif f.type in (int, "int", "int | None") or isinstance(default, int):
             kwargs["type"] = int
-        kwargs.update({k: v for k, v in special.get(f.name, {}).items() if k == "choices"})
         parser.add_argument(flag, **kwargs)
 
 
@@ -157,6 +147,10 @@ def cmd_train(args, parser) -> int:
     from .train import NonFiniteLossError, RunFolderError, fit
 
     cfg = config_from_args(args)
+    try:
+        cfg.validate()  # every setting's check, before any work
+    except ValueError as exc:
+        parser.error(str(exc))
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
         cfg = cfg.resolved()  # --out defaults to runs/<method>; fit checks every setting

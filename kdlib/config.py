@@ -117,6 +117,8 @@ class Config:
             problems.append(f"epochs={self.epochs}: must be >= 1")
         if self.lr <= 0:
             problems.append(f"lr={self.lr}: must be > 0")
+        if self.max_batches is not None and self.max_batches < 1:
+            problems.append(f"max_batches={self.max_batches}: must be >= 1")
         if self.workers is not None and self.workers < 0:
             problems.append(f"workers={self.workers}: must be >= 0")
         if self.teacher_cache and not method.cacheable:
