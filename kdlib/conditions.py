@@ -15,12 +15,16 @@ Layout, beside the demo's own runs (``<runs_dir>/<method>/seed<k>``, the 1x budg
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .experiment import pending_runs, train_runs
 from .profiles import prepare_data, profile_settings
+from .results import collect_runs
+from .stats import paired_comparison
 from .teacher import evaluate_teacher
 
 # The methods and seeds of every condition: no KD, the report's three, and cwd and dist.
@@ -94,15 +98,211 @@ def train_budgets(*, data_root, runs_dir, profile: str = "demo", device: str = "
     train_runs(todo, settings.get("jobs", 1), "budget")
 
 
-def training_compute(run) -> float:
-    """CPU seconds of a run's training steps, summed over its epochs (``train_cpu_seconds``;
-    NaN for a run recorded before kdlib measured it)."""
-    history = pd.read_csv(Path(run) / "history.csv")
-    if "train_cpu_seconds" not in history:
-        return float("nan")
-    return float(history["train_cpu_seconds"].sum())
-
-
 def teacher_on_draw(runs_dir, draw: int) -> dict | None:
     path = draw_runs_dir(runs_dir, draw) / "teacher_eval.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- reading the runs
+
+BEATS, WORSE, UNRESOLVED = "beats no KD", "worse than no KD", "no resolved difference"
+
+
+def verdict(row) -> str:
+    """The rule of docs/regime.md for one paired row (:func:`kdlib.stats.paired_comparison`):
+    the 95 % interval of the paired difference on one side of 0 and Holm's p below 0.05."""
+    if row["seeds"] < 2 or not row["p_holm"] < 0.05:
+        return UNRESOLVED
+    if row["ci95_low"] > 0:
+        return BEATS
+    if row["ci95_high"] < 0:
+        return WORSE
+    return UNRESOLVED
+
+
+def _paired(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each KD method of ``runs`` against no KD, Holm over the KD methods present, and the verdict."""
+    table = paired_comparison(runs[runs["run"].isin(METHODS)])
+    if table.empty:
+        return table
+    return table.assign(verdict=[verdict(r) for _, r in table.iterrows()])
+
+
+def _runs_of(folder, committed) -> pd.DataFrame:
+    """The finished runs of :data:`METHODS` under ``folder``, or the committed ones (the same
+    layout under ``committed``) when this machine has fewer of them."""
+    here = collect_runs(folder, METHODS)
+    there = collect_runs(committed, METHODS) if committed is not None else here.iloc[0:0]
+    return here if len(here) >= len(there) else there
+
+
+def draw_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
+    """Draw -> its finished runs: draw 0 is the demo's own (``runs_dir``), each other draw its
+    ``draws/draw<d>`` folder (or the committed one under ``committed_dir``)."""
+    out = {0: _runs_of(runs_dir, committed_dir)}
+    for draw in DRAWS:
+        committed = None if committed_dir is None else draw_runs_dir(committed_dir, draw)
+        out[draw] = _runs_of(draw_runs_dir(runs_dir, draw), committed)
+    return out
+
+
+def budget_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
+    """Budget factor -> its finished runs (1: the demo's own)."""
+    out = {1: _runs_of(runs_dir, committed_dir)}
+    for factor in BUDGETS:
+        committed = None if committed_dir is None else budget_runs_dir(committed_dir, factor)
+        out[factor] = _runs_of(budget_runs_dir(runs_dir, factor), committed)
+    return out
+
+
+def per_condition(tables: dict[int, pd.DataFrame], label: str) -> pd.DataFrame:
+    """One row per (condition, KD method): its mean mIoU, no KD's on the same seeds, the paired
+    difference with its interval and detectable difference, Holm's p and the verdict."""
+    rows = []
+    for key, runs in tables.items():
+        paired = _paired(runs)
+        for _, r in paired.iterrows():
+            rows.append(
+                {
+                    label: key,
+                    "run": r["run"],
+                    "seeds": int(r["seeds"]),
+                    "mean_diff": r["mean_diff"],
+                    "ci95_low": r["ci95_low"],
+                    "ci95_high": r["ci95_high"],
+                    "detectable": r["detectable"],
+                    "p_holm": r["p_holm"],
+                    "verdict": r["verdict"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def across_draws(table: pd.DataFrame) -> pd.DataFrame:
+    """Per KD method, its verdict on every draw and whether it is the same on all of them
+    (only when every draw has the method)."""
+    wide = table.pivot(index="run", columns="draw", values="verdict")
+    draws = [0, *DRAWS]
+    wide = wide.reindex(columns=draws)
+    complete = wide.notna().all(axis=1)
+    holds = complete & wide.nunique(axis=1).eq(1)
+    out = wide.rename(columns=lambda d: f"draw {d}")
+    out["holds on every draw"] = [
+        "yes" if h else ("no" if c else "not every draw trained") for h, c in zip(holds, complete)
+    ]
+    return out.reindex([m for m in METHODS if m in out.index])
+
+
+def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per KD method and longer budget: the change of its paired gain over no KD from 1x to that
+    budget on the seeds both budgets have, its 95 % interval, and grows / holds / shrinks."""
+    from .stats import _paired_tests
+
+    rows = []
+    base = tables[1]
+    for factor in BUDGETS:
+        longer = tables[factor]
+        for name in METHODS[1:]:
+            change = []
+            for seed in sorted(set(longer["seed"]) & set(base["seed"])):
+                try:
+                    g1 = _miou(base, name, seed) - _miou(base, "none", seed)
+                    gf = _miou(longer, name, seed) - _miou(longer, "none", seed)
+                except KeyError:
+                    continue
+                change.append(gf - g1)
+            d = np.array(change)
+            if len(d) < 2:
+                rows.append({"budget": f"x{factor}", "run": name, "seeds": len(d)} | _TREND_NONE)
+                continue
+            half, p, _ = _paired_tests(d)
+            mean = float(d.mean())
+            trend = "grows" if mean - half > 0 else "shrinks" if mean + half < 0 else "holds"
+            rows.append(
+                {
+                    "budget": f"x{factor}",
+                    "run": name,
+                    "seeds": len(d),
+                    "gain_change": mean,
+                    "ci95_low": mean - half,
+                    "ci95_high": mean + half,
+                    "detectable": half,
+                    "trend": trend,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+_TREND_NONE = {
+    "gain_change": math.nan,
+    "ci95_low": math.nan,
+    "ci95_high": math.nan,
+    "detectable": math.nan,
+    "trend": "fewer than 2 seeds",
+}
+
+
+def _miou(runs: pd.DataFrame, name: str, seed: int) -> float:
+    hit = runs[(runs["run"] == name) & (runs["seed"] == seed)]
+    if hit.empty:
+        raise KeyError((name, seed))
+    return float(hit["miou"].iloc[0])
+
+
+def with_compute(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each run's training compute (CPU seconds) and images/s over it."""
+    compute, rates = [], []
+    for folder in runs["folder"]:
+        history = pd.read_csv(Path(folder) / "history.csv")
+        seconds = float(history["train_cpu_seconds"].sum()) if "train_cpu_seconds" in history else math.nan
+        compute.append(seconds)
+        config = json.loads((Path(folder) / "config.json").read_text())
+        images = config.get("split_sizes", {}).get(config.get("train_split"), math.nan)
+        images = images * config.get("train_repeats", 1) * len(history)
+        rates.append(images / seconds if seconds > 0 else math.nan)
+    return runs.assign(compute_s=compute, images_per_cpu_s=rates)
+
+
+def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Each KD method at 1x beside no KD at the smallest budget whose median training compute is
+    at least the method's median, paired by seed, Holm over the methods compared (the rule of
+    docs/regime.md). Where no budget of no KD reaches a method's compute, its row says so."""
+    from .stats import _paired_tests, holm
+
+    timed = {f: with_compute(t) for f, t in tables.items()}
+    none_at = {f: t[t["run"] == "none"] for f, t in timed.items()}
+    medians = {f: float(n["compute_s"].median()) for f, n in none_at.items() if n["compute_s"].notna().any()}
+    rows = []
+    for name in METHODS[1:]:
+        kd = timed[1][timed[1]["run"] == name]
+        if kd.empty:
+            continue
+        need = float(kd["compute_s"].median())
+        factor = next((f for f in sorted(medians) if medians[f] >= need), None)
+        unmatched = "its training compute was not recorded" if math.isnan(need) else "no budget of no KD reaches it"
+        row = {"run": name, "compute_s": need, "images_per_cpu_s": float(kd["images_per_cpu_s"].median())}
+        if factor is None:
+            nothing = dict.fromkeys(
+                ("none_compute_s", "mean_diff", "ci95_low", "ci95_high", "detectable", "p"), math.nan
+            )
+            rows.append(row | nothing | {"none_budget": math.nan, "seeds": 0, "verdict": unmatched})
+            continue
+        base = none_at[factor].set_index("seed")["miou"]
+        mine = kd.set_index("seed")["miou"]
+        d = np.array([mine[s] - base[s] for s in sorted(set(mine.index) & set(base.index))])
+        half, p, _ = _paired_tests(d) if len(d) >= 2 else (math.nan, math.nan, math.nan)
+        mean = float(d.mean()) if len(d) else math.nan
+        rows.append(
+            row
+            | {"none_budget": factor, "none_compute_s": medians[factor], "seeds": len(d), "mean_diff": mean}
+            | {"ci95_low": mean - half, "ci95_high": mean + half, "detectable": half, "p": p}
+        )
+    table = pd.DataFrame(rows)
+    if table.empty or "p" not in table:
+        return table
+    tested = table["p"].notna()
+    table["p_holm"] = math.nan
+    table.loc[tested, "p_holm"] = holm(table.loc[tested, "p"].tolist())
+    for i, r in table[tested].iterrows():
+        table.loc[i, "verdict"] = verdict(r)
+    return table

@@ -183,3 +183,22 @@ def sweep_map(table: pd.DataFrame, figures_dir):
     return _save(
         plots.sweep_heatmap(means, temps, betas, none, marked=report_cell(), title=title), figures_dir, "sweep.png"
     )
+
+
+def budget_curves(runs_dir, committed_dir, figures_dir):
+    """``budget_curves.png`` (the report's Section 6): each method's best val mIoU against its
+    training steps on the demo's draw, 1x and the longer budgets of :mod:`kdlib.conditions`;
+    None when no longer budget has finished runs."""
+    import json
+
+    from .conditions import budget_runs
+
+    tables = budget_runs(runs_dir, committed_dir)
+    if all(tables[f].empty for f in tables if f != 1) or tables[1].empty:
+        return None
+    points = pd.concat([t.assign(budget=f) for f, t in tables.items()], ignore_index=True)
+    config = json.loads((Path(tables[1]["folder"].iloc[0]) / "config.json").read_text())
+    images = config["split_sizes"][config["train_split"]]
+    steps = config["epochs"] * config["train_repeats"] * -(-images // config["batch_size"])
+    fig = plots.budget_curves(points, steps, "best val mIoU against the training budget (the demo's draw)")
+    return _save(fig, figures_dir, "budget_curves.png")

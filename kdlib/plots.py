@@ -263,3 +263,29 @@ def sweep_heatmap(means, temperatures, betas, baseline: float, title: str = "", 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def budget_curves(points, steps_per_factor: int, title: str = ""):
+    """Val mIoU against training steps, one line per run name (no KD in black, thicker), each
+    point the mean over its seeds with the standard error as a bar. ``points``: rows of
+    ``budget`` (factor), ``run``, ``miou`` (one per seed)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    names = [n for n in methods.run_names() if n in set(points["run"])]
+    for k, name in enumerate(names):
+        of = points[points["run"] == name].groupby("budget")["miou"]
+        mean, sem = of.mean(), of.std(ddof=1) / np.sqrt(of.size())
+        steps = mean.index.to_numpy() * steps_per_factor
+        style = {"color": "black", "lw": 2.5, "zorder": 3} if name == "none" else {"color": f"C{k}", "lw": 1.5}
+        ax.errorbar(steps, mean.to_numpy(), yerr=sem.fillna(0).to_numpy(), marker="o", capsize=3,
+                    label=methods.display_name(name), **style)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    factors = sorted(points["budget"].unique())
+    ax.set_xticks([f * steps_per_factor for f in factors], [f"{f * steps_per_factor:,}\n({f}×)" for f in factors])
+    ax.set_xlabel("training steps (the demo's budget ×)")
+    ax.set_ylabel("best val mIoU (mean ± s.e. over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -42,6 +42,7 @@ FIGURES = {  # file name in figures/ -> caption
     "qualitative_both.png": "Feature & response KD: successes and failures (Figure 10).",
     "failure_buckets.png": "Object IoU by size, illumination and occlusion.",
     "per_class_iou.png": "Per-class IoU of the teacher and each method.",
+    "budget_curves.png": "Best val mIoU against training steps on the demo's draw: no KD (black) and each method (Section 6).",
     "sweep.png": "Hyper-parameter map (chapter 9, `make sweep`): mean val mIoU of each T × β cell run, against no KD.",
 }
 
@@ -368,6 +369,7 @@ def build_all(dataset: str, root, runs_dir, figures_dir, report_dir, device: str
     figures.per_class(runs_dir, committed, dataset, teacher, figures_dir)
     if (tables / "sweep.csv").is_file():
         figures.sweep_map(pd.read_csv(tables / "sweep.csv"), figures_dir)
+    figures.budget_curves(runs_dir, committed, figures_dir)
     return build_report(runs_dir, figures_dir, report_dir, dataset)
 
 
@@ -388,10 +390,8 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     for method in here["run"].unique():
         shutil.rmtree(report_dir / "runs" / method, ignore_errors=True)
     for run in here["folder"]:
-        dst = report_dir / "runs" / Path(run).relative_to(runs_dir)
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.json", "history.csv", "config.json"):
-            shutil.copyfile(Path(run) / name, dst / name)
+        _trace(Path(run), report_dir / "runs" / Path(run).relative_to(runs_dir))
+    _trace_conditions(runs_dir, report_dir / "runs")
     seeds = sorted(runs["seed"].unique().tolist())
     paired = paired_comparison(runs)
     md = [
@@ -487,10 +487,39 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
             "qualitative_both.png",
         ],
     )
+    md += conditions_md(runs_dir, figures_dir, report_dir)
     text = "\n".join(md) + "\n"
     atomic_write_text(text, report_dir / "report.md")
     atomic_write_text(to_html(text, report_dir), report_dir / "report.html")
     return report_dir / "report.md"
+
+
+def _trace(run: Path, dst: Path) -> None:
+    """A run's record under ``report/runs/``: its metrics.json, history.csv and config.json."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "history.csv", "config.json"):
+        shutil.copyfile(run / name, dst / name)
+
+
+def _trace_conditions(runs_dir: Path, committed: Path) -> None:
+    """The runs of `make draws` and `make budget` under ``report/runs/draws/``, ``budget/``: each
+    row of each condition takes this machine's finished runs when they are at least as many as
+    the committed ones (a part cut off half way replaces nothing), and each draw its teacher's
+    score."""
+    from . import conditions as c
+
+    folders = [c.draw_runs_dir(runs_dir, d) for d in c.DRAWS] + [c.budget_runs_dir(runs_dir, f) for f in c.BUDGETS]
+    for here in folders:
+        there = committed / here.relative_to(runs_dir)
+        mine, theirs = collect_runs(here, c.METHODS), collect_runs(there, c.METHODS)
+        for name in set(mine["run"]):
+            if (mine["run"] == name).sum() >= (theirs["run"] == name).sum():
+                shutil.rmtree(there / name, ignore_errors=True)
+                for run in mine[mine["run"] == name]["folder"]:
+                    _trace(Path(run), there / name / Path(run).name)
+        if (here / "teacher_eval.json").is_file():
+            there.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(here / "teacher_eval.json", there / "teacher_eval.json")
 
 
 def _figure_md(figures_dir: Path, report_dir: Path, names) -> list[str]:
@@ -524,3 +553,130 @@ def to_html(markdown_text: str, base: Path) -> str:
         "padding:3px 8px;font-size:90%}img{max-width:100%}"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>KD segmentation report</title><style>{style}</style></head><body>{body}</body></html>\n"
+
+
+def _diff_cell(r) -> str:
+    """A paired difference as a table cell: mean ± detectable, seeds, verdict."""
+    if pd.isna(r.get("mean_diff")):
+        return str(r.get("verdict", "—"))
+    return f"{r['mean_diff']:+.4f} ± {r['detectable']:.4f} ({int(r['seeds'])} seeds): {r['verdict']}"
+
+
+def _names(runs) -> str:
+    names = [display_name(n) for n in runs]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "none")
+
+
+def conditions_md(runs_dir, figures_dir, report_dir) -> list[str]:
+    """Section 6: the verdicts of :mod:`kdlib.conditions` per draw, per budget and at matched
+    compute, each with its detectable difference, and which hold; a sentence says why a part is
+    absent. Writes the tables under ``report/tables/``."""
+    from . import conditions as c
+
+    runs_dir, report_dir = Path(runs_dir), Path(report_dir)
+    committed, tables = report_dir / "runs", report_dir / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "## Section 6. Do the verdicts hold? Other draws, longer budgets, the same compute",
+        "",
+        "Each KD method against no KD on the same seeds, by the rules docs/regime.md fixed before these "
+        "runs: a verdict is *beats* or *worse than no KD* when the 95% interval of the paired difference "
+        "is on one side of 0 and its Holm-corrected p (over the five KD methods of that condition) is below "
+        "0.05. Each cell: mean difference ± the smallest difference the seeds can detect.",
+        "",
+    ]
+    draws = c.draw_runs(runs_dir, committed)
+    if all(draws[d].empty for d in c.DRAWS):
+        lines += ["*Other draws of the benchmark*: not trained on this machine or committed yet (`make draws`).", ""]
+    else:
+        table = c.per_condition(draws, "draw")
+        table.round(6).to_csv(tables / "conditions_draws.csv", index=False)
+        teachers = {0: report_dir / "teacher_eval.json"} | {
+            d: next((p for p in (c.draw_runs_dir(runs_dir, d), c.draw_runs_dir(committed, d)) if (p / "teacher_eval.json").is_file()), None)
+            for d in c.DRAWS
+        }  # fmt: skip
+        scores = []
+        for d, where in teachers.items():
+            path = where if d == 0 else (None if where is None else where / "teacher_eval.json")
+            if path is not None and Path(path).is_file():
+                scores.append(f"draw {d} {json.loads(Path(path).read_text())['miou']:.4f}")
+        wide = c.across_draws(table)
+        rows = []
+        for name, r in wide.iterrows():
+            row = {"method": display_name(name)}
+            for d in [0, *c.DRAWS]:
+                hit = table[(table["draw"] == d) & (table["run"] == name)]
+                row[f"draw {d}"] = _diff_cell(hit.iloc[0]) if not hit.empty else "not trained"
+            rows.append(row | {"same verdict on every draw": r["holds on every draw"]})
+        holds = [n for n, r in wide.iterrows() if r["holds on every draw"] == "yes"]
+        differ = [n for n, r in wide.iterrows() if r["holds on every draw"] == "no"]
+        same = "; ".join(f"{display_name(n)} ({wide.loc[n, 'draw 0']})" for n in holds) or "no method"
+        lines += [
+            "**Other draws of the benchmark** (generator seeds "
+            + ", ".join(str(d) for d in c.DRAWS)
+            + "; the demo's is 0): other training and validation images, the same shipped teacher, whose val "
+            f"mIoU is {'; '.join(scores)}.",
+            "",
+            _md_table(pd.DataFrame(rows)),
+            "",
+            f"The same verdict on every draw: {same}. A verdict that changes from draw to draw: {_names(differ)}.",
+            "",
+        ]
+    budgets = c.budget_runs(runs_dir, committed)
+    if all(budgets[f].empty for f in c.BUDGETS):
+        lines += ["*Longer budgets*: not trained on this machine or committed yet (`make budget`).", ""]
+    else:
+        table = c.per_condition(budgets, "budget")
+        table.round(6).to_csv(tables / "conditions_budgets.csv", index=False)
+        trend = c.budget_trend(budgets)
+        trend.round(6).to_csv(tables / "budget_trend.csv", index=False)
+        none = {f: t[t["run"] == "none"]["miou"].mean() for f, t in budgets.items()}
+        rows = []
+        for name in c.METHODS[1:]:
+            row = {"method": display_name(name)}
+            for f in budgets:
+                hit = table[(table["budget"] == f) & (table["run"] == name)]
+                row[f"{f}×"] = _diff_cell(hit.iloc[0]) if not hit.empty else "not trained"
+            for _, t in trend[trend["run"] == name].iterrows():
+                row[f"gain {t['budget']} vs 1×"] = (
+                    f"{t['gain_change']:+.4f} ± {t['detectable']:.4f}: {t['trend']}"
+                    if pd.notna(t["gain_change"])
+                    else t["trend"]
+                )
+            rows.append(row)
+        lines += [
+            "**Longer budgets** (the demo's draw; the cosine schedule stretched, everything else equal). No KD "
+            "reaches "
+            + "; ".join(f"{none[f]:.4f} at {f}×" for f in budgets if pd.notna(none[f]))
+            + ". Each method's paired difference to no KD at each budget, and how its gain changes from 1× "
+            "(per seed, on the seeds both budgets have):",
+            "",
+            _md_table(pd.DataFrame(rows)),
+            "",
+        ]
+        lines += _figure_md(Path(figures_dir), report_dir, ["budget_curves.png"])
+        compute = c.matched_compute(budgets)
+        if not compute.empty:
+            compute.round(6).to_csv(tables / "matched_compute.csv", index=False)
+            shown = pd.DataFrame(
+                {
+                    "method (1×)": [display_name(n) for n in compute["run"]],
+                    "training CPU s": [f"{v:.0f}" for v in compute["compute_s"]],
+                    "images / CPU s": [f"{v:.0f}" for v in compute["images_per_cpu_s"]],
+                    "no KD given": [f"{int(f)}× ({s:.0f} CPU s)" if pd.notna(f) else "—"
+                                    for f, s in zip(compute["none_budget"], compute["none_compute_s"])],
+                    "difference": [_diff_cell(r) for _, r in compute.iterrows()],
+                }
+            )  # fmt: skip
+            wins = [r["run"] for _, r in compute.iterrows() if r.get("verdict") == "beats no KD"]
+            lines += [
+                "**The same compute.** Each KD method at the demo's budget beside no KD trained at least as "
+                "long (the CPU time of the training steps, one thread per run, summed over epochs; the smallest "
+                "budget of no KD whose median reaches the method's median):",
+                "",
+                _md_table(shown),
+                "",
+                f"Distillation beats training no KD for the same compute for {_names(wins)}.",
+                "",
+            ]
+    return lines

@@ -1,0 +1,204 @@
+"""The verdicts under other conditions (kdlib.conditions, docs/regime.md): what `make draws` and
+`make budget` train, and how their runs are read. Expected values come from scipy and numpy on
+the fixture's numbers, never from kdlib's own statistics."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from kdlib import conditions, profiles, shapes
+
+METHODS = conditions.METHODS
+
+
+def write_run(folder, name, seed, miou, cpu_per_epoch=1.0, epochs=4):
+    """A finished run as kdlib writes it: metrics.json, config.json and history.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {"method": name, "seed": seed, "best_miou": miou, "pixel_accuracy": 0.9, "best_epoch": epochs}
+    metrics |= {"epochs_run": epochs, "total_seconds": 10.0, "per_class_iou": [miou] * 21}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    config = {"method": name, "seed": seed, "epochs": epochs, "train_split": "train", "val_split": "val"}
+    config |= {"split_sizes": {"train": 32, "val": 300}, "train_repeats": 8, "batch_size": 16}
+    (folder / "config.json").write_text(json.dumps(config))
+    history = pd.DataFrame({"epoch": range(1, epochs + 1), "val_miou": [miou] * epochs})
+    history["train_cpu_seconds"] = cpu_per_epoch
+    history.to_csv(folder / "history.csv", index=False)
+
+
+def write_condition(root, mious: dict, cpu: dict | None = None, epochs=4):
+    """``mious``: run name -> one best mIoU per seed; ``cpu``: run name -> CPU s per epoch."""
+    for name, values in mious.items():
+        for seed, miou in enumerate(values):
+            write_run(root / name / f"seed{seed}", name, seed, miou, (cpu or {}).get(name, 1.0), epochs)
+
+
+def holm(p):
+    """Holm's step-down adjustment, written out: the k-th smallest p times (m - k + 1), running max."""
+    order = np.argsort(p)
+    out, running = np.empty(len(p)), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - k) * p[i]))
+        out[i] = running
+    return out
+
+
+BASE = [0.20, 0.18, 0.19, 0.21, 0.17, 0.22]
+GAINS = {  # per seed, paired with no KD
+    "response": [0.001, -0.002, 0.000, 0.002, -0.001, 0.0],
+    "feature": [-0.010, -0.012, -0.009, -0.011, -0.013, -0.010],
+    "both": [0.004, 0.001, 0.006, 0.0, 0.005, 0.002],  # raw p 0.03: resolved alone, not after Holm
+    "cwd": [0.05, 0.06, 0.055, 0.048, 0.062, 0.051],
+    "dist": [0.03, 0.02, 0.035, 0.025, 0.04, 0.03],
+}
+
+
+def draw_mious(scale=1.0, flip=()):
+    out = {"none": BASE}
+    for name, gains in GAINS.items():
+        sign = -1 if name in flip else 1
+        out[name] = [b + sign * scale * g for b, g in zip(BASE, gains)]
+    return out
+
+
+def test_a_verdict_per_draw_holm_over_the_five_methods_and_whether_it_holds(tmp_path):
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    write_condition(conditions.draw_runs_dir(runs, 1), draw_mious())
+    write_condition(conditions.draw_runs_dir(runs, 2), draw_mious(flip=("dist",)))
+    table = conditions.per_condition(conditions.draw_runs(runs), "draw")
+    for draw, mious in ((0, draw_mious()), (2, draw_mious(flip=("dist",)))):
+        names = list(GAINS)
+        d = {n: np.array(mious[n]) - np.array(BASE) for n in names}
+        p = np.array([st.ttest_1samp(d[n], 0).pvalue for n in names])
+        for name, p_holm in zip(names, holm(p)):
+            row = table[(table["draw"] == draw) & (table["run"] == name)].iloc[0]
+            half = st.t.ppf(0.975, 5) * d[name].std(ddof=1) / math.sqrt(6)
+            assert row["mean_diff"] == pytest.approx(d[name].mean())
+            assert row["detectable"] == pytest.approx(half)
+            assert row["p_holm"] == pytest.approx(p_holm)
+            low, high = d[name].mean() - half, d[name].mean() + half
+            expected = (
+                "beats no KD"
+                if low > 0 and p_holm < 0.05
+                else "worse than no KD"
+                if high < 0 and p_holm < 0.05
+                else "no resolved difference"
+            )
+            assert row["verdict"] == expected, (draw, name)
+    verdicts = table.set_index(["draw", "run"])["verdict"]
+    assert verdicts[(0, "cwd")] == "beats no KD" and verdicts[(0, "feature")] == "worse than no KD"
+    assert verdicts[(0, "response")] == "no resolved difference" and verdicts[(2, "dist")] == "worse than no KD"
+    held = conditions.across_draws(table)["holds on every draw"].to_dict()
+    assert held == {"response": "yes", "feature": "yes", "both": "yes", "cwd": "yes", "dist": "no"}
+
+
+def test_a_draw_not_trained_everywhere_is_said_so(tmp_path):
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    write_condition(conditions.draw_runs_dir(runs, 1), {k: v for k, v in draw_mious().items() if k != "dist"})
+    held = conditions.across_draws(conditions.per_condition(conditions.draw_runs(runs), "draw"))
+    assert held.loc["dist", "holds on every draw"] == "not every draw trained"
+
+
+def test_the_budget_trend_is_the_paired_change_of_each_gain(tmp_path):
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    longer = draw_mious(scale=2.0)  # every gain doubles at 2x
+    write_condition(conditions.budget_runs_dir(runs, 2), longer)
+    write_condition(conditions.budget_runs_dir(runs, 4), {k: v[:3] for k, v in draw_mious(scale=0.0).items()})
+    trend = conditions.budget_trend(conditions.budget_runs(runs)).set_index(["budget", "run"])
+    for name, gains in GAINS.items():
+        change = np.array(gains)  # 2g - g per seed
+        half = st.t.ppf(0.975, 5) * change.std(ddof=1) / math.sqrt(6)
+        row = trend.loc[("x2", name)]
+        assert row["seeds"] == 6 and row["gain_change"] == pytest.approx(change.mean())
+        assert row["detectable"] == pytest.approx(half)
+        at4 = trend.loc[("x4", name)]  # every gain gone at 4x, seeds 0-2 only
+        assert at4["seeds"] == 3 and at4["gain_change"] == pytest.approx(-np.mean(gains[:3]))
+    assert trend.loc[("x2", "cwd"), "trend"] == "grows" and trend.loc[("x4", "cwd"), "trend"] == "shrinks"
+    assert trend.loc[("x2", "response"), "trend"] == "holds"
+
+
+def test_each_kd_method_meets_no_kd_trained_at_least_as_long(tmp_path):
+    runs = tmp_path / "runs"
+    cost = {"none": 1.0, "response": 1.5, "feature": 1.6, "both": 1.7, "cwd": 2.5, "dist": 9.0}
+    write_condition(runs, draw_mious(), cost)  # CPU s per epoch, 4 epochs
+    at2 = {k: [v + 0.04 for v in vs] for k, vs in draw_mious().items()}  # no KD at 2x: 0.04 higher
+    write_condition(conditions.budget_runs_dir(runs, 2), at2, cost, epochs=8)
+    write_condition(conditions.budget_runs_dir(runs, 4), {k: v[:3] for k, v in at2.items()}, cost, epochs=16)
+    table = conditions.matched_compute(conditions.budget_runs(runs)).set_index("run")
+    # no KD costs 4 CPU s at 1x, 8 at 2x, 16 at 4x: response (6 s) and cwd (10 s) meet 2x and 4x
+    assert table.loc["response", "none_budget"] == 2 and table.loc["cwd", "none_budget"] == 4
+    assert table.loc["response", "compute_s"] == pytest.approx(6.0) and table.loc["cwd", "none_compute_s"] == 16
+    assert table.loc["response", "images_per_cpu_s"] == pytest.approx(32 * 8 * 4 / 6.0)
+    assert table.loc["dist", "verdict"] == "no budget of no KD reaches it"  # 36 s > 16 s
+    d = np.array(draw_mious()["cwd"][:3]) - np.array(at2["none"][:3])
+    assert table.loc["cwd", "seeds"] == 3 and table.loc["cwd", "mean_diff"] == pytest.approx(d.mean())
+    tested = table["p"].notna()
+    assert table.loc[tested, "p_holm"].tolist() == pytest.approx(holm(table.loc[tested, "p"].to_numpy()).tolist())
+    p_holm = dict(zip(table.index[tested], holm(table.loc[tested, "p"].to_numpy())))
+    for name, p in p_holm.items():
+        budget = int(table.loc[name, "none_budget"])
+        seeds = 6 if budget == 2 else 3
+        d = np.array(draw_mious()[name][:seeds]) - np.array(at2["none"][:seeds])
+        half = st.t.ppf(0.975, seeds - 1) * d.std(ddof=1) / math.sqrt(seeds)
+        assert table.loc[name, "p"] == pytest.approx(st.ttest_1samp(d, 0).pvalue)
+        low, high = d.mean() - half, d.mean() + half
+        rule = "beats no KD" if low > 0 and p < 0.05 else "worse than no KD" if high < 0 and p < 0.05 else None
+        assert table.loc[name, "verdict"] == (rule or "no resolved difference"), name
+    assert table.loc["feature", "verdict"] == "worse than no KD"  # -0.01 - 0.04 on every seed
+
+
+def test_make_draws_and_make_budget_train_what_docs_regime_decided(tmp_path, monkeypatch):
+    planned = []
+    monkeypatch.setattr(conditions, "train_runs", lambda todo, jobs, name: planned.extend(todo))
+    monkeypatch.setattr(conditions, "evaluate_teacher", lambda *a, **k: {"miou": 0.5})
+    data, runs = tmp_path / "data" / "shapes", tmp_path / "runs"
+    conditions.train_draws(data_root=data, runs_dir=runs, profile="smoke")
+    assert {(c.method, c.seed) for c in planned} == {(m, 0) for m in METHODS} and len(planned) == 12
+    for draw in conditions.DRAWS:
+        card = json.loads((tmp_path / "data" / f"shapes-draw{draw}" / "benchmark.json").read_text())
+        assert card["seed"] == draw
+        mine = [c for c in planned if c.data_root.endswith(f"shapes-draw{draw}")]
+        assert len(mine) == 6 and all(c.out.startswith(str(runs / "draws" / f"draw{draw}")) for c in mine)
+    planned.clear()
+    conditions.train_budgets(data_root=data, runs_dir=runs, profile="smoke")
+    by = {}
+    for cfg in planned:
+        by.setdefault(cfg.epochs, set()).add((cfg.method, cfg.seed, cfg.early_stop, cfg.lr_schedule))
+    smoke = profiles.profile_settings("smoke")
+    assert by[1] == {(m, 0, 30, "plateau") for m in METHODS}  # 1x: the profile's own runs
+    assert by[2] == {(m, 0, 60, "plateau") for m in METHODS}  # 2x: the profile's seeds
+    assert by[4] == {(m, s, 120, "plateau") for m in METHODS for s in (0, 1, 2)}  # 4x: seeds 0-2
+    assert smoke["epochs"] == 1
+    demo = conditions.budget_settings("demo", 4)
+    assert demo == {"epochs": 80, "early_stop": 120}
+    with pytest.raises(ValueError, match="x3 was not planned"):
+        conditions.train_budgets(data_root=data, runs_dir=runs, profile="smoke", budgets=[3])
+
+
+def test_the_report_commits_the_conditions_runs_without_losing_more_seeds(tmp_path):
+    from kdlib.report import _trace_conditions
+
+    runs, committed = tmp_path / "runs", tmp_path / "report" / "runs"
+    write_condition(conditions.draw_runs_dir(committed, 1), draw_mious())  # six seeds committed
+    write_condition(conditions.draw_runs_dir(runs, 1), {k: v[:2] for k, v in draw_mious(scale=2).items()})
+    write_condition(conditions.budget_runs_dir(runs, 2), draw_mious())
+    (conditions.draw_runs_dir(runs, 1) / "teacher_eval.json").write_text('{"miou": 0.9}')
+    _trace_conditions(runs, committed)
+    kept = sorted(p.parent.name for p in (conditions.draw_runs_dir(committed, 1) / "cwd").glob("seed*/metrics.json"))
+    assert kept == [f"seed{k}" for k in range(6)]  # two local seeds do not replace six committed ones
+    copied = sorted((conditions.budget_runs_dir(committed, 2) / "none").glob("seed*/*"))
+    assert {p.name for p in copied} == {"metrics.json", "config.json", "history.csv"} and len(copied) == 18
+    assert json.loads((conditions.draw_runs_dir(committed, 1) / "teacher_eval.json").read_text()) == {"miou": 0.9}
+
+
+def test_another_draw_is_another_benchmark(tmp_path):
+    a = shapes.generate(tmp_path / "a", teacher_train=2, train=4, val=2, size=64, seed=1, progress=False)
+    b = shapes.generate(tmp_path / "b", teacher_train=2, train=4, val=2, size=64, seed=0, progress=False)
+    first = sorted((a / "JPEGImages").glob("*.jpg"))[0].name
+    assert (a / "JPEGImages" / first).read_bytes() != (b / "JPEGImages" / first).read_bytes()
