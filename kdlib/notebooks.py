@@ -9,7 +9,7 @@ reusing finished runs. Any other configuration (``DATASET=voc``, ``PROFILE=full`
 ``runs/<profile>-<dataset>/notebooks/``.
 
 ``make test`` checks the notebooks with nbval on copies whose parameters cell says ``smoke``
-(:func:`write_smoke_copies`): the cells marked ``NBVAL_CHECK_OUTPUT`` (outputs that do not
+(:func:`write_smoke_copies`): the cells tagged ``nbval-check-output`` (outputs that do not
 depend on the profile) must reproduce the committed outputs.
 
 Each notebook runs with ``cwd`` set to its folder, the ``python3`` kernel and a per-cell

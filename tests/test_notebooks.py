@@ -64,11 +64,30 @@ def test_notebook_house_rules(path):
                 "logic belongs in kdlib, not in a notebook"
             )
             assert "papermill" not in cell.metadata and "execution" not in cell.metadata
+    for cell in nb.cells:  # nbval's markers are tags, and code fits JupyterLab's and the HTML's width
+        if cell.cell_type == "code":
+            assert "NBVAL_" not in cell.source, "an nbval marker belongs in the cell's tags (nbval-check-output)"
+            too_long = [line for line in cell.source.splitlines() if len(line) > 100]
+            assert not too_long, too_long
     assert "papermill" not in nb.metadata
     assert '"duration"' not in path.read_text()
     # papermill's cell of a `make methods` / `make sweep` run would switch on hours of training in
     # a later `make demo` (papermill keeps it when given no parameters) and in "Run All"
     assert not any(INJECTED_TAG in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def test_nbval_checks_the_outputs_that_do_not_depend_on_the_profile():
+    """Every chapter that shows a deterministic output (shapes, counts, a loss on fixed tensors)
+    has it checked by nbval: its cell carries the nbval-check-output tag."""
+    import nbformat
+
+    checked = {
+        path.name: sum("nbval-check-output" in c.metadata.get("tags", []) for c in nbformat.read(path, 4).cells)
+        for path in notebook_paths()
+    }
+    assert sum(checked.values()) >= 15, checked
+    for name in ("00_data.ipynb", "01_architecture.ipynb", "03_train_feature.ipynb", "04_train_response.ipynb"):
+        assert checked[name] >= 1, name
 
 
 def test_unknown_notebook_parameter_is_refused():
