@@ -342,8 +342,9 @@ def per_class_md(runs_dir, dataset: str, k: int = 3, committed_dir=None) -> list
     ]
     for method in [m for m in table.columns if m != "none"]:
         change = (table[method] - table["none"]).dropna().sort_values()
-        gains = ", ".join(f"{c} {v:+.3f}" for c, v in change[::-1][:k].items())
-        losses = ", ".join(f"{c} {v:+.3f}" for c, v in change[:k].items())
+        # a class that did not move is neither: only changes of 0.001 or more are listed
+        gains = ", ".join(f"{c} {v:+.3f}" for c, v in change[::-1][:k].items() if v >= 0.0005) or "none"
+        losses = ", ".join(f"{c} {v:+.3f}" for c, v in change[:k].items() if v <= -0.0005) or "none"
         lines.append(f"- {display_name(method)}: gains {gains}; losses {losses}.")
     return lines + [""]
 
@@ -373,6 +374,107 @@ def build_all(dataset: str, root, runs_dir, figures_dir, report_dir, device: str
     return build_report(runs_dir, figures_dir, report_dir, dataset)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _ci(r) -> str:
+    return f"{r['mean_diff']:+.4f} mIoU (95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f})"
+
+
+def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, tables: Path, conditions) -> list[str]:
+    """The findings in a few sentences, each computed from the tables below it: which rows beat
+    no KD and by how much, what unlabeled images add, the sweep's best cell, whether the verdicts
+    hold under other conditions."""
+    summary = summary_table(runs)
+    lines = ["## Findings", ""]
+    if teacher is not None and "none" in summary.index:
+        lines.append(
+            f"- The teacher scores {teacher['miou']:.4f} val mIoU, the student without KD "
+            f"{summary.loc['none', 'miou_mean']:.4f} (mean of {int(summary.loc['none', 'seeds'])} seeds)."
+        )
+    rows = paired[~paired["run"].str.endswith("_unlabeled")] if not paired.empty else paired
+    if not rows.empty:
+        better = rows[(rows["verdict"] == "larger than seed noise") & (rows["mean_diff"] > 0)]
+        worse = rows[(rows["verdict"] == "larger than seed noise") & (rows["mean_diff"] < 0)]
+        unresolved = rows[~rows.index.isin(better.index) & ~rows.index.isin(worse.index)]
+        tests = len(paired)
+        if not better.empty:
+            lines.append(
+                f"- Beat no KD, paired by seed and corrected by Holm for all {tests} rows: "
+                + "; ".join(f"{display_name(r['run'])} {_ci(r)}" for _, r in better.iterrows())
+                + "."
+            )
+        if not worse.empty:
+            lines.append(
+                "- Worse than no KD: "
+                + "; ".join(f"{display_name(r['run'])} {_ci(r)}" for _, r in worse.iterrows())
+                + "."
+            )
+        if not unresolved.empty:
+            lines.append(
+                "- No difference from no KD that these seeds resolve: "
+                + "; ".join(
+                    f"{display_name(r['run'])} {r['mean_diff']:+.4f} (detectable ±{r['detectable']:.4f})"
+                    for _, r in unresolved.iterrows()
+                )
+                + "."
+            )
+    for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
+        base = name.removesuffix("_unlabeled")
+        pair = runs[runs["run"].isin([base, name])]
+        if base in set(pair["run"]):
+            r = paired_comparison(pair, baseline=base).iloc[0]
+            lines.append(
+                f"- Unlabeled images add {_ci(r)} to {display_name(base)} ({r['verdict']}, "
+                f"{int(r['seeds'])} paired seeds)."
+            )
+    if (tables / "sweep.csv").is_file():
+        table = pd.read_csv(tables / "sweep.csv")
+        none = table[table["method"] == "none"]
+        cells = sweep_cells(table[table["method"] != "none"], none)
+        for method, of_method in cells.groupby("method", sort=False):
+            best = of_method.loc[of_method["miou_mean"].idxmax()]
+            lines.append(
+                f"- The sweep's best cell for {display_name(method)} (T = {best['T']:g}, β = {best['beta']:g}): "
+                f"{best['vs_none']:+.4f} against no KD (detectable ±{best['detectable']:.4f}, Holm-corrected p "
+                f"{_p(best['p_holm'])} over its cells; picked after seeing the map, so optimistic)."
+            )
+    lines += conditions
+    return lines + [""]
+
+
+def open_questions_md(
+    runs: pd.DataFrame, paired: pd.DataFrame, config: dict, conditions_missing: list[str]
+) -> list[str]:
+    """What this report cannot answer yet, each item read from the runs."""
+    items = []
+    if config.get("dataset") == "shapes":
+        items.append(
+            "Whether these verdicts hold on PASCAL VOC 2012 with the FCN-ResNet50 teacher: every run here is on "
+            "the embedded benchmark (`make demo DATASET=voc ... PROFILE=full` runs the report's own experiment)."
+        )
+    if not paired.empty:
+        open_rows = paired[paired["verdict"] != "larger than seed noise"]
+        if not open_rows.empty:
+            items.append(
+                "Whether "
+                + ", ".join(display_name(n) for n in open_rows["run"])
+                + " differ from no KD by less than these seeds can detect ("
+                + ", ".join(f"±{d:.4f}" for d in open_rows["detectable"])
+                + "): more seeds would tell."
+            )
+    table = convergence_table(runs)
+    missed = int((~table["converged"]).sum())
+    if missed:
+        items.append(
+            f"Whether the ranking holds at the students' asymptote: {missed} of {len(table)} runs still gained "
+            f"{CONVERGED_GAIN} or more in their last quarter of epochs (Section 6's longer budgets measure it)."
+        )
+    items += conditions_missing
+    return ["## Open questions", ""] + [f"- {item}" for item in items] + [""] if items else []
+
+
 def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> Path:
     runs_dir, figures_dir, report_dir = Path(runs_dir), Path(figures_dir), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -394,14 +496,25 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     _trace_conditions(runs_dir, report_dir / "runs")
     seeds = sorted(runs["seed"].unique().tolist())
     paired = paired_comparison(runs)
+    section6, said, missing = conditions_sections(runs_dir, figures_dir, report_dir)
+    threads = config["environment"]["cpu_threads"]
     md = [
         "# Comparison of Knowledge Distillation Methods for Semantic Segmentation — reproduction",
         "",
         "*Generated by `kdlib.report` from the run artifacts under "
         f"`{runs_dir.name}/`; every number below is read from a `metrics.json`, `config.json`, "
-        "`history.csv` or a table written by the notebooks.*",
+        "`history.csv` or a table written from them.*",
         "",
-        "## Evaluation protocol",
+        *headline_md(runs, paired, teacher, tables, said),
+        "## Section 1. Model",
+        "",
+        f"The student has {config['student_parameters']:,} parameters (the report: 3.7M).",
+        "",
+    ]
+    md += _figure_md(figures_dir, report_dir, ["architecture.png"])
+    md += ["## Section 2. Knowledge distillation", "", _md_table(methods_table(runs)), ""]
+    md += [
+        "## Section 3. Training and evaluation",
         "",
         f"- Data set: `{dataset}`, trained on split `{config['train_split']}`{_images(config, 'train_split')}, "
         f"evaluated on the whole `{config['val_split']}` split{_images(config, 'val_split')} at "
@@ -411,44 +524,50 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         "both prediction and ground truth left out of the mean).",
         "- Checkpoint: the epoch with the best validation mIoU (the stopping metric of Table 1).",
         f"- Seeds: {', '.join(map(str, seeds))} — every method once per seed; tables show mean ± std.",
-        f"- Settings: {config['epochs']} epochs at most ({config.get('train_repeats', 1)} pass(es) over the "
-        f"training split each), {config['lr_schedule']} learning-rate schedule, batch {config['batch_size']}, "
-        f"Adam lr {config['lr']}, "
-        f"weight decay {config['weight_decay']}, the loss weights and temperature of each row in its α / β / T "
-        "column (Table 1's for the report's methods, the papers' for the others), "
+        f"- Settings: {config['epochs']} epochs at most ({_plural(config.get('train_repeats', 1), 'pass')} over "
+        f"the training split each), {config['lr_schedule']} learning-rate schedule, batch {config['batch_size']}, "
+        f"Adam lr {config['lr']}, weight decay {config['weight_decay']}, the loss weights and temperature of "
+        "each method in Section 2, "
         f"augmentation `{config['augment']}`, device `{config['device_name']}` "
-        f"({config['environment']['cpu_threads']} CPU threads, torch {config['environment']['torch']}).",
-        "",
-        "## Section 1. Model",
-        "",
-        f"The student has {config['student_parameters']:,} parameters (the report: 3.7M).",
+        f"({_plural(threads, 'CPU thread')} per run, torch {config['environment']['torch']}).",
         "",
     ]
-    md += _figure_md(figures_dir, report_dir, ["architecture.png", "data_augmentation.png"])
+    md += _figure_md(
+        figures_dir,
+        report_dir,
+        ["data_augmentation.png", "loss_none.png", "loss_feature.png", "loss_response.png", "loss_both.png"],
+    )
     md += ["## Section 4. Results", "", _md_table(results_table(runs, teacher)), ""]
     if not paired.empty:
+        shown = paired.drop(columns=["vs"]).assign(run=[display_name(n) for n in paired["run"]])
         md += [
             "Paired by seed, each method against no KD (95% confidence interval of the mean "
             "difference, Student's t; `detectable` is its half-width, the smallest difference "
             "these seeds can tell from zero; `p` the paired t-test, `p_holm` the same corrected "
             "for all the rows tested together, `p_wilcoxon` the signed-rank test):",
             "",
-            _md_table(paired.drop(columns=["vs"])),
+            _md_table(shown.rename(columns={"run": "method"})),
             "",
         ]
         md += verdicts(paired) + [""]
     md += unfinished_md(runs_dir)
-    offline = cached_vs_online(runs)
-    if offline:
-        md += offline
+    md += cached_vs_online(runs)
     md += unlabeled_md(runs)
     sweep = sweep_md(tables / "sweep.csv")
     md += sweep + (_figure_md(figures_dir, report_dir, ["sweep.png"]) if sweep else [])
     gap = gap_closed(runs, teacher)
     if not gap.empty:
-        md += ["Share of the no-KD student's gap to the teacher that each method closes:", "", _md_table(gap), ""]
+        md += [
+            "Share of the no-KD student's gap to the teacher that each method closes (a fraction: 1 is the "
+            "teacher's score, 0 no KD's, below 0 worse than no KD):",
+            "",
+            _md_table(gap),
+            "",
+        ]
     md += convergence_md(runs)
     md += per_class_md(runs_dir, dataset, committed_dir=report_dir / "runs")
+    md += _figure_md(figures_dir, report_dir, ["per_class_iou.png"])
+    md += ["## Section 5. Failure analysis", ""]
     similarity = tables / "feature_position_similarity.csv"
     if similarity.is_file():
         md += [
@@ -460,17 +579,12 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
             _md_table(pd.read_csv(similarity), floatfmt=3),
             "",
         ]
-    md += _figure_md(
-        figures_dir,
-        report_dir,
-        ["loss_none.png", "loss_feature.png", "loss_response.png", "loss_both.png", "per_class_iou.png"],
-    )
-    md += ["## Section 5. Failure analysis", ""]
+    student = display_name([m for m in methods.names("report") if m in set(runs["run"])][-1])
     for name, caption in (
         ("iou_by_size.csv", "Mean object IoU by object size (share of the image)"),
         ("iou_by_light.csv", "Mean object IoU by illumination"),
         ("iou_by_occlusion.csv", "Mean object IoU by occluded fraction"),
-        ("confused_pairs.csv", "Most confused class pairs (best-run student, 'both')"),
+        ("confused_pairs.csv", f"Most confused class pairs ({student}, the first seed's run)"),
         ("teacher_dependency.csv", "Teacher dependency: P(student fails) where the teacher fails vs succeeds"),
     ):
         path = tables / name
@@ -479,19 +593,28 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     md += _figure_md(
         figures_dir,
         report_dir,
-        [
-            "failure_buckets.png",
-            "qualitative_none.png",
-            "qualitative_feature.png",
-            "qualitative_response.png",
-            "qualitative_both.png",
-        ],
+        ["failure_buckets.png", *(f"qualitative_{m}.png" for m in methods.names("report"))],
     )
-    md += conditions_md(runs_dir, figures_dir, report_dir)
+    md += section6
+    md += open_questions_md(runs, paired, config, missing)
     text = "\n".join(md) + "\n"
     atomic_write_text(text, report_dir / "report.md")
     atomic_write_text(to_html(text, report_dir), report_dir / "report.html")
     return report_dir / "report.md"
+
+
+def methods_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Section 2: each method of the results table, what its student matches (its loss terms),
+    its α / β / T as its runs recorded them, and where those come from (its declaration)."""
+    rows = []
+    for name in [n for n in run_names() if n in set(runs["run"])]:
+        method = methods.method_of(name)
+        folder = runs[runs["run"] == name]["folder"].iloc[0]
+        terms = ", ".join(method.terms) or "cross entropy only"
+        rows.append(
+            {"method": display_name(name), "loss terms": terms, "α / β / T": _weights(folder), "source": method.source}
+        )
+    return pd.DataFrame(rows)
 
 
 def _trace(run: Path, dst: Path) -> None:
@@ -567,10 +690,11 @@ def _names(runs) -> str:
     return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "none")
 
 
-def conditions_md(runs_dir, figures_dir, report_dir) -> list[str]:
+def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], list[str], list[str]]:
     """Section 6: the verdicts of :mod:`kdlib.conditions` per draw, per budget and at matched
     compute, each with its detectable difference, and which hold; a sentence says why a part is
-    absent. Writes the tables under ``report/tables/``."""
+    absent. Writes the tables under ``report/tables/``. Returns the section's lines, the
+    headline's sentences and the open questions of the parts not trained yet."""
     from . import conditions as c
 
     runs_dir, report_dir = Path(runs_dir), Path(report_dir)
@@ -585,9 +709,11 @@ def conditions_md(runs_dir, figures_dir, report_dir) -> list[str]:
         "0.05. Each cell: mean difference ± the smallest difference the seeds can detect.",
         "",
     ]
+    said, missing = [], []
     draws = c.draw_runs(runs_dir, committed)
     if all(draws[d].empty for d in c.DRAWS):
         lines += ["*Other draws of the benchmark*: not trained on this machine or committed yet (`make draws`).", ""]
+        missing.append("Whether the verdicts hold on other draws of the training images (`make draws`).")
     else:
         table = c.per_condition(draws, "draw")
         table.round(6).to_csv(tables / "conditions_draws.csv", index=False)
@@ -622,9 +748,17 @@ def conditions_md(runs_dir, figures_dir, report_dir) -> list[str]:
             f"The same verdict on every draw: {same}. A verdict that changes from draw to draw: {_names(differ)}.",
             "",
         ]
+        said.append(
+            f"- On {len(c.DRAWS) + 1} draws of the training and validation images (Section 6) the verdict is the same "
+            f"on every draw for {_names(holds)}, and changes for {_names(differ)}."
+        )
     budgets = c.budget_runs(runs_dir, committed)
     if all(budgets[f].empty for f in c.BUDGETS):
         lines += ["*Longer budgets*: not trained on this machine or committed yet (`make budget`).", ""]
+        missing.append(
+            "Whether each method's gain grows, holds or shrinks when no KD trains longer, and whether distillation "
+            "beats training no KD for the same compute (`make budget`)."
+        )
     else:
         table = c.per_condition(budgets, "budget")
         table.round(6).to_csv(tables / "conditions_budgets.csv", index=False)
@@ -655,6 +789,13 @@ def conditions_md(runs_dir, figures_dir, report_dir) -> list[str]:
             "",
         ]
         lines += _figure_md(Path(figures_dir), report_dir, ["budget_curves.png"])
+        longest = max(f for f in c.BUDGETS if not budgets[f].empty)
+        at = trend[trend["budget"] == f"x{longest}"]
+        said.append(
+            f"- At {longest}× the demo's steps (Section 6), the gain over no KD "
+            + "; ".join(f"{t['trend']} for {display_name(t['run'])}" for _, t in at.iterrows())
+            + "."
+        )
         compute = c.matched_compute(budgets)
         if not compute.empty:
             compute.round(6).to_csv(tables / "matched_compute.csv", index=False)
@@ -679,4 +820,7 @@ def conditions_md(runs_dir, figures_dir, report_dir) -> list[str]:
                 f"Distillation beats training no KD for the same compute for {_names(wins)}.",
                 "",
             ]
-    return lines
+            said.append(
+                f"- With no KD given at least the same training compute, distillation still wins for {_names(wins)}."
+            )
+    return lines, said, missing
