@@ -131,8 +131,9 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
         rows = best + worst
         columns = {"ground truth": targets[rows]} | {name: p[rows] for name, p in preds.items()}
         labels = [f"success #{i}" for i in best] + [f"failure #{i}" for i in worst]
+        title = f"{methods.display_name(method)}: its two best and two worst val images (per-image mIoU under each)"
         fig = plots.qualitative_grid(
-            images[rows], columns, names, row_labels=labels, scores={name: s[rows] for name, s in scores.items()}
+            images[rows], columns, names, labels, scores={name: s[rows] for name, s in scores.items()}, title=title
         )
         shown[f"qualitative_{method}"] = _save(fig, figures_dir, f"qualitative_{method}.png")
     if dataset == "shapes":
@@ -162,6 +163,7 @@ def per_class(runs_dir, committed_dir, dataset: str, teacher: dict | None, figur
     """``per_class_iou.png`` (chapter 7): per-class IoU, mean over seeds, of the teacher and
     every row of the results table."""
     table = per_class_table(runs_dir, class_names(dataset), teacher, committed_dir)
+    table = table.rename(columns=lambda n: n if n == "teacher" else methods.display_name(n))
     return _save(plots.per_class_heatmap(table, "per-class IoU (mean over seeds)"), figures_dir, "per_class_iou.png")
 
 

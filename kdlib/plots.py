@@ -83,29 +83,36 @@ def loss_curves(history, title: str = ""):
     """Train and validation curves of every loss component in ``history`` (a DataFrame of
     history.csv): the total, the cross entropy and each distillation term the run's method
     has (every registered method's, :mod:`kdlib.methods`), plus validation mIoU: the report's
-    Figures 3-6."""
+    Figures 3-6. A dotted line marks the best validation epoch, the checkpoint kept."""
     names = {"total": "total loss", "ce": "cross entropy"}
-    names |= {t: f"{t} KD" for t in methods.term_names()}
+    names |= {t: f"{t} KD term" for t in methods.term_names()}
     components = [c for c in names if f"train_{c}" in history and history[f"train_{c}"].notna().any()]
     panels = len(components) + 1
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.0), squeeze=False)
+    best = int(history.loc[history["val_miou"].idxmax(), "epoch"])
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.2), squeeze=False)
     axes = axes[0]
     for ax, comp in zip(axes, components):
         ax.plot(history["epoch"], history[f"train_{comp}"], label="train", color="C0")
         ax.plot(history["epoch"], history[f"val_{comp}"], label="val", color="C1")
         ax.set_title(names[comp], fontsize=10)
+        ax.set_ylabel("loss (mean per pixel)", fontsize=8)
+    axes[-1].plot(history["epoch"], history["val_miou"], color="C2", label="val")
+    if "train_miou" in history and history["train_miou"].notna().any():
+        axes[-1].plot(history["epoch"], history["train_miou"], color="C2", ls="--", label="train (unaugmented)")
+    axes[-1].set_title("mIoU", fontsize=10)
+    axes[-1].set_ylabel("mIoU", fontsize=8)
+    for ax in axes:
+        ax.axvline(best, color="0.4", ls=":", lw=1, label=f"best epoch ({best})")
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    axes[-1].plot(history["epoch"], history["val_miou"], color="C2")
-    axes[-1].set_title("val mIoU", fontsize=10)
-    axes[-1].set_xlabel("epoch")
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def qualitative_grid(images, columns: dict, class_names, row_labels=None, scores: dict | None = None):
+def qualitative_grid(images, columns: dict, class_names, row_labels=None, scores: dict | None = None, title=""):
     """One row per example: the image, then one mask per entry of ``columns`` (e.g. ground
     truth, teacher, each method), with per-image mIoU under each prediction when ``scores``
     (same keys, one value per row) is given, and a legend of the classes shown."""
@@ -131,7 +138,9 @@ def qualitative_grid(images, columns: dict, class_names, row_labels=None, scores
     for c, name in enumerate(names, 1):
         axes[0, c].set_title(name, fontsize=9)
     class_legend(fig, class_names, present=present, ncol=4)
-    fig.subplots_adjust(bottom=0.08 + 0.025 * (len(present) // 4 + 1), wspace=0.05, hspace=0.35)
+    if title:  # masks are in the VOC palette: a colour names a class, not the object's own colour
+        fig.suptitle(title + "\nmasks: one colour per class (VOC palette, legend below), white = void", fontsize=9)
+    fig.subplots_adjust(bottom=0.08 + 0.025 * (len(present) // 4 + 1), top=0.9, wspace=0.05, hspace=0.35)
     return fig
 
 
@@ -139,14 +148,23 @@ def per_class_heatmap(table, title: str = "per-class IoU"):
     """Classes × models heatmap of IoU (a DataFrame indexed by class name)."""
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 3.2, 0.32 * table.shape[0] + 1.2))
+    fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 4.2, 0.32 * table.shape[0] + 2.2))
     sns.heatmap(
-        table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", cbar=False, annot_kws={"fontsize": 7}, ax=ax
+        table,
+        annot=True,
+        fmt=".2f",
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        cbar_kws={"label": "IoU", "shrink": 0.6},
+        annot_kws={"fontsize": 7},
+        ax=ax,
     )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.tick_params(labelsize=8)
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     return fig
 
@@ -171,22 +189,67 @@ def bucket_bars(tables: dict, title: str = "object IoU by condition"):
 
 
 def architecture_figure(student_rows, teacher_rows, student_name="student", teacher_name="teacher"):
-    """Parameters per stage of student and teacher, each bar labelled with the stage's output
-    shape: Section 1 (Figures 1-2) as a readable summary."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, rows, name in ((axes[0], student_rows, student_name), (axes[1], teacher_rows, teacher_name)):
-        labels = [r["stage"] for r in rows]
-        params = [r["parameters"] / 1e6 for r in rows]
-        ax.barh(range(len(rows)), params, color="C0" if ax is axes[0] else "C1")
-        ax.set_yticks(range(len(rows)), labels, fontsize=8)
-        ax.invert_yaxis()
-        for i, r in enumerate(rows):
-            ax.text(params[i], i, "  " + "×".join(map(str, r["output"])), va="center", fontsize=7)
-        total = sum(r["parameters"] for r in rows)
-        ax.set_title(f"{name}: {total / 1e6:.2f}M parameters", fontsize=10)
-        ax.set_xlabel("parameters (millions); label: output C×H×W")
-        ax.set_xlim(0, max(params) * 1.45 + 1e-9)
-    fig.tight_layout()
+    """The student as a diagram (the report's Figures 1-2): the encoder down the middle, the
+    decoder up the right, each block with its output shape (C×H×W at 224 px) and parameters,
+    the skips that add an encoder level to each decoder step, and on the left the four teacher
+    levels feature KD aligns with the encoder's stages, each through a trainable 1×1 projection."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    by = {r["stage"]: r for r in student_rows}
+    taps = [r for r in teacher_rows if r["stage"].startswith("layer")]
+    fig, ax = plt.subplots(figsize=(12, 5.6))
+    ax.set_xlim(0, 12)
+    ax.set_ylim(0.6, 7.8)
+    ax.axis("off")
+    x_teacher, x_enc, x_dec, width = 1.7, 5.2, 9.2, 2.4
+
+    def count(n: int) -> str:
+        return f"{n:,}" if n < 1000 else f"{n / 1e3:,.0f}k"
+
+    def box(x, y, title, detail, colour):
+        ax.add_patch(
+            FancyBboxPatch((x - width / 2, y - 0.32), width, 0.64, boxstyle="round,pad=0.03", fc=colour, ec="0.3")
+        )
+        ax.text(x, y + 0.1, title, ha="center", va="center", fontsize=9, weight="bold")
+        ax.text(x, y - 0.16, detail, ha="center", va="center", fontsize=7.5)
+
+    def block(x, y, stage, colour):
+        r = by[stage]
+        box(x, y, stage, f"{'×'.join(map(str, r['output']))}  ·  {count(r['parameters'])} parameters", colour)
+
+    def arrow(a, b, **kw):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=11, color=kw.pop("color", "0.3"), **kw))
+
+    enc = {"stem": 6.7, "pool": 5.85, "stage1": 5.0, "stage2": 3.9, "stage3": 2.8, "stage4": 1.7}
+    dec = {"up1": 2.8, "up2": 3.9, "up3": 5.0, "up4": 6.1, "classifier": 7.0}
+    ax.text(x_enc, 7.55, "input 3×224×224", ha="center", fontsize=8)
+    arrow((x_enc, 7.45), (x_enc, enc["stem"] + 0.34))
+    for stage, y in enc.items():
+        block(x_enc, y, stage, "#dbe9f6")
+    for a, b in zip(list(enc)[:-1], list(enc)[1:]):
+        arrow((x_enc, enc[a] - 0.34), (x_enc, enc[b] + 0.34))
+    for stage, y in dec.items():
+        block(x_dec, y, stage, "#fde3c8" if stage != "classifier" else "#e4f2dc")
+    arrow((x_enc + width / 2, enc["stage4"]), (x_dec, dec["up1"] - 0.34), connectionstyle="arc3,rad=0.2")
+    for a, b in zip(list(dec)[:-1], list(dec)[1:]):
+        arrow((x_dec, dec[a] + 0.34), (x_dec, dec[b] - 0.34))
+    ax.text(x_dec, 7.55, "logits 21×112×112 → bilinear → 21×224×224", ha="center", fontsize=8)
+    for skip, up in (("stage3", "up1"), ("stage2", "up2"), ("stage1", "up3"), ("stem", "up4")):
+        arrow((x_enc + width / 2, enc[skip]), (x_dec - width / 2, dec[up]), linestyle="--", color="C0")
+    for stage, tap in zip(("stage1", "stage2", "stage3", "stage4"), taps):
+        channels = by[stage]["output"][0]
+        shape = "×".join(map(str, tap["output"]))
+        box(x_teacher, enc[stage], f"teacher {tap['stage']}", f"{shape} → 1×1 conv → {channels} ch", "#eeeeee")
+        arrow((x_teacher + width / 2, enc[stage]), (x_enc - width / 2, enc[stage]), linestyle=":", color="C3")
+    ax.text(x_teacher, 6.3, f"{teacher_name}\n(frozen; its 1×1\nprojections train)", ha="center", fontsize=8.5)
+    ax.text(
+        6.0, 0.75,
+        "dashed blue: a skip, added to the decoder step  ·  dotted red: feature KD, 1 − cosine per pixel "
+        "between the projected teacher level and the stage's output",
+        ha="center", fontsize=8,
+    )  # fmt: skip
+    total = sum(r["parameters"] for r in student_rows)
+    ax.set_title(f"{student_name}: {total / 1e6:.2f}M parameters (shapes at a 224×224 input)", fontsize=11)
     return fig
 
 

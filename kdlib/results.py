@@ -273,7 +273,7 @@ def per_class_table(runs_dir, class_names, teacher: dict | None = None, committe
     table = {}
     if teacher is not None:
         table["teacher"] = teacher["per_class_iou"]
-    for method in [m for m in methods.names() if m in set(runs["run"])]:
+    for method in [m for m in methods.run_names() if m in set(runs["run"])]:  # every row, the tables' order
         per_seed = [
             json.loads((Path(r) / "metrics.json").read_text())["per_class_iou"]
             for r in runs[runs["run"] == method]["folder"]

@@ -99,7 +99,7 @@ def test_a_method_registered_outside_kdlib_trains_reports_plots_and_benchmarks(
 
     # plotted: its term has a loss panel of its own
     fig = plots.loss_curves(history, "toy")
-    assert [ax.get_title() for ax in fig.axes] == ["total loss", "cross entropy", "toy KD", "val mIoU"]
+    assert [ax.get_title() for ax in fig.axes] == ["total loss", "cross entropy", "toy KD term", "mIoU"]
 
     # benchmarked: timed, with its KD overhead, like the built-in methods
     bench = tmp_path / "bench.json"
