@@ -24,7 +24,7 @@ from .sweep import report_cell
 
 def _source(runs: pd.DataFrame, method: str) -> str:
     """Which target trains a row, and whether its numbers are this machine's or committed."""
-    target = f"`{target_of(method)}`"
+    target = target_of(method)  # plain text: it is a DataFrame cell in chapter 7 too
     committed = "source" in runs and (runs.loc[runs["run"] == method, "source"] == "committed").any()
     return f"{target}, committed" if committed else target
 
@@ -73,19 +73,19 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
                 "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
                 "seeds": int(r["seeds"]),
                 "# training epochs": f"{r['epochs_mean']:.1f}",
-                "total training time": f"{r['seconds_mean']:.0f}s",
+                "training time per run (mean)": f"{r['seconds_mean']:.0f}s",
             }
         )
     if teacher is not None:
         rows.append(
             {
                 "KD type": f"Teacher ({teacher['model']}, upper bound)",
-                "from": "`make demo`",
+                "from": "make demo",
                 "α / β / T": "—",
                 "mIoU (mean ± std)": f"{teacher['miou']:.4f}",
                 "seeds": "—",
                 "# training epochs": "—",
-                "total training time": "—",
+                "training time per run (mean)": "—",
             }
         )
     return pd.DataFrame(rows)
@@ -112,7 +112,7 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
         {
             "method": display_name(m),
             "mIoU": r["miou_mean"],
-            "gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
+            "share of the gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
         }
         for m, r in summary.iterrows()
         if m != "none"
@@ -824,3 +824,55 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
                 f"- With no KD given at least the same training compute, distillation still wins for {_names(wins)}."
             )
     return lines, said, missing
+
+
+def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None) -> list[str]:
+    """What the failure analysis shows, in sentences computed from its tables
+    (:func:`kdlib.figures.failure_analysis`): per bucket table, the students' (mean over
+    ``students``) hardest and easiest bucket against the teacher's; the most confused classes
+    and, given the class table, how many of the confused pairs share a colour or a shape; the
+    teacher-dependency ratios."""
+    lines = []
+    for by, label in (("size", "size"), ("light", "illumination"), ("occlusion", "occlusion")):
+        table = tables.get(by)
+        if table is None or table.empty:
+            continue
+        shown = [m for m in students if m in table.columns]
+        mean = table[shown].mean(axis=1)
+        hard, easy = mean.idxmin(), mean.idxmax()
+        lines.append(
+            f"By {label}, the students (mean of {len(shown)}) score lowest on {hard} objects ({mean[hard]:.2f} "
+            f"object IoU) and highest on {easy} ({mean[easy]:.2f}); the teacher scores {table.loc[hard, 'teacher']:.2f} "
+            f"and {table.loc[easy, 'teacher']:.2f} there."
+        )
+    pairs = tables.get("confused_pairs")
+    if pairs is not None and len(pairs):
+        top = "; ".join(
+            f"{r['true class']} as {r['predicted as']} ({r['rate']:.0%} of its pixels)"
+            for _, r in pairs.head(3).iterrows()
+        )
+        lines.append(f"The most confused classes: {top}.")
+        if classes is not None and {"colour", "shape"} <= set(classes.columns):
+            attrs = classes.set_index("class")
+            same = {
+                a: sum(attrs.loc[t, a] == attrs.loc[p, a] for t, p in zip(pairs["true class"], pairs["predicted as"]))
+                for a in ("colour", "shape")
+            }
+            lines.append(
+                f"Of the {len(pairs)} most confused pairs, {same['colour']} share a colour and {same['shape']} a shape."
+            )
+    dependency = tables.get("teacher_dependency")
+    if dependency is not None and len(dependency):
+        ratio = dependency["ratio"]
+        lines.append(
+            f"Where the teacher fails on an object, a student fails {ratio.min():.2f} to {ratio.max():.2f} times as "
+            "often as where it succeeds (1 would mean its failures owe nothing to the teacher's)."
+        )
+    return lines
+
+
+def findings_md(runs: pd.DataFrame, teacher: dict | None, runs_dir, figures_dir, report_dir) -> str:
+    """The report's findings (:func:`headline_md`) as one Markdown text, for chapter 7 to open on."""
+    paired = paired_comparison(runs)
+    _, said, _ = conditions_sections(runs_dir, figures_dir, report_dir)
+    return "\n".join(headline_md(runs, paired, teacher, Path(report_dir) / "tables", said))

@@ -129,7 +129,7 @@ def convergence_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(runs: pd.DataFrame, order=None) -> pd.DataFrame:
-    """Section 4's table: mIoU mean ± std over seeds, epochs, total training time. Rows in
+    """Section 4's table: mIoU mean ± std over seeds, epochs, mean training time per run. Rows in
     ``order``, by default the registry's (:func:`kdlib.methods.run_names`: the report's
     methods first), then any others as they appear."""
 

@@ -94,7 +94,7 @@ def test_a_method_registered_outside_kdlib_trains_reports_plots_and_benchmarks(
 
     # reported: a row with its name, weights and target, and a paired verdict
     text = report.build_report(runs, tmp_path / "figures", tmp_path / "report", "shapes").read_text()
-    assert "| Toy logit MSE | `make methods` | 1 / 2 / 1 | " in text
+    assert "| Toy logit MSE | make methods | 1 / 2 / 1 | " in text
     assert "- **Toy logit MSE** " in text
 
     # plotted: its term has a loss panel of its own

@@ -89,7 +89,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
         seconds = statistics.mean(SECONDS[method] + 2 * s for s in range(len(values)))
         epochs = statistics.mean(EPOCHS_RUN[method] - s % 2 for s in range(len(values)))
         row = (
-            f"| {display_name(method)} | `make demo` | {weights} | {statistics.mean(values):.4f} ± "
+            f"| {display_name(method)} | make demo | {weights} | {statistics.mean(values):.4f} ± "
             f"{statistics.stdev(values):.4f} | {len(values)} | {epochs:.1f} | {seconds:.0f}s |"
         )
         assert row in text, row
@@ -98,7 +98,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     assert "- **Feature** does not differ from no KD by more than seed noise: +0.0000" in text
     # the gap closed: (0.3075 - 0.2025) / (0.8 - 0.2025)
     gap = report.gap_closed(pd.DataFrame(_runs_rows()), {"miou": 0.8})
-    assert gap.set_index("method").loc["Response", "gap closed"] == pytest.approx(0.105 / 0.5975)
+    assert gap.set_index("method").loc["Response", "share of the gap closed"] == pytest.approx(0.105 / 0.5975)
     assert "16 of 16 runs have" in text  # every synthetic curve levels off half way
     assert (tmp_path / "report" / "runs" / "both" / "seed3" / "history.csv").is_file()
 
@@ -119,8 +119,8 @@ def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
         seeds = range(len(values))
         assert row["seeds"] == len(values)
         assert row["# training epochs"] == f"{statistics.mean(EPOCHS_RUN[method] - s % 2 for s in seeds):.1f}"
-        assert row["total training time"] == f"{statistics.mean(SECONDS[method] + 2 * s for s in seeds):.0f}s"
-    assert table.loc["Channel-wise (CWD)", "from"] == "`make methods`"
+        assert row["training time per run (mean)"] == f"{statistics.mean(SECONDS[method] + 2 * s for s in seeds):.0f}s"
+    assert table.loc["Channel-wise (CWD)", "from"] == "make methods"
     assert table.loc["Teacher (t, upper bound)", "mIoU (mean ± std)"] == "0.8000"
 
 
@@ -190,7 +190,7 @@ def test_rows_of_make_methods_come_from_the_committed_runs_when_not_trained_here
     write_runs(tmp_path / "runs")
     write_runs(tmp_path / "report" / "runs", miou={"cwd": [0.25, 0.27, 0.23, 0.26]})
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
-    assert "| Channel-wise (CWD) | `make methods`, committed | 1 / 3 / 4 | 0.2525 ± " in text
+    assert "| Channel-wise (CWD) | make methods, committed | 1 / 3 / 4 | 0.2525 ± " in text
     assert "- **Channel-wise (CWD)** beats no KD: +0.0500 mIoU over 4 paired seeds" in text
     assert "5 comparisons are corrected for" not in text  # +0.05 on every seed survives Holm over 4 rows
     assert (tmp_path / "report" / "runs" / "cwd" / "seed0" / "metrics.json").is_file()  # kept, not wiped
@@ -249,7 +249,7 @@ def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(
     assert sorted(cwd["seed"]) == [0, 1, 2, 3] and set(cwd["source"]) == {"committed"}
 
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
-    assert "| Channel-wise (CWD) | `make methods`, committed | 1 / 3 / 4 | 0.2525 ± " in text
+    assert "| Channel-wise (CWD) | make methods, committed | 1 / 3 / 4 | 0.2525 ± " in text
     assert (
         "**Unfinished runs**, left out of every table, figure and verdict of this report: "
         "Channel-wise (CWD) seed 1 (epoch 3 of 10). `make methods` finishes them (resuming each where it "
