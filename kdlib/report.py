@@ -172,7 +172,7 @@ def sweep_md(path: Path) -> list[str]:
         f"**Hyper-parameter map** (chapter 9, `make sweep`, committed `{path.name}`): mean val mIoU over seeds "
         f"{', '.join(map(str, seeds))} of every T ∈ "
         f"{{{', '.join(f'{t:g}' for t in sorted(table['temperature'].unique()))}}} × β ∈ "
-        f"{{{', '.join(f'{b:g}' for b in sorted(table['beta'].unique()))}}} ({_cells_run(table)}); "
+        f"{{{', '.join(f'{b:g}' for b in sorted(table['beta'].unique()))}}} ({cells_trained(table)}); "
         "no KD over the same seeds: "
         f"{none['miou'].mean():.4f}. The best cell is chosen after seeing the results, so its margin is an "
         "optimistic estimate; `p` is corrected (Holm) over all the cells of the method.",
@@ -182,7 +182,7 @@ def sweep_md(path: Path) -> list[str]:
     ]
 
 
-def _cells_run(table: pd.DataFrame) -> str:
+def cells_trained(table: pd.DataFrame) -> str:
     """How many cells of the grid each method's map holds, e.g. "response: 16 of 16 cells"."""
     grid = table["temperature"].nunique() * table["beta"].nunique()
     cells = table.groupby("method", sort=False)[["temperature", "beta"]].apply(lambda g: len(g.drop_duplicates()))
@@ -710,6 +710,17 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
         "",
     ]
     said, missing = [], []
+    lines += _draws_md(c, runs_dir, committed, tables, said, missing)
+    budgets = c.budget_runs(runs_dir, committed)
+    lines += _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing)
+    if not all(budgets[f].empty for f in c.BUDGETS):
+        lines += _compute_md(c, budgets, tables, said)
+    return lines, said, missing
+
+
+def _draws_md(c, runs_dir, committed, tables, said, missing) -> list[str]:
+    """Section 6's draws: the verdict of each method on each draw, and whether it holds."""
+    lines = []
     draws = c.draw_runs(runs_dir, committed)
     if all(draws[d].empty for d in c.DRAWS):
         lines += ["*Other draws of the benchmark*: not trained on this machine or committed yet (`make draws`).", ""]
@@ -717,15 +728,12 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
     else:
         table = c.per_condition(draws, "draw")
         table.round(6).to_csv(tables / "conditions_draws.csv", index=False)
-        teachers = {0: report_dir / "teacher_eval.json"} | {
-            d: next((p for p in (c.draw_runs_dir(runs_dir, d), c.draw_runs_dir(committed, d)) if (p / "teacher_eval.json").is_file()), None)
-            for d in c.DRAWS
-        }  # fmt: skip
-        scores = []
-        for d, where in teachers.items():
-            path = where if d == 0 else (None if where is None else where / "teacher_eval.json")
-            if path is not None and Path(path).is_file():
-                scores.append(f"draw {d} {json.loads(Path(path).read_text())['miou']:.4f}")
+        scores = []  # the shipped teacher on each draw's val split: draw 0's is the report's own
+        for d in (0, *c.DRAWS):
+            where = [committed.parent] if d == 0 else [c.draw_runs_dir(runs_dir, d), c.draw_runs_dir(committed, d)]
+            path = next((w / "teacher_eval.json" for w in where if (w / "teacher_eval.json").is_file()), None)
+            if path is not None:
+                scores.append(f"draw {d} {json.loads(path.read_text())['miou']:.4f}")
         wide = c.across_draws(table)
         rows = []
         for name, r in wide.iterrows():
@@ -752,7 +760,12 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
             f"- On {len(c.DRAWS) + 1} draws of the training and validation images (Section 6) the verdict is the same "
             f"on every draw for {_names(holds)}, and changes for {_names(differ)}."
         )
-    budgets = c.budget_runs(runs_dir, committed)
+    return lines
+
+
+def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> list[str]:
+    """Section 6's budgets: each method's paired difference at each budget and its trend."""
+    lines = []
     if all(budgets[f].empty for f in c.BUDGETS):
         lines += ["*Longer budgets*: not trained on this machine or committed yet (`make budget`).", ""]
         missing.append(
@@ -796,34 +809,40 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
             + "; ".join(f"{t['trend']} for {display_name(t['run'])}" for _, t in at.iterrows())
             + "."
         )
-        compute = c.matched_compute(budgets)
-        if not compute.empty:
-            compute.round(6).to_csv(tables / "matched_compute.csv", index=False)
-            shown = pd.DataFrame(
-                {
-                    "method (1×)": [display_name(n) for n in compute["run"]],
-                    "training CPU s": [f"{v:.0f}" for v in compute["compute_s"]],
-                    "images / CPU s": [f"{v:.0f}" for v in compute["images_per_cpu_s"]],
-                    "no KD given": [f"{int(f)}× ({s:.0f} CPU s)" if pd.notna(f) else "—"
-                                    for f, s in zip(compute["none_budget"], compute["none_compute_s"])],
-                    "difference": [_diff_cell(r) for _, r in compute.iterrows()],
-                }
-            )  # fmt: skip
-            wins = [r["run"] for _, r in compute.iterrows() if r.get("verdict") == "beats no KD"]
-            lines += [
-                "**The same compute.** Each KD method at the demo's budget beside no KD trained at least as "
-                "long (the CPU time of the training steps, one thread per run, summed over epochs; the smallest "
-                "budget of no KD whose median reaches the method's median):",
-                "",
-                _md_table(shown),
-                "",
-                f"Distillation beats training no KD for the same compute for {_names(wins)}.",
-                "",
-            ]
-            said.append(
-                f"- With no KD given at least the same training compute, distillation still wins for {_names(wins)}."
-            )
-    return lines, said, missing
+    return lines
+
+
+def _compute_md(c, budgets, tables, said) -> list[str]:
+    """Section 6's matched compute: each KD method beside no KD trained at least as long."""
+    lines = []
+    compute = c.matched_compute(budgets)
+    if not compute.empty:
+        compute.round(6).to_csv(tables / "matched_compute.csv", index=False)
+        shown = pd.DataFrame(
+            {
+                "method (1×)": [display_name(n) for n in compute["run"]],
+                "training CPU s": [f"{v:.0f}" for v in compute["compute_s"]],
+                "images / CPU s": [f"{v:.0f}" for v in compute["images_per_cpu_s"]],
+                "no KD given": [f"{int(f)}× ({s:.0f} CPU s)" if pd.notna(f) else "—"
+                                for f, s in zip(compute["none_budget"], compute["none_compute_s"])],
+                "difference": [_diff_cell(r) for _, r in compute.iterrows()],
+            }
+        )  # fmt: skip
+        wins = [r["run"] for _, r in compute.iterrows() if r.get("verdict") == "beats no KD"]
+        lines += [
+            "**The same compute.** Each KD method at the demo's budget beside no KD trained at least as "
+            "long (the CPU time of the training steps, one thread per run, summed over epochs; the smallest "
+            "budget of no KD whose median reaches the method's median):",
+            "",
+            _md_table(shown),
+            "",
+            f"Distillation beats training no KD for the same compute for {_names(wins)}.",
+            "",
+        ]
+        said.append(
+            f"- With no KD given at least the same training compute, distillation still wins for {_names(wins)}."
+        )
+    return lines
 
 
 def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None) -> list[str]:
@@ -876,3 +895,29 @@ def findings_md(runs: pd.DataFrame, teacher: dict | None, runs_dir, figures_dir,
     paired = paired_comparison(runs)
     _, said, _ = conditions_sections(runs_dir, figures_dir, report_dir)
     return "\n".join(headline_md(runs, paired, teacher, Path(report_dir) / "tables", said))
+
+
+def sweep_findings(table: pd.DataFrame) -> list[str]:
+    """What the map shows, per swept method, computed from ``sweep.csv``: how many cells lie above
+    no KD's mean, the best cell, every cell whose paired difference survives Holm over the
+    method's cells (and which way), and the mean over temperatures at each β."""
+    cells_table, none = table[table["method"] != "none"], table[table["method"] == "none"]
+    cells = sweep_cells(cells_table, none)
+    level = none["miou"].mean()
+    lines = []
+    for method, of in cells.groupby("method", sort=False):
+        best = of.loc[of["miou_mean"].idxmax()]
+        above = int((of["miou_mean"] > level).sum())
+        held = of[of["p_holm"] < 0.05]
+        survive = (
+            ", ".join(f"T = {r['T']:g}, β = {r['beta']:g} ({r['vs_none']:+.4f})" for _, r in held.iterrows()) or "none"
+        )
+        by_beta = of.groupby("beta")["miou_mean"].mean()
+        trend = ", ".join(f"β = {b:g}: {v:.4f}" for b, v in by_beta.items())
+        lines.append(
+            f"- {display_name(method)}: {above} of {len(of)} cells lie above no KD's mean ({level:.4f}); its best cell "
+            f"is T = {best['T']:g}, β = {best['beta']:g} ({best['vs_none']:+.4f}, detectable ±{best['detectable']:.4f}). "
+            f"Cells whose difference survives Holm over its {len(of)} cells: {survive}. Mean over the temperatures "
+            f"at each β: {trend}."
+        )
+    return lines
