@@ -274,3 +274,52 @@ def test_an_unfinished_run_enters_no_table_and_the_report_says_how_to_finish_it(
     write_runs(tmp_path / "more", miou=MIOU | {"cwd": [0.3, 0.31, 0.29, 0.3]})
     merged = collect_with_committed(tmp_path / "more", tmp_path / "report" / "runs")
     assert set(merged.loc[merged["run"] == "cwd", "source"]) == {"this machine"}
+
+
+def test_the_sweep_findings_count_what_the_map_shows():
+    rows = [
+        {"method": "none", "temperature": None, "beta": None, "seed": s, "miou": m} for s, m in enumerate([0.2, 0.3])
+    ]
+    lifts = {(1.0, 0.3): -0.01, (1.0, 0.7): 0.02, (4.0, 0.3): 0.0, (4.0, 0.7): 0.03}
+    for (t, b), lift in lifts.items():
+        rows += [
+            {"method": "cwd", "temperature": t, "beta": b, "seed": s, "miou": m + lift + 0.001 * s}
+            for s, m in enumerate([0.2, 0.3])
+        ]
+    (line,) = report.sweep_findings(pd.DataFrame(rows))
+    # above no KD's mean 0.25: every cell whose lift + 0.0005 (the mean seed offset) is positive
+    above = sum(lift + 0.0005 > 0 for lift in lifts.values())
+    assert line.startswith(f"- Channel-wise (CWD): {above} of 4 cells lie above no KD's mean (0.2500)")
+    assert "its best cell is T = 4, β = 0.7 (+0.0305" in line
+    # mean over T at each beta: (0.25 + 0.0005 - 0.01 + 0.25 + 0.0005 + 0) / 2 for beta 0.3
+    assert f"β = 0.3: {0.25 + 0.0005 - 0.005:.4f}, β = 0.7: {0.25 + 0.0005 + 0.025:.4f}" in line
+
+
+def test_the_failure_findings_read_their_tables():
+    from kdlib import data
+
+    size = pd.DataFrame(
+        {"objects": [10, 20, 30], "teacher": [0.3, 0.8, 0.9], "none": [0.1, 0.2, 0.4], "both": [0.05, 0.3, 0.5]},
+        index=["small", "medium", "large"],
+    )
+    pairs = pd.DataFrame(
+        {
+            "true class": ["cyan square", "red disk", "lime disk"],
+            "predicted as": ["cyan checked disk", "red striped disk", "red disk"],
+            "rate": [0.95, 0.5, 0.25],
+            "pixels": [10, 5, 2],
+        }
+    )
+    dependency = pd.DataFrame({"method": ["none", "both"], "ratio": [1.3, 1.2]})
+    tables = {"size": size, "confused_pairs": pairs, "teacher_dependency": dependency}
+    lines = report.failure_findings(tables, ["none", "both"], data.class_table("shapes"))
+    # students' means: small 0.075, medium 0.25, large 0.45
+    small, large = (0.1 + 0.05) / 2, (0.4 + 0.5) / 2
+    assert lines[0] == (
+        f"By size, the students (mean of 2) score lowest on small objects ({small:.2f} object IoU) and highest "
+        f"on large ({large:.2f}); the teacher scores 0.30 and 0.90 there."
+    )
+    assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
+    # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
+    assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
+    assert "1.20 to 1.30 times" in lines[3]
