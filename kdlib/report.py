@@ -18,7 +18,7 @@ from .experiment import target_of
 from .files import atomic_write_text
 from .methods import display_name, run_names
 from .results import collect_runs, collect_with_committed, per_class_table, unfinished_runs
-from .stats import CONVERGED_GAIN, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
+from .stats import CONVERGED_GAIN, LARGER, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
 from .sweep import report_cell
 
 
@@ -921,3 +921,39 @@ def sweep_findings(table: pd.DataFrame) -> list[str]:
             f"at each β: {trend}."
         )
     return lines
+
+
+def rows_findings(runs: pd.DataFrame) -> list[str]:
+    """Chapter 8's ending: each row's verdict against no KD (Holm over every row), and what
+    unlabeled images add, in sentences computed from the paired tests."""
+    paired = paired_comparison(runs)
+    if paired.empty:
+        return ["No row to compare with no KD yet: `make methods` trains them."]
+    groups = {
+        "beat no KD by more than seed noise, after Holm over all the rows": (paired["verdict"] == LARGER)
+        & (paired["mean_diff"] > 0),
+        "are worse than no KD": (paired["verdict"] == LARGER) & (paired["mean_diff"] < 0),
+        "differ from no KD by less than these seeds can detect, or not after Holm": paired["verdict"] != LARGER,
+    }
+    lines = []
+    for said, mask in groups.items():
+        rows = paired[mask & ~paired["run"].str.endswith("_unlabeled")]
+        if not rows.empty:
+            lines.append(
+                f"{_names(rows['run'])} {said} ("
+                + "; ".join(f"{r['mean_diff']:+.4f}, detectable ±{r['detectable']:.4f}" for _, r in rows.iterrows())
+                + ")."
+            )
+    for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
+        base = name.removesuffix("_unlabeled")
+        if base in set(runs["run"]):
+            r = paired_comparison(runs[runs["run"].isin([base, name])], baseline=base).iloc[0]
+            lines.append(f"Unlabeled images add {_ci(r)} to {display_name(base)}: {r['verdict']}.")
+    return lines
+
+
+def open_questions(runs: pd.DataFrame, runs_dir, figures_dir, report_dir) -> str:
+    """The report's open questions (:func:`open_questions_md`) as one Markdown text, for chapter 7."""
+    config = json.loads((Path(runs["folder"].iloc[0]) / "config.json").read_text())
+    _, _, missing = conditions_sections(runs_dir, figures_dir, report_dir)
+    return "\n".join(open_questions_md(runs, paired_comparison(runs), config, missing))
