@@ -283,6 +283,12 @@ def cmd_conditions(args) -> int:
 
     params = demo_parameters("shapes", args.data_root, args.device, args.profile)
     kw = dict(data_root=params["data_root"], runs_dir=params["runs_dir"], profile=args.profile, device=args.device)
+    unplanned = sorted(set(args.draws or []) - set(conditions.DRAWS)) if args.command == "draws" else []
+    unplanned += sorted(set(args.budgets or []) - set(conditions.BUDGETS)) if args.command == "budget" else []
+    if unplanned:  # docs/regime.md fixed the conditions before their runs; no other is read
+        planned = conditions.DRAWS if args.command == "draws" else tuple(conditions.BUDGETS)
+        print(f"python -m kdlib {args.command}: {unplanned} not planned; choose from {list(planned)}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     if args.command == "draws":
         conditions.train_draws(**kw, draws=args.draws or conditions.DRAWS)

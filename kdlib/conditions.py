@@ -106,12 +106,17 @@ def teacher_on_draw(runs_dir, draw: int) -> dict | None:
 # --------------------------------------------------------------------------- reading the runs
 
 BEATS, WORSE, UNRESOLVED = "beats no KD", "worse than no KD", "no resolved difference"
+NO_BASELINE, ONE_SEED = "no KD not trained on these seeds", "fewer than 2 paired seeds"
 
 
 def verdict(row) -> str:
     """The rule of docs/regime.md for one paired row (:func:`kdlib.stats.paired_comparison`):
     the 95 % interval of the paired difference on one side of 0 and Holm's p below 0.05."""
-    if row["seeds"] < 2 or not row["p_holm"] < 0.05:
+    if row["seeds"] == 0:
+        return NO_BASELINE
+    if row["seeds"] < 2:
+        return ONE_SEED
+    if not row["p_holm"] < 0.05:
         return UNRESOLVED
     if row["ci95_low"] > 0:
         return BEATS
@@ -120,20 +125,45 @@ def verdict(row) -> str:
     return UNRESOLVED
 
 
+def holm_over_the_plan(pvalues) -> list[float]:
+    """Holm's correction over the five KD methods docs/regime.md fixed, whatever subset of them
+    has a p-value yet: a method not (yet) tested counts as p = 1, so a partly trained condition
+    is corrected as strictly as a complete one."""
+    from .stats import holm
+
+    family = len(METHODS) - 1
+    padded = list(pvalues) + [1.0] * max(0, family - len(pvalues))
+    return holm([1.0 if math.isnan(p) else p for p in padded])[: len(pvalues)]
+
+
 def _paired(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each KD method of ``runs`` against no KD, Holm over the KD methods present, and the verdict."""
+    """Each KD method of ``runs`` against no KD, Holm over the plan's five, and the verdict."""
+    if runs.empty:
+        return pd.DataFrame()
     table = paired_comparison(runs[runs["run"].isin(METHODS)])
     if table.empty:
         return table
+    table["p_holm"] = holm_over_the_plan(table["p"].tolist())
     return table.assign(verdict=[verdict(r) for _, r in table.iterrows()])
 
 
 def _runs_of(folder, committed) -> pd.DataFrame:
-    """The finished runs of :data:`METHODS` under ``folder``, or the committed ones (the same
-    layout under ``committed``) when this machine has fewer of them."""
-    here = collect_runs(folder, METHODS)
-    there = collect_runs(committed, METHODS) if committed is not None else here.iloc[0:0]
-    return here if len(here) >= len(there) else there
+    """The finished runs of :data:`METHODS` under ``folder`` completed by the committed ones (the
+    same layout under ``committed``): per run name, this machine's when they are at least as many
+    seeds as the committed ones, else the committed, which are used only when trained in the same
+    regime as this machine's (:func:`kdlib.results.same_regime`). ``source`` says which."""
+    from .results import regime, same_regime
+
+    here = collect_runs(folder, METHODS).assign(source="this machine")
+    there = (collect_runs(committed, METHODS) if committed is not None else here.iloc[0:0]).assign(source="committed")
+    if not here.empty and not there.empty:
+        ours = regime(here["folder"].iloc[0])
+        there = there[[same_regime(regime(f), ours) for f in there["folder"]]]
+    keep = [
+        here[here["run"] == n] if (here["run"] == n).sum() >= (there["run"] == n).sum() else there[there["run"] == n]
+        for n in METHODS
+    ]
+    return pd.concat(keep, ignore_index=True)
 
 
 def draw_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
@@ -181,6 +211,9 @@ def per_condition(tables: dict[int, pd.DataFrame], label: str) -> pd.DataFrame:
 def across_draws(table: pd.DataFrame) -> pd.DataFrame:
     """Per KD method, its verdict on every draw and whether it is the same on all of them
     (only when every draw has the method)."""
+    if table.empty:
+        return pd.DataFrame(columns=[*(f"draw {d}" for d in (0, *DRAWS)), "holds on every draw"])
+    table = table[~table["verdict"].isin([NO_BASELINE, ONE_SEED])]  # no verdict on that draw yet
     wide = table.pivot(index="run", columns="draw", values="verdict")
     draws = [0, *DRAWS]
     wide = wide.reindex(columns=draws)
@@ -217,7 +250,10 @@ def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
                 continue
             half, p, _ = _paired_tests(d)
             mean = float(d.mean())
-            trend = "grows" if mean - half > 0 else "shrinks" if mean + half < 0 else "holds"
+            if d.std(ddof=1) < 1e-12:  # identical changes on every seed: no interval, only the sign
+                half = 0.0
+            tiny = abs(mean) < 1e-9  # floating-point noise is no trend
+            trend = "holds" if tiny else "grows" if mean - half > 0 else "shrinks" if mean + half < 0 else "holds"
             rows.append(
                 {
                     "budget": f"x{factor}",
@@ -250,33 +286,42 @@ def _miou(runs: pd.DataFrame, name: str, seed: int) -> float:
 
 
 def with_compute(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with each run's training compute (CPU seconds) and images/s over it."""
-    compute, rates = [], []
+    """``runs`` with each run's training compute (CPU seconds), images/s over it, and the
+    machine it was measured on (platform and torch). Compute counts only for a run trained on one
+    thread (one process's CPU time is then its own work, whatever ran beside it); NaN otherwise,
+    and for a run recorded before kdlib measured it."""
+    compute, rates, machines = [], [], []
     for folder in runs["folder"]:
         history = pd.read_csv(Path(folder) / "history.csv")
-        seconds = float(history["train_cpu_seconds"].sum()) if "train_cpu_seconds" in history else math.nan
-        compute.append(seconds)
         config = json.loads((Path(folder) / "config.json").read_text())
+        env = config.get("environment", {})
+        one_thread = env.get("cpu_threads") == 1
+        seconds = (
+            float(history["train_cpu_seconds"].sum()) if "train_cpu_seconds" in history and one_thread else math.nan
+        )
         images = config.get("split_sizes", {}).get(config.get("train_split"), math.nan)
         images = images * config.get("train_repeats", 1) * len(history)
+        compute.append(seconds)
         rates.append(images / seconds if seconds > 0 else math.nan)
-    return runs.assign(compute_s=compute, images_per_cpu_s=rates)
+        machines.append(f"{env.get('platform')} torch {env.get('torch')}")
+    return runs.assign(compute_s=compute, images_per_cpu_s=rates, machine=machines)
 
 
 def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Each KD method at 1x beside no KD at the smallest budget whose median training compute is
     at least the method's median, paired by seed, Holm over the methods compared (the rule of
     docs/regime.md). Where no budget of no KD reaches a method's compute, its row says so."""
-    from .stats import _paired_tests, holm
+    from .stats import _paired_tests
 
     timed = {f: with_compute(t) for f, t in tables.items()}
-    none_at = {f: t[t["run"] == "none"] for f, t in timed.items()}
-    medians = {f: float(n["compute_s"].median()) for f, n in none_at.items() if n["compute_s"].notna().any()}
     rows = []
     for name in METHODS[1:]:
         kd = timed[1][timed[1]["run"] == name]
         if kd.empty:
             continue
+        machine = kd["machine"].mode().iloc[0]  # CPU seconds compare only on one machine
+        none_at = {f: t[(t["run"] == "none") & (t["machine"] == machine)] for f, t in timed.items()}
+        medians = {f: float(n["compute_s"].median()) for f, n in none_at.items() if n["compute_s"].notna().any()}
         need = float(kd["compute_s"].median())
         factor = next((f for f in sorted(medians) if medians[f] >= need), None)
         unmatched = "its training compute was not recorded" if math.isnan(need) else "no budget of no KD reaches it"
@@ -298,11 +343,14 @@ def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
             | {"ci95_low": mean - half, "ci95_high": mean + half, "detectable": half, "p": p}
         )
     table = pd.DataFrame(rows)
-    if table.empty or "p" not in table:
+    if table.empty:
         return table
+    if "verdict" not in table:
+        table["verdict"] = None
     tested = table["p"].notna()
     table["p_holm"] = math.nan
-    table.loc[tested, "p_holm"] = holm(table.loc[tested, "p"].tolist())
-    for i, r in table[tested].iterrows():
-        table.loc[i, "verdict"] = verdict(r)
+    table.loc[tested, "p_holm"] = holm_over_the_plan(table.loc[tested, "p"].tolist())
+    for i, r in table.iterrows():
+        if pd.isna(r["verdict"]):
+            table.loc[i, "verdict"] = verdict(r) if tested[i] else ONE_SEED
     return table

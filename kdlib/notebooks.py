@@ -206,7 +206,9 @@ def run_demo(
         print(f"make demo: the {dataset} data at {params['data_root']} cannot be used:\n{problem}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    if notebooks is None:  # the whole demo: its runs train first, in one batch, then the chapters show them
+    # the whole demo with the profile's own runs: they train first, in one batch, then the chapters show them
+    # (runs of other epochs, seeds or sizes, given as parameters, the chapters train themselves)
+    if notebooks is None and not set(parameters or {}) & {"epochs", "seeds", "image_size"}:
         from .experiment import train_demo_rows
 
         print("training the demo's runs (finished ones are reused) ...", flush=True)

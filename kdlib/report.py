@@ -395,9 +395,10 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
         )
     rows = paired[~paired["run"].str.endswith("_unlabeled")] if not paired.empty else paired
     if not rows.empty:
-        better = rows[(rows["verdict"] == "larger than seed noise") & (rows["mean_diff"] > 0)]
-        worse = rows[(rows["verdict"] == "larger than seed noise") & (rows["mean_diff"] < 0)]
-        unresolved = rows[~rows.index.isin(better.index) & ~rows.index.isin(worse.index)]
+        better = rows[(rows["verdict"] == LARGER) & (rows["mean_diff"] > 0)]
+        worse = rows[(rows["verdict"] == LARGER) & (rows["mean_diff"] < 0)]
+        lost = rows[rows["verdict"] == NOT_AFTER_HOLM]
+        unresolved = rows[rows["verdict"] == "within seed noise"]
         tests = len(paired)
         if not better.empty:
             lines.append(
@@ -409,6 +410,12 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
             lines.append(
                 "- Worse than no KD: "
                 + "; ".join(f"{display_name(r['run'])} {_ci(r)}" for _, r in worse.iterrows())
+                + "."
+            )
+        if not lost.empty:
+            lines.append(
+                f"- A difference larger than seed noise alone, but not once all {tests} rows are corrected for (Holm): "
+                + "; ".join(f"{display_name(r['run'])} {_ci(r)}" for _, r in lost.iterrows())
                 + "."
             )
         if not unresolved.empty:
@@ -455,7 +462,7 @@ def open_questions_md(
             "the embedded benchmark (`make demo DATASET=voc ... PROFILE=full` runs the report's own experiment)."
         )
     if not paired.empty:
-        open_rows = paired[paired["verdict"] != "larger than seed noise"]
+        open_rows = paired[paired["verdict"] == "within seed noise"]
         if not open_rows.empty:
             items.append(
                 "Whether "
@@ -463,6 +470,12 @@ def open_questions_md(
                 + " differ from no KD by less than these seeds can detect ("
                 + ", ".join(f"±{d:.4f}" for d in open_rows["detectable"])
                 + "): more seeds would tell."
+            )
+        lost = paired[paired["verdict"] == NOT_AFTER_HOLM]
+        if not lost.empty:
+            items.append(
+                f"Whether {_names(lost['run'])} really differ from no KD: their interval excludes 0, but not once "
+                f"the {len(paired)} rows are corrected for together; more seeds would tell."
             )
     table = convergence_table(runs)
     missed = int((~table["converged"]).sum())
@@ -687,7 +700,7 @@ def _diff_cell(r) -> str:
 
 def _names(runs) -> str:
     names = [display_name(n) for n in runs]
-    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "none")
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "no method")
 
 
 def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], list[str], list[str]]:
@@ -744,12 +757,14 @@ def _draws_md(c, runs_dir, committed, tables, said, missing) -> list[str]:
             rows.append(row | {"same verdict on every draw": r["holds on every draw"]})
         holds = [n for n, r in wide.iterrows() if r["holds on every draw"] == "yes"]
         differ = [n for n, r in wide.iterrows() if r["holds on every draw"] == "no"]
+        incomplete = [n for n, r in wide.iterrows() if r["holds on every draw"] == "not every draw trained"]
+        trained = sorted(set(table.loc[~table["verdict"].isin([c.NO_BASELINE, c.ONE_SEED]), "draw"]))
+        teacher = f"whose val mIoU is {'; '.join(scores)}" if scores else "not scored on any draw yet"
         same = "; ".join(f"{display_name(n)} ({wide.loc[n, 'draw 0']})" for n in holds) or "no method"
         lines += [
             "**Other draws of the benchmark** (generator seeds "
             + ", ".join(str(d) for d in c.DRAWS)
-            + "; the demo's is 0): other training and validation images, the same shipped teacher, whose val "
-            f"mIoU is {'; '.join(scores)}.",
+            + f"; the demo's is 0): other training and validation images, the same shipped teacher, {teacher}.",
             "",
             _md_table(pd.DataFrame(rows)),
             "",
@@ -757,8 +772,9 @@ def _draws_md(c, runs_dir, committed, tables, said, missing) -> list[str]:
             "",
         ]
         said.append(
-            f"- On {len(c.DRAWS) + 1} draws of the training and validation images (Section 6) the verdict is the same "
-            f"on every draw for {_names(holds)}, and changes for {_names(differ)}."
+            f"- On {len(trained)} draws of the training and validation images (Section 6) the verdict is the same "
+            f"on every draw for {_names(holds)}, and changes for {_names(differ)}"
+            + (f"; {_names(incomplete)} not yet trained on every draw." if incomplete else ".")
         )
     return lines
 
@@ -777,7 +793,7 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
         table.round(6).to_csv(tables / "conditions_budgets.csv", index=False)
         trend = c.budget_trend(budgets)
         trend.round(6).to_csv(tables / "budget_trend.csv", index=False)
-        none = {f: t[t["run"] == "none"]["miou"].mean() for f, t in budgets.items()}
+        none = {f: t[t["run"] == "none"] for f, t in budgets.items()}
         rows = []
         for name in c.METHODS[1:]:
             row = {"method": display_name(name)}
@@ -794,7 +810,11 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
         lines += [
             "**Longer budgets** (the demo's draw; the cosine schedule stretched, everything else equal). No KD "
             "reaches "
-            + "; ".join(f"{none[f]:.4f} at {f}×" for f in budgets if pd.notna(none[f]))
+            + "; ".join(
+                f"{none[f]['miou'].mean():.4f} at {f}× (seeds {', '.join(map(str, sorted(none[f]['seed'])))})"
+                for f in budgets
+                if len(none[f])
+            )
             + ". Each method's paired difference to no KD at each budget, and how its gain changes from 1× "
             "(per seed, on the seeds both budgets have):",
             "",
@@ -802,13 +822,16 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
             "",
         ]
         lines += _figure_md(Path(figures_dir), report_dir, ["budget_curves.png"])
-        longest = max(f for f in c.BUDGETS if not budgets[f].empty)
-        at = trend[trend["budget"] == f"x{longest}"]
-        said.append(
-            f"- At {longest}× the demo's steps (Section 6), the gain over no KD "
-            + "; ".join(f"{t['trend']} for {display_name(t['run'])}" for _, t in at.iterrows())
-            + "."
-        )
+        computed = trend[trend["gain_change"].notna()] if not trend.empty else trend
+        if not computed.empty:
+            longest = max(int(b.removeprefix("x")) for b in computed["budget"])
+            at = computed[computed["budget"] == f"x{longest}"]
+            seeds = ", ".join(map(str, sorted(budgets[longest]["seed"].unique())))
+            said.append(
+                f"- At {longest}× the demo's steps (Section 6, seeds {seeds}), the gain over no KD "
+                + "; ".join(f"{t['trend']} for {display_name(t['run'])}" for _, t in at.iterrows())
+                + "."
+            )
     return lines
 
 
@@ -821,14 +844,16 @@ def _compute_md(c, budgets, tables, said) -> list[str]:
         shown = pd.DataFrame(
             {
                 "method (1×)": [display_name(n) for n in compute["run"]],
-                "training CPU s": [f"{v:.0f}" for v in compute["compute_s"]],
-                "images / CPU s": [f"{v:.0f}" for v in compute["images_per_cpu_s"]],
+                "training CPU s": [f"{v:.0f}" if pd.notna(v) else "not recorded" for v in compute["compute_s"]],
+                "images / CPU s": [f"{v:.0f}" if pd.notna(v) else "—" for v in compute["images_per_cpu_s"]],
                 "no KD given": [f"{int(f)}× ({s:.0f} CPU s)" if pd.notna(f) else "—"
                                 for f, s in zip(compute["none_budget"], compute["none_compute_s"])],
                 "difference": [_diff_cell(r) for _, r in compute.iterrows()],
             }
         )  # fmt: skip
         wins = [r["run"] for _, r in compute.iterrows() if r.get("verdict") == "beats no KD"]
+        compared = compute[compute["p"].notna()]
+        uncompared = compute[compute["p"].isna()]
         lines += [
             "**The same compute.** Each KD method at the demo's budget beside no KD trained at least as "
             "long (the CPU time of the training steps, one thread per run, summed over epochs; the smallest "
@@ -836,12 +861,16 @@ def _compute_md(c, budgets, tables, said) -> list[str]:
             "",
             _md_table(shown),
             "",
-            f"Distillation beats training no KD for the same compute for {_names(wins)}.",
+            f"Of the {len(compared)} methods compared, distillation beats training no KD for the same compute "
+            f"for {_names(wins)}"
+            + (f"; not compared: {_names(uncompared['run'])} (see the table)." if len(uncompared) else "."),
             "",
         ]
-        said.append(
-            f"- With no KD given at least the same training compute, distillation still wins for {_names(wins)}."
-        )
+        if len(compared):
+            said.append(
+                f"- With no KD given at least the same training compute, distillation beats it for {_names(wins)} "
+                f"(of the {len(compared)} methods compared)."
+            )
     return lines
 
 
@@ -870,7 +899,7 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
             f"{r['true class']} as {r['predicted as']} ({r['rate']:.0%} of its pixels)"
             for _, r in pairs.head(3).iterrows()
         )
-        lines.append(f"The most confused classes: {top}.")
+        lines.append(f"The most confused classes of {display_name(students[-1])}'s first-seed student: {top}.")
         if classes is not None and {"colour", "shape"} <= set(classes.columns):
             attrs = classes.set_index("class")
             same = {
@@ -882,11 +911,14 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
             )
     dependency = tables.get("teacher_dependency")
     if dependency is not None and len(dependency):
-        ratio = dependency["ratio"]
-        lines.append(
-            f"Where the teacher fails on an object, a student fails {ratio.min():.2f} to {ratio.max():.2f} times as "
-            "often as where it succeeds (1 would mean its failures owe nothing to the teacher's)."
-        )
+        ratio = dependency.set_index("method")["ratio"]
+        kd = ratio.drop(index="none", errors="ignore")
+        if "none" in ratio.index and len(kd):
+            lines.append(
+                f"Where the teacher fails on an object, the no-KD student, which never saw the teacher, fails "
+                f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are hard for "
+                f"every model. The KD students' ratios, {kd.min():.2f} to {kd.max():.2f}, are to be read against it."
+            )
     return lines
 
 

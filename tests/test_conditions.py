@@ -15,7 +15,7 @@ from kdlib import conditions, profiles, shapes
 METHODS = conditions.METHODS
 
 
-def write_run(folder, name, seed, miou, cpu_per_epoch=1.0, epochs=4):
+def write_run(folder, name, seed, miou, cpu_per_epoch=1.0, epochs=4, threads=1):
     """A finished run as kdlib writes it: metrics.json, config.json and history.csv."""
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {"method": name, "seed": seed, "best_miou": miou, "pixel_accuracy": 0.9, "best_epoch": epochs}
@@ -23,6 +23,7 @@ def write_run(folder, name, seed, miou, cpu_per_epoch=1.0, epochs=4):
     (folder / "metrics.json").write_text(json.dumps(metrics))
     config = {"method": name, "seed": seed, "epochs": epochs, "train_split": "train", "val_split": "val"}
     config |= {"split_sizes": {"train": 32, "val": 300}, "train_repeats": 8, "batch_size": 16}
+    config |= {"environment": {"cpu_threads": threads, "platform": "Linux-x86_64", "torch": "2.14.1"}}
     (folder / "config.json").write_text(json.dumps(config))
     history = pd.DataFrame({"epoch": range(1, epochs + 1), "val_miou": [miou] * epochs})
     history["train_cpu_seconds"] = cpu_per_epoch
@@ -100,8 +101,10 @@ def test_a_draw_not_trained_everywhere_is_said_so(tmp_path):
     runs = tmp_path / "runs"
     write_condition(runs, draw_mious())
     write_condition(conditions.draw_runs_dir(runs, 1), {k: v for k, v in draw_mious().items() if k != "dist"})
+    write_condition(conditions.draw_runs_dir(runs, 2), draw_mious())
     held = conditions.across_draws(conditions.per_condition(conditions.draw_runs(runs), "draw"))
     assert held.loc["dist", "holds on every draw"] == "not every draw trained"
+    assert set(held.drop(index="dist")["holds on every draw"]) == {"yes"}
 
 
 def test_the_budget_trend_is_the_paired_change_of_each_gain(tmp_path):
@@ -138,9 +141,10 @@ def test_each_kd_method_meets_no_kd_trained_at_least_as_long(tmp_path):
     assert table.loc["dist", "verdict"] == "no budget of no KD reaches it"  # 36 s > 16 s
     d = np.array(draw_mious()["cwd"][:3]) - np.array(at2["none"][:3])
     assert table.loc["cwd", "seeds"] == 3 and table.loc["cwd", "mean_diff"] == pytest.approx(d.mean())
-    tested = table["p"].notna()
-    assert table.loc[tested, "p_holm"].tolist() == pytest.approx(holm(table.loc[tested, "p"].to_numpy()).tolist())
-    p_holm = dict(zip(table.index[tested], holm(table.loc[tested, "p"].to_numpy())))
+    tested = table["p"].notna()  # Holm over the plan's five methods: an untested one counts as p = 1
+    padded = np.concatenate([table.loc[tested, "p"].to_numpy(), np.ones(5 - tested.sum())])
+    assert table.loc[tested, "p_holm"].tolist() == pytest.approx(holm(padded)[: tested.sum()].tolist())
+    p_holm = dict(zip(table.index[tested], holm(padded)))
     for name, p in p_holm.items():
         budget = int(table.loc[name, "none_budget"])
         seeds = 6 if budget == 2 else 3
@@ -202,3 +206,31 @@ def test_another_draw_is_another_benchmark(tmp_path):
     b = shapes.generate(tmp_path / "b", teacher_train=2, train=4, val=2, size=64, seed=0, progress=False)
     first = sorted((a / "JPEGImages").glob("*.jpg"))[0].name
     assert (a / "JPEGImages" / first).read_bytes() != (b / "JPEGImages" / first).read_bytes()
+
+
+def test_compute_counts_only_one_thread_runs_and_one_machine(tmp_path):
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    for seed in range(6):  # cwd trained on two threads: its CPU time is not its own work alone
+        write_run(runs / "cwd" / f"seed{seed}", "cwd", seed, draw_mious()["cwd"][seed], 2.5, threads=2)
+    write_condition(conditions.budget_runs_dir(runs, 2), draw_mious(), epochs=8)
+    table = conditions.matched_compute(conditions.budget_runs(runs)).set_index("run")
+    assert math.isnan(table.loc["cwd", "compute_s"])
+    assert table.loc["cwd", "verdict"] == "its training compute was not recorded"
+    assert table.loc["response", "none_budget"] == 1  # 4 CPU s each: no KD at 1x already matches
+
+
+def test_a_condition_without_its_baseline_or_partly_trained_gives_no_false_verdict(tmp_path):
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    write_condition(conditions.draw_runs_dir(runs, 1), {k: v for k, v in draw_mious().items() if k != "none"})
+    write_condition(conditions.draw_runs_dir(runs, 2), {k: draw_mious()[k] for k in ("none", "both")})
+    table = conditions.per_condition(conditions.draw_runs(runs), "draw").set_index(["draw", "run"])
+    assert set(table.loc[1, "verdict"]) == {conditions.NO_BASELINE}
+    # draw 2 has only both: its p is corrected as one of five (p = 1 for the four untested), not alone
+    d = np.array(draw_mious()["both"]) - np.array(BASE)
+    p = st.ttest_1samp(d, 0).pvalue
+    assert table.loc[(2, "both"), "p_holm"] == pytest.approx(min(1.0, 5 * p))
+    held = conditions.across_draws(table.reset_index())["holds on every draw"].to_dict()
+    assert held["response"] == "not every draw trained" and held["both"] == "not every draw trained"
+    assert conditions.across_draws(conditions.per_condition({0: pd.DataFrame()}, "draw")).empty

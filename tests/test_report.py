@@ -322,4 +322,27 @@ def test_the_failure_findings_read_their_tables():
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
-    assert "1.20 to 1.30 times" in lines[3]
+    assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3] and "1.20 to 1.20" in lines[3]
+
+
+def test_the_findings_put_each_row_in_the_group_its_tests_give(tmp_path):
+    """The headline's groups follow the paired tests: beats (after Holm), larger than seed noise
+    but not after Holm, within seed noise; and an empty list reads 'no method', never 'None'."""
+    base = [0.20, 0.18, 0.19, 0.21, 0.17, 0.22]
+    gains = {
+        "cwd": [0.05, 0.06, 0.055, 0.048, 0.062, 0.051],  # beats no KD after Holm
+        "response": [0.004, 0.001, 0.006, 0.0, 0.005, 0.002],  # p 0.027 alone, x2 under Holm over 2 rows
+        "feature": [0.01, -0.01, 0.0, 0.02, -0.02, 0.0],  # within seed noise
+    }
+    rows = [{"run": "none", "seed": s, "miou": b} for s, b in enumerate(base)]
+    rows += [{"run": n, "seed": s, "miou": b + g} for n, gs in gains.items() for s, (b, g) in enumerate(zip(base, gs))]
+    runs = pd.DataFrame(rows).assign(epochs=20, seconds=1.0)
+    paired = report.paired_comparison(runs)
+    lines = report.headline_md(runs, paired, None, tmp_path, [])
+    text = "\n".join(lines)
+    beat = next(line for line in lines if line.startswith("- Beat no KD"))
+    lost = next(line for line in lines if line.startswith("- A difference larger than seed noise alone"))
+    noise = next(line for line in lines if line.startswith("- No difference from no KD"))
+    assert "Channel-wise (CWD)" in beat and "Response" in lost and "Feature" in noise
+    assert "Response" not in noise and "Feature" not in lost
+    assert report._names([]) == "no method" and "None" not in text
