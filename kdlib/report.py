@@ -695,6 +695,8 @@ def _diff_cell(r) -> str:
     """A paired difference as a table cell: mean ± detectable, seeds, verdict."""
     if pd.isna(r.get("mean_diff")):
         return str(r.get("verdict", "—"))
+    if pd.isna(r.get("detectable")):  # one paired seed: a difference, no interval
+        return f"{r['mean_diff']:+.4f} ({_plural(int(r['seeds']), 'seed')}): {r['verdict']}"
     return f"{r['mean_diff']:+.4f} ± {r['detectable']:.4f} ({int(r['seeds'])} seeds): {r['verdict']}"
 
 
