@@ -319,8 +319,10 @@ def run_report(
                 stale = f"its config.json cannot be checked ({exc})"
             if stale:
                 missing.append((name, f"{path.parent}: {stale}"))
+    if dataset == "shapes":  # the runs of `make draws` and `make budget`: none stale either
+        missing += _stale_condition_runs(params["data_root"], params["runs_dir"], profile)
     if missing or collect_runs(params["runs_dir"]).empty:
-        targets = sorted({target_of(name) for name, _ in missing} or {"make demo"})
+        targets = sorted({n if n.startswith("make ") else target_of(n) for n, _ in missing} or {"make demo"})
         print(
             "make report rebuilds from finished runs, and these are missing, unfinished or stale:\n  "
             + "\n  ".join(text for _, text in missing)
@@ -335,3 +337,29 @@ def run_report(
     )
     print(f"report rebuilt from the finished runs under {params['runs_dir']}: {path} and {path.with_suffix('.html')}")
     return 0
+
+
+def _stale_condition_runs(data_root, runs_dir, profile: str) -> list[tuple[str, str]]:
+    """(target, "folder: why") for every run under ``draws/`` and ``budget/`` that no longer
+    answers its condition (other settings, data or teacher than its condition's now)."""
+    from . import conditions as c
+    from .profiles import run_config
+    from .results import stale_reason
+
+    folders = [(c.draw_runs_dir(runs_dir, d), c.draw_data_root(data_root, d), {}, "make draws") for d in c.DRAWS]
+    folders += [
+        (c.budget_runs_dir(runs_dir, f), Path(data_root), c.budget_settings(profile, f), "make budget")
+        for f in c.BUDGETS
+    ]
+    stale = []
+    for folder, root, settings, target in folders:
+        for path in sorted(folder.glob("*/seed*/config.json")):
+            recorded = json.loads(path.read_text())
+            cfg = run_config(
+                path.parent.parent.name, recorded["seed"], dataset="shapes", data_root=str(root),
+                runs_dir=folder, profile=profile, **settings,
+            )  # fmt: skip
+            why = stale_reason(path.parent, cfg)
+            if why:
+                stale.append((target, f"{path.parent}: {why}"))
+    return stale

@@ -234,3 +234,23 @@ def test_a_condition_without_its_baseline_or_partly_trained_gives_no_false_verdi
     held = conditions.across_draws(table.reset_index())["holds on every draw"].to_dict()
     assert held["response"] == "not every draw trained" and held["both"] == "not every draw trained"
     assert conditions.across_draws(conditions.per_condition({0: pd.DataFrame()}, "draw")).empty
+
+
+def test_make_report_refuses_a_stale_run_of_a_condition(tmp_path, capsys):
+    """A run under draws/ or budget/ trained with other settings than its condition's is named by
+    `make report`, with the target that trains it again, like the demo's own runs."""
+    from kdlib import experiment, notebooks
+
+    data, runs = tmp_path / "data" / "shapes", tmp_path / "runs"
+    root = profiles.prepare_data("shapes", str(data), "smoke")
+    experiment.train_demo_rows(dataset="shapes", data_root=str(root), runs_dir=runs, profile="smoke")
+    conditions.train_draws(data_root=data, runs_dir=runs, profile="smoke", draws=(1,), names=("none",))
+    path = conditions.draw_runs_dir(runs, 1) / "none" / "seed0" / "config.json"
+    config = json.loads(path.read_text())
+    config["lr"] = 0.5  # as if trained with another setting than the condition's
+    path.write_text(json.dumps(config))
+    figs, report = tmp_path / "figures", tmp_path / "report"
+    assert notebooks.run_report("shapes", str(data), "cpu", "smoke", runs, figs, report) == 1
+    err = capsys.readouterr().err
+    assert "draws/draw1/none/seed0: it was trained with other settings (lr 0.5 -> 0.001)" in err
+    assert "Run `make draws`" in err
