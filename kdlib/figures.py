@@ -129,12 +129,12 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     for method in [m for m in methods.names("report") if m in preds]:
         best, worst = failures.pick_examples(scores[method], k=2)
         rows = best + worst
-        columns = {"ground truth": targets[rows]} | {name: p[rows] for name, p in preds.items()}
+        shown_as = {name: methods.display_name(name) for name in preds}  # column titles a reader knows
+        columns = {"ground truth": targets[rows]} | {shown_as[name]: p[rows] for name, p in preds.items()}
         labels = [f"success #{i}" for i in best] + [f"failure #{i}" for i in worst]
         title = f"{methods.display_name(method)}: its two best and two worst val images (per-image mIoU under each)"
-        fig = plots.qualitative_grid(
-            images[rows], columns, names, labels, scores={name: s[rows] for name, s in scores.items()}, title=title
-        )
+        under = {shown_as[name]: s[rows] for name, s in scores.items()}
+        fig = plots.qualitative_grid(images[rows], columns, names, labels, scores=under, title=title)
         shown[f"qualitative_{method}"] = _save(fig, figures_dir, f"qualitative_{method}.png")
     if dataset == "shapes":
         from .shapes import load_metadata
