@@ -830,11 +830,25 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
             at = computed[computed["budget"] == f"x{longest}"]
             seeds = ", ".join(map(str, sorted(budgets[longest]["seed"].unique())))
             said.append(
-                f"- At {longest}× the demo's steps (Section 6, seeds {seeds}), the gain over no KD "
-                + "; ".join(f"{t['trend']} for {display_name(t['run'])}" for _, t in at.iterrows())
+                f"- At {longest}× the demo's steps (Section 6, seeds {seeds}): "
+                + "; ".join(_budget_phrase(table, t, longest) for _, t in at.iterrows())
                 + "."
             )
     return lines
+
+
+def _budget_phrase(table: pd.DataFrame, trend, factor: int) -> str:
+    """One method's verdict at 1x and at ``factor``x, and how its difference to no KD moved:
+    "holds" says the difference did not change, which is a gain only where there was one."""
+
+    def verdict_at(f):
+        hit = table[(table["budget"] == f) & (table["run"] == trend["run"])]
+        return hit.iloc[0]["verdict"] if not hit.empty else "not trained"
+
+    at1, atf = verdict_at(1), verdict_at(factor)
+    moved = {"holds": "unchanged", "grows": "grew", "shrinks": "shrank"}.get(trend["trend"], trend["trend"])
+    where = f"{at1} at 1× and at {factor}×" if at1 == atf else f"{at1} at 1×, {atf} at {factor}×"
+    return f"{display_name(trend['run'])} {where} (its difference to no KD {moved})"
 
 
 def _compute_md(c, budgets, tables, said) -> list[str]:

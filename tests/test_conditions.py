@@ -254,3 +254,21 @@ def test_make_report_refuses_a_stale_run_of_a_condition(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "draws/draw1/none/seed0: it was trained with other settings (lr 0.5 -> 0.001)" in err
     assert "Run `make draws`" in err
+
+
+def test_the_budget_headline_says_holds_of_a_difference_not_of_a_gain_that_is_not_there(tmp_path):
+    """Response has no resolved difference at either budget: the headline must say so, not that
+    its "gain holds"; CWD beats no KD at both and its gain doubles."""
+    from kdlib import report
+
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    write_condition(conditions.budget_runs_dir(runs, 2), draw_mious(scale=2.0))
+    budgets = conditions.budget_runs(runs)
+    table = conditions.per_condition(budgets, "budget")
+    trend = conditions.budget_trend(budgets)
+    trend = trend[trend["budget"] == "x2"].set_index("run", drop=False)
+    said = report._budget_phrase(table, trend.loc["response"], 2)
+    assert said == "Response no resolved difference at 1× and at 2× (its difference to no KD unchanged)"
+    said = report._budget_phrase(table, trend.loc["cwd"], 2)
+    assert said == "Channel-wise (CWD) beats no KD at 1× and at 2× (its difference to no KD grew)"
