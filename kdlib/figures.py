@@ -126,10 +126,10 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     shown = {}
     images, targets, preds = failures.predict_all(dataset, root, runs_dir, size, device)
     scores = {name: failures.per_image_miou(p, targets) for name, p in preds.items()}
+    shown_as = {name: methods.display_name(name) for name in preds}  # column titles a reader knows
     for method in [m for m in methods.names("report") if m in preds]:
         best, worst = failures.pick_examples(scores[method], k=2)
         rows = best + worst
-        shown_as = {name: methods.display_name(name) for name in preds}  # column titles a reader knows
         columns = {"ground truth": targets[rows]} | {shown_as[name]: p[rows] for name, p in preds.items()}
         labels = [f"success #{i}" for i in best] + [f"failure #{i}" for i in worst]
         title = f"{methods.display_name(method)}: its two best and two worst val images (per-image mIoU under each)"

@@ -800,8 +800,8 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
         for name in c.METHODS[1:]:
             row = {"method": display_name(name)}
             for f in budgets:
-                hit = table[(table["budget"] == f) & (table["run"] == name)]
-                row[f"{f}×"] = _diff_cell(hit.iloc[0]) if not hit.empty else "not trained"
+                hit = _at_budget(table, f, name)
+                row[f"{f}×"] = _diff_cell(hit) if hit is not None else "not trained"
             for _, t in trend[trend["run"] == name].iterrows():
                 row[f"gain {t['budget']} vs 1×"] = (
                     f"{t['gain_change']:+.4f} ± {t['detectable']:.4f}: {t['trend']}"
@@ -837,13 +837,20 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
     return lines
 
 
+def _at_budget(table: pd.DataFrame, factor: int, name: str):
+    """The row of :func:`kdlib.conditions.per_condition`'s budget table for one method at one
+    budget factor, or None where it was not trained."""
+    hit = table[(table["budget"] == factor) & (table["run"] == name)]
+    return hit.iloc[0] if not hit.empty else None
+
+
 def _budget_phrase(table: pd.DataFrame, trend, factor: int) -> str:
     """One method's verdict at 1x and at ``factor``x, and how its difference to no KD moved:
     "holds" says the difference did not change, which is a gain only where there was one."""
 
     def verdict_at(f):
-        hit = table[(table["budget"] == f) & (table["run"] == trend["run"])]
-        return hit.iloc[0]["verdict"] if not hit.empty else "not trained"
+        hit = _at_budget(table, f, trend["run"])
+        return hit["verdict"] if hit is not None else "not trained"
 
     at1, atf = verdict_at(1), verdict_at(factor)
     moved = {"holds": "unchanged", "grows": "grew", "shrinks": "shrank"}.get(trend["trend"], trend["trend"])
