@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+import os
 import platform
 import statistics
 import tempfile
@@ -55,12 +57,13 @@ from .train import environment, setup_runtime, train_loader, train_step
 # compute-only and through the DataLoader; `passes` over the training split per timed epoch (long
 # enough for the cached/plain epoch ratio to mean anything); `latency` calls at batch 1 (student,
 # teacher); `batch`, unless --batch-size says otherwise. A CPU pays seconds per FCN-ResNet50 batch
-# at 224 px, so there the report setting times batches of 8 (its ratios are per step).
+# at 224 px, so there the report setting times batches of 4 (its ratios are per step), which buys
+# the rounds that an interval needs within make bench's 8 minutes.
 SETTINGS = {
     "report": {
         "image_size": 224,
         "teacher": "fcn_resnet50",
-        "cpu": {"rounds": 5, "steps": 1, "passes": 1, "images": 32, "latency": (30, 10), "batch": 8},
+        "cpu": {"rounds": 6, "steps": 1, "passes": 1, "images": 32, "latency": (30, 10), "batch": 4},
         "cuda": {"rounds": 20, "steps": 10, "passes": 4, "images": None, "latency": (100, 50), "batch": 16},
     },
     "shapes": {
@@ -75,6 +78,20 @@ TARGETS = {
     "input_pipeline_ratio": (">=", 0.85),
     "cached_kd_epoch_ratio": ("<=", 1.2),
 }
+# The side of 1.0 each ratio cannot fall on, by what it measures: a KD step does all of the
+# teacher's forward and the plain step and more, a DataLoader cannot feed a step faster than a
+# batch already in memory, and a cached epoch does a plain epoch's work and more. A ratio whose
+# interval lies wholly on that side is noise (or a measurement that does not compare like with
+# like), never a speed-up.
+BOUNDED = {"kd_overhead_ratio": "below", "input_pipeline_ratio": "above", "cached_kd_epoch_ratio": "below"}
+LEVEL = 0.95  # confidence of every interval bench.json gives
+# The machine is steady when a fixed matmul, timed before every measurement, varies by at most
+# STEADY_SPREAD (interquartile range over median) and gets at least STEADY_CPU_SHARE of the cores
+# its threads ask for (process CPU time over wall time × threads) in three probes of four (the
+# share's lower quartile, so a spell of load counts, not only a constant one). On this project's
+# 2-core machine, idle, the spread was 8-21 % and the share 0.99-1.00; with a busy loop beside it
+# 75 % and 0.73, with a second torch process 28 % and 0.50 (docs/speed.md).
+STEADY_SPREAD, STEADY_CPU_SHARE = 0.35, 0.85
 VOC_TRAIN, VOC_VAL = 1464, 1449  # images per epoch in the report (train + val passes)
 
 
@@ -92,11 +109,160 @@ def seconds_of(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def median_interval(values, level: float = LEVEL) -> dict:
+    """A distribution-free confidence interval for the median of repeated measurements.
+
+    With ``n`` values sorted, x(1) ≤ ... ≤ x(n), the interval [x(j), x(n+1-j)] holds the true
+    median unless j-1 or fewer of the values fall on one side of it, so it covers it with
+    probability 1 - 2·P(B ≤ j-1), B ~ Binomial(n, 1/2) (the sign-test interval; Conover,
+    *Practical Nonparametric Statistics*, 3rd ed., §3.2). ``j`` is the largest whose coverage is
+    at least ``level``; when even [x(1), x(n)] falls short (n ≤ 5 at 95 %) that is the interval
+    and ``coverage`` says what it reaches. No shape is assumed: a slow spell of the machine
+    makes a long tail on one side, which a t-interval would spread over both.
+    """
+    values = sorted(values)
+    n = len(values)
+
+    def coverage(j: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(j)) / 2**n
+
+    j = 1
+    while 2 * (j + 1) <= n + 1 and coverage(j + 1) >= level:
+        j += 1
+    return {"lo": values[j - 1], "hi": values[n - j], "coverage": coverage(j)}
+
+
 def spread(values) -> dict:
-    """Median and interquartile range of repeated measurements (``n`` of them)."""
+    """Median, interquartile range and the median's confidence interval (``median_interval``)
+    of repeated measurements (``n`` of them)."""
     values = sorted(values)
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
-    return {"median": statistics.median(values), "q1": q1, "q3": q3, "n": len(values)}
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "n": len(values)} | median_interval(values)
+
+
+class SteadinessProbe:
+    """A fixed workload timed again and again through a bench run: ``size``² fp32 matmuls,
+    ``calls`` of them (50-60 ms on this project's 2-core CPU). Each call returns its wall seconds and the
+    share of the cores its threads asked for that the process got (CPU time over wall time ×
+    threads; ``None`` on a GPU, where the host waits). On a machine left to the bench both stay
+    put; a second process on the cores makes the probe slower in some rounds than in others
+    and lowers its share, which is how ``steadiness`` tells figures that cannot be trusted."""
+
+    def __init__(self, device: torch.device, size: int = 512, calls: int = 32):
+        self.device, self.calls = device, calls
+        self.a, self.b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        self()  # warm-up
+
+    def __call__(self) -> tuple[float, float | None]:
+        _sync(self.device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        with torch.autocast(self.device.type, enabled=False):  # the same fp32 work wherever it is called
+            for _ in range(self.calls):
+                self.a @ self.b
+        _sync(self.device)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        share = None if self.device.type == "cuda" else cpu / (wall * torch.get_num_threads())
+        return wall, share
+
+
+def steadiness(samples: list[tuple[float, float | None]]) -> dict:
+    """Whether the machine held still while the figures were measured: the probe's spread
+    (interquartile range over median; a slow spell of another process widens it) and the lower
+    quartile of its CPU share (a process beside the bench lowers it), against ``STEADY_SPREAD`` and
+    ``STEADY_CPU_SHARE``; ``warning`` says what failed and what to do."""
+    probe = spread([1000 * wall for wall, _ in samples])
+    shares = [share for _, share in samples if share is not None]
+    variation = (probe["q3"] - probe["q1"]) / probe["median"]
+    cpu_share = spread(shares)["q1"] if shares else None
+    problems = []
+    if variation > STEADY_SPREAD:
+        problems.append(f"a fixed matmul's time varied by {variation:.0%} across the run (IQR over median)")
+    if cpu_share is not None and cpu_share < STEADY_CPU_SHARE:
+        problems.append(
+            f"the bench got {cpu_share:.0%} or less of the cores its threads asked for in a quarter of its probes"
+        )
+    warning = None
+    if problems:
+        warning = (
+            "the machine was not steady: " + " and ".join(problems) + "; another process probably shares the "
+            "CPU, so these figures cannot be trusted: rerun make bench with nothing else running"
+        )
+    return {
+        "probe_ms": probe,
+        "variation": variation,
+        "cpu_share": cpu_share,
+        "steady": not problems,
+        "warning": warning,
+    }
+
+
+def verdict(key: str, s: dict) -> str:
+    """How the table reads one ratio from its median and interval: no measurable cost when the
+    interval holds 1.0; noise when it lies wholly on the side ``BOUNDED`` rules out (a speed-up
+    there would be a measurement that does not compare like with like); otherwise the ratio
+    with its interval."""
+    if s["lo"] <= 1 <= s["hi"]:
+        return "no measurable cost"
+    if (s["hi"] < 1) if BOUNDED[key] == "below" else (s["lo"] > 1):
+        return f"noise ({s['median']:.2f}, cannot be {BOUNDED[key]} 1)"
+    return f"{s['median']:.2f} [{s['lo']:.2f}-{s['hi']:.2f}]"
+
+
+def _medians(tree, path=()):
+    """Every (path, spread) in a bench report, the steadiness probe left out."""
+    if isinstance(tree, dict):
+        if {"median", "lo", "hi"} <= tree.keys():
+            yield path, tree
+            return
+        for key, value in tree.items():
+            if key != "steadiness":
+                yield from _medians(value, (*path, key))
+
+
+def compare(a: dict, b: dict, tolerance: float = 0.05) -> list[dict]:
+    """Two bench reports figure by figure: for every median both give, how far apart they are
+    (the larger over the smaller, minus one), whether that is within ``tolerance``, and whether
+    each one's interval holds the other's median."""
+    theirs = dict(_medians(b))
+    rows = []
+    for path, x in _medians(a):
+        if path not in theirs:
+            continue
+        y = theirs[path]
+        low, high = sorted((x["median"], y["median"]))
+        apart = high / low - 1 if low > 0 else math.inf
+        rows.append(
+            {
+                "figure": ".".join(map(str, path)),
+                "a": x["median"],
+                "b": y["median"],
+                "apart": apart,
+                "agree": apart <= tolerance,
+                "a_holds_b": x["lo"] <= y["median"] <= x["hi"],
+                "b_holds_a": y["lo"] <= x["median"] <= y["hi"],
+            }
+        )
+    return rows
+
+
+def format_comparison(rows: list[dict], tolerance: float = 0.05) -> str:
+    """The comparison in a few lines: how many medians agree, the farthest apart, and every
+    figure that fails either test."""
+    agree = sum(r["agree"] for r in rows)
+    held = sum(r["a_holds_b"] and r["b_holds_a"] for r in rows)
+    worst = max(rows, key=lambda r: r["apart"])
+    lines = [
+        f"{agree} of {len(rows)} medians within {tolerance:.0%}; farthest apart: {worst['figure']} "
+        f"({worst['a']:.4g} vs {worst['b']:.4g}, {worst['apart']:.1%})",
+        f"{held} of {len(rows)} figures have each run's median inside the other's interval",
+    ]
+    for r in rows:
+        if not (r["agree"] and r["a_holds_b"] and r["b_holds_a"]):
+            miss = [] if r["agree"] else [f"{r['apart']:.1%} apart"]
+            miss += [] if r["a_holds_b"] else ["outside a's interval"]
+            miss += [] if r["b_holds_a"] else ["outside b's interval"]
+            lines.append(f"  {r['figure']}: {r['a']:.4g} vs {r['b']:.4g} ({', '.join(miss)})")
+    return "\n".join(lines)
 
 
 def gflops(fn) -> float:
@@ -158,6 +324,7 @@ def bench_setting(
     log=print,
 ) -> dict:
     """Every figure of one setting (see the module docstring), each with its spread."""
+    started = time.perf_counter()
     spec = SETTINGS[setting]
     runtime = setup_runtime(device)
     dev = runtime.device
@@ -190,8 +357,15 @@ def bench_setting(
         "teacher": spec["teacher"],
         "dataset": dataset,
     }
-    result |= _size_and_latency(student, teacher, x, dev, base.amp, knobs)
-    rounds = _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result)
+    probe, probes = SteadinessProbe(dev), []
+    result |= _size_and_latency(student, teacher, x, dev, base.amp, knobs, probe, probes)
+    rounds = _training_rounds(
+        base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result, probe, probes
+    )
+    result["steadiness"] = steadiness(probes)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if result["steadiness"]["warning"]:
+        log(f"[bench {setting}] WARNING: {result['steadiness']['warning']}")
     step_s = rounds["step_s"]
     result["inference"]["teacher"]["images_per_s"] = batch_size / rounds["teacher_s"][False]["median"]
     result["teacher_forward_ms"] = {
@@ -225,7 +399,7 @@ def _ms(timing: dict) -> dict:
     return {k: 1000 * v if k != "n" else v for k, v in timing.items()}
 
 
-def _size_and_latency(student, teacher, x, dev, amp: bool, knobs: dict) -> dict:
+def _size_and_latency(student, teacher, x, dev, amp: bool, knobs: dict, probe, probes) -> dict:
     """Parameters, GFLOPs, batch-1 latency next to the floor the device's matmul throughput
     allows (GFLOPs ÷ GFLOP/s), and the student's batch throughput."""
     x1 = x[:1]
@@ -241,12 +415,15 @@ def _size_and_latency(student, teacher, x, dev, amp: bool, knobs: dict) -> dict:
     throughput = matmul_gflops_per_s(dev)
     student_repeats, teacher_repeats = knobs["latency"]
     with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
+        probes.append(probe())
+        student_latency = latency_ms(student, student, x1, dev, student_repeats)
+        probes.append(probe())
+        teacher_call = functools.partial(teacher.teacher_forward, with_features=False)
         latency = {
-            "student": latency_ms(student, student, x1, dev, student_repeats),
-            "teacher": latency_ms(
-                functools.partial(teacher.teacher_forward, with_features=False), teacher.model, x1, dev, teacher_repeats
-            ),
+            "student": student_latency,
+            "teacher": latency_ms(teacher_call, teacher.model, x1, dev, teacher_repeats),
         }
+        probes.append(probe())
         with torch.inference_mode():
             batch = [seconds_of(lambda: student(x), dev) for _ in range(knobs["rounds"] + 1)][1:]
     inference = {
@@ -258,17 +435,21 @@ def _size_and_latency(student, teacher, x, dev, amp: bool, knobs: dict) -> dict:
         for (name, lat), key in zip(latency.items(), ("student", "teacher_model"))
     }
     inference["student"]["images_per_s"] = len(x) / statistics.median(batch)
+    inference["student"]["batch_ms"] = spread([1000 * b for b in batch])
     return sizes | {"inference": inference, "matmul_gflops_per_s": throughput}
 
 
-def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result):
+def _training_rounds(
+    base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result, probe, probes
+):
     """The training figures, in rounds. Each round: the teacher's forward with and without
     features on a batch in memory; for every method, ``steps`` training steps on that batch
     (compute only) and then ``steps`` through the real DataLoader (the trainer's own wiring,
     Table 2 augmentation, the default workers); then an epoch of ``passes`` over the split
     without KD and one with the cached teacher. Per round: KD overhead = KD step ÷ (teacher
-    forward + plain step), input-pipeline ratio = DataLoader images/s ÷ compute-only images/s
-    of the same method, and the cached/plain epoch ratio."""
+    forward + plain step, timed next to it), input-pipeline ratio = DataLoader images/s ÷ compute-only images/s
+    of the same method, and the cached/plain epoch ratio. ``probe`` is timed before each
+    measurement and its samples appended to ``probes``."""
     dev, k = runtime.device, knobs["steps"]
     cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="kdlib-bench-cache-"))
     maps, card = ensure_cache(
@@ -325,24 +506,35 @@ def _training_rounds(base, runtime, student, teacher, x, y, train_set, knobs, ca
         through_loader(method, 0, 1)
     times = {name: [] for name in ("teacher", "teacher_features", *timed)}
     rates, pipeline, epoch_ratio = {m: [] for m in timed}, {m: [] for m in timed}, []
+    kd = set(methods.kd_names())
+    ratios = {m: [] for m in kd}
     for round_ in range(1, knobs["rounds"] + 1):
+        probes.append(probe())
         times["teacher"].append(teacher_forward(False))
         times["teacher_features"].append(teacher_forward(True))
         for method in timed:
-            step = in_memory(method)
+            probes.append(probe())  # between every two measurements: a spell of load shows in it
+            if method in kd:
+                # The KD step and what it is compared with (the teacher's forward and a plain
+                # step), measured back to back, in alternating order from round to round: this
+                # machine's speed drifts over seconds, and a drift then touches both sides alike.
+                features = methods.get(method).reads_features
+                if round_ % 2:
+                    unavoidable = teacher_forward(features) + in_memory("none")
+                    step = in_memory(method)
+                else:
+                    step = in_memory(method)
+                    unavoidable = teacher_forward(features) + in_memory("none")
+                ratios[method].append(step / unavoidable)
+            else:
+                step = in_memory(method)
             seen, seconds = through_loader(method, round_, k)
             times[method].append(step)
             rates[method].append(seen / seconds)
             pipeline[method].append(seen / seconds / (len(x) / step))
         plain = through_loader("none", round_, None)[1]
         epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
-    overhead = {
-        m: spread(
-            s / (times["teacher_features" if methods.get(m).reads_features else "teacher"][r] + times["none"][r])
-            for r, s in enumerate(times[m])
-        )
-        for m in methods.kd_names()
-    }
+    overhead = {m: spread(ratios[m]) for m in methods.kd_names()}
     log(
         f"[bench {setting}] medians: step (ms) "
         + ", ".join(f"{m} {1000 * statistics.median(t):.0f}" for m, t in times.items())
@@ -369,23 +561,30 @@ def run_bench(
     log=print,
     **kwargs,
 ) -> dict:
-    """Measure every setting, print the table, write ``out`` (bench.json)."""
-    start = time.perf_counter()
+    """Measure every setting, print the table, write ``out`` (bench.json) and the same figures as
+    Markdown beside it (bench.md, which docs/speed.md links to)."""
+    start, load = time.perf_counter(), os.getloadavg()[0]
     if dataset == "shapes" and not (Path(data_root) / "benchmark.json").is_file():
         from .shapes import generate
 
         generate(data_root, progress=False)  # the default benchmark, when absent
     results = {s: bench_setting(s, dataset=dataset, data_root=data_root, log=log, **kwargs) for s in settings}
     report = {
-        "machine": environment() | {"processor": platform.processor() or platform.machine()},
+        "machine": environment()
+        | {"processor": platform.processor() or platform.machine(), "load_average_1min_at_start": load},
+        "steady": all(r["steadiness"]["steady"] for r in results.values()),
+        "level": LEVEL,
         "settings": results,
         **{key: {s: r[key] for s, r in results.items()} for key in TARGETS},
         "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_text(json.dumps(report, indent=2) + "\n", out)
+    atomic_write_text(format_markdown(report), Path(out).with_suffix(".md"))
     log(format_table(report))
     log(f"wrote {out} ({report['seconds']:.0f}s)")
+    if not report["steady"]:
+        log("WARNING: the machine was not steady while it measured (see above): do not commit these figures")
     return report
 
 
@@ -395,44 +594,111 @@ def _meets(key: str, value: float) -> str:
     return "ok" if ok else "MISSED"
 
 
-def _iqr(r: dict, key: str, method: str | None = None) -> str:
-    d = r["spread"][key] if method is None else r["spread"][key][method]
-    return f"[{d['q1']:.2f}-{d['q3']:.2f}]"
+def _ratio(r: dict, key: str, method: str | None = None) -> str:
+    """A ratio's cell: its verdict (``verdict``), then whether its median meets ``TARGETS``."""
+    s = r["spread"][key] if method is None else r["spread"][key][method]
+    return f"{verdict(key, s):<28} {_meets(key, s['median'])}"
 
 
 def format_table(report: dict) -> str:
     lines = []
     for setting, r in report["settings"].items():
+        steady = r.get("steadiness")
         lines += [
             f"\n== {setting}: {r['image_size']}² px, batch {r['batch_size']}, {r['device']}, "
             f"workers {r['workers']}, teacher {r['teacher']}, {r['rounds']} rounds; "
             f"matmul {r['matmul_gflops_per_s']:.0f} GFLOP/s ==",
-            f"{'':18}{'params':>12}{'GFLOPs':>9}{'lat. b1 ms [IQR]':>22}{'floor ms':>10}{'infer img/s':>13}",
         ]
+        if steady:
+            share = "" if steady["cpu_share"] is None else f", CPU share {steady['cpu_share']:.0%}"
+            lines.append(
+                f"machine: {'steady' if steady['steady'] else 'NOT STEADY'} (probe {steady['probe_ms']['median']:.1f} ms, "
+                f"IQR {steady['variation']:.1%} of it{share})"
+            )
+            if steady["warning"]:
+                lines.append(f"WARNING: {steady['warning']}")
+        lines.append(
+            f"{'':18}{'params':>12}{'GFLOPs':>9}{'lat. b1 ms [95% CI]':>22}{'floor ms':>10}{'infer img/s':>13}"
+        )
         for name, size in (("student", r["student"]), ("teacher", r["teacher_model"])):
             inf = r["inference"][name]
             lat = inf["latency_batch1"]
             lines.append(
                 f"{name:18}{size['parameters']:>12,}{size['gflops']:>9.2f}"
-                f"{lat['median']:>9.1f} [{lat['q1']:.1f}-{lat['q3']:.1f}]".ljust(61)
+                f"{lat['median']:>9.1f} [{lat['lo']:.1f}-{lat['hi']:.1f}]".ljust(61)
                 + f"{inf['floor_ms_batch1']:>8.1f}{inf['images_per_s']:>13.1f}"
             )
+        level = f"{LEVEL:.0%}"
         lines.append(
-            f"{'train img/s':18}{'compute':>9}{'end-to-end':>12}{'pipeline [IQR]':>22}{'KD overhead [IQR]':>24}"
+            f"{'train img/s':18}{'compute':>9}{'end-to-end':>12}   {'pipeline ratio [' + level + ' CI]':<32}"
+            f"KD overhead ratio [{level} CI]"
         )
         for m, v in r["train_images_per_s"].items():
-            over = r["kd_overhead_ratio"].get(m)
-            pipe = r["input_pipeline_ratio"][m]
             row = (
-                f"{m:18}{v['compute_only']:>9.1f}{v['end_to_end']:>12.1f}"
-                f"{pipe:>7.2f} {_iqr(r, 'input_pipeline_ratio', m)} {_meets('input_pipeline_ratio', pipe):<6}"
+                f"{m:18}{v['compute_only']:>9.1f}{v['end_to_end']:>12.1f}   {_ratio(r, 'input_pipeline_ratio', m):<32}"
             )
-            if over is not None:
-                row += f"{over:>8.3f} {_iqr(r, 'kd_overhead_ratio', m)} {_meets('kd_overhead_ratio', over)}"
-            lines.append(row)
-        ratio = r["cached_kd_epoch_ratio"]
+            if m in r["kd_overhead_ratio"]:
+                row += _ratio(r, "kd_overhead_ratio", m)
+            lines.append(row.rstrip())
         lines.append(
             f"cached response-KD epoch / no-KD epoch ({r['epoch_seconds']['images']} images): "
-            f"{ratio:.3f} {_iqr(r, 'cached_kd_epoch_ratio')} {_meets('cached_kd_epoch_ratio', ratio)}"
+            + _ratio(r, "cached_kd_epoch_ratio")
         )
     return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    """bench.json as the page a reader opens: per setting, whether the machine held still, the
+    two networks' size and latency, and each method's throughput with its ratios' verdicts."""
+    level = f"{report.get('level', LEVEL):.0%}"
+    lines = [
+        "# make bench: what each KD method costs on this device",
+        "",
+        f"Written by `python -m kdlib bench` ({report['seconds']:.0f} s) on {report['machine']['processor']}, "
+        f"torch {report['machine']['torch']}; regenerated by every run, never edited. Each ratio is the median over "
+        f"its rounds with the {level} interval of that median (order statistics, `kdlib.bench.median_interval`); "
+        'its verdict reads "no measurable cost" when the interval holds 1 and "noise" when it lies wholly on '
+        "the side the ratio cannot fall on.",
+    ]
+    for setting, r in report["settings"].items():
+        steady = r["steadiness"]
+        share = "" if steady["cpu_share"] is None else f", CPU share {steady['cpu_share']:.0%}"
+        lines += [
+            "",
+            f"## {setting}: {r['image_size']}² px, batch {r['batch_size']}, {r['device']}, teacher {r['teacher']}, "
+            f"{r['rounds']} rounds",
+            "",
+            f"Machine {'steady' if steady['steady'] else '**not steady**'}: a fixed matmul's IQR was "
+            f"{steady['variation']:.1%} of its median{share}."
+            + (f" **{steady['warning']}**" if steady["warning"] else ""),
+            "",
+            f"| network | parameters | GFLOPs | batch-1 latency, ms [{level} CI] | floor, ms | inference img/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, size in (("student", r["student"]), ("teacher", r["teacher_model"])):
+            inf = r["inference"][name]
+            lat = inf["latency_batch1"]
+            lines.append(
+                f"| {name} | {size['parameters']:,} | {size['gflops']:.2f} | {lat['median']:.1f} "
+                f"[{lat['lo']:.1f}-{lat['hi']:.1f}] | {inf['floor_ms_batch1']:.1f} | {inf['images_per_s']:.1f} |"
+            )
+        lines += [
+            "",
+            "| method | train img/s, compute only | end to end | input-pipeline ratio | KD overhead ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for m, v in r["train_images_per_s"].items():
+            over = (
+                verdict("kd_overhead_ratio", r["spread"]["kd_overhead_ratio"][m])
+                if m in r["kd_overhead_ratio"]
+                else "—"
+            )
+            pipe = verdict("input_pipeline_ratio", r["spread"]["input_pipeline_ratio"][m])
+            lines.append(f"| {m} | {v['compute_only']:.1f} | {v['end_to_end']:.1f} | {pipe} | {over} |")
+        lines += [
+            "",
+            f"A response-KD epoch from the teacher-output cache against a no-KD epoch "
+            f"({r['epoch_seconds']['images']} images): "
+            f"{verdict('cached_kd_epoch_ratio', r['spread']['cached_kd_epoch_ratio'])}.",
+        ]
+    return "\n".join(lines) + "\n"

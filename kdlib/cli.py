@@ -207,7 +207,15 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import SETTINGS, run_bench
+    from .bench import SETTINGS, compare, format_comparison, run_bench
+
+    if args.compare:
+        first, second = (json.loads(Path(f).read_text()) for f in args.compare)
+        rows = compare(first, second)
+        if not rows:
+            raise SystemExit(f"{args.compare[0]} and {args.compare[1]} share no figure: are both bench.json files?")
+        print(format_comparison(rows))
+        return 0
 
     settings = tuple(SETTINGS) if args.setting == "all" else (args.setting,)
     run_bench(
@@ -372,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="steps per method and round (default: per device)")
     p.add_argument("--teacher-weights", default=None, help="the shapes teacher (default: the shipped one)")
     p.add_argument("--out", default="bench.json")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="measure nothing: say how far two bench.json files lie apart, median by median",
+    )
 
     for name, what in (
         ("methods", "the rows beyond the report (chapter 8), then chapters 8 and 7 (make methods)"),

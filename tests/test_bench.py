@@ -2,7 +2,7 @@
 
 import json
 
-from kdlib.bench import TARGETS, format_table
+from kdlib.bench import TARGETS, format_table, verdict
 from kdlib.cli import main
 
 
@@ -48,12 +48,25 @@ def test_bench_writes_every_ratio(tiny_shapes, tiny_teacher, tmp_path, capsys):
     assert set(report["targets"]) == set(TARGETS) and report["machine"]["torch"]
     printed = capsys.readouterr().out
     assert format_table(report) in printed and "cached response-KD epoch" in printed
+    # every ratio carries its verdict, and the machine's steadiness is said before the figures
+    steady = r["steadiness"]
+    assert steady["probe_ms"]["n"] >= 2 * 8 and 0 < steady["cpu_share"] <= 1.2 and "machine: " in printed
+    for key in ("kd_overhead_ratio", "input_pipeline_ratio"):
+        for s in r["spread"][key].values():
+            assert s["lo"] <= s["median"] <= s["hi"] and verdict(key, s) in printed
+    page = out.with_suffix(".md").read_text()
+    assert page.startswith("# make bench") and all(f"| {m} |" in page for m in methods)
 
 
 def test_every_bench_figure_carries_its_spread_and_latency_its_floor(tiny_shapes, tiny_teacher, tmp_path):
     from kdlib.bench import spread
 
-    assert spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "q1": 1.75, "q3": 4.75, "n": 4}
+    # four values: the whole range is the median's interval, at 1 - 2/16 coverage
+    assert spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "q1": 1.75, "q3": 4.75, "n": 4} | {
+        "lo": 1.0,
+        "hi": 10.0,
+        "coverage": 0.875,
+    }
     out = tmp_path / "bench.json"
     args = ["bench", "--setting", "shapes", "--data-root", str(tiny_shapes), "--batch-size", "4", "--repeats", "3"]
     assert main(args + ["--workers", "0", "--teacher-weights", str(tiny_teacher), "--out", str(out)]) == 0
@@ -68,3 +81,96 @@ def test_every_bench_figure_carries_its_spread_and_latency_its_floor(tiny_shapes
         assert inf["latency_batch1"]["memory_format"] in ("channels_last", "contiguous")
         assert 0 < inf["floor_ms_batch1"] < inf["latency_ms_batch1"] == inf["latency_batch1"]["median"]
     assert r["matmul_gflops_per_s"] > 1
+
+
+def test_the_median_interval_is_the_sign_test_interval_of_the_tables():
+    from kdlib.bench import median_interval
+
+    # Ranks of the 95 % interval for the median from the binomial tables (n = 10: x(2)..x(9);
+    # n = 20: x(6)..x(15); n = 30: x(10)..x(21)); coverage 1 - 2 P(B <= j - 1) summed by hand.
+    assert median_interval(list(range(1, 11))) == {"lo": 2, "hi": 9, "coverage": 1 - 2 * (1 + 10) / 1024}
+    assert (median_interval(list(range(1, 21)))["lo"], median_interval(list(range(1, 21)))["hi"]) == (6, 15)
+    assert (median_interval(list(range(1, 31)))["lo"], median_interval(list(range(1, 31)))["hi"]) == (10, 21)
+    # Five values cannot reach 95 %: the whole range, and the 1 - 2/32 it does reach.
+    assert median_interval([5.0, 1.0, 4.0, 2.0, 3.0]) == {"lo": 1.0, "hi": 5.0, "coverage": 1 - 2 / 32}
+
+
+def test_the_median_interval_covers_a_skewed_median_as_often_as_it_says():
+    import numpy as np
+
+    from kdlib.bench import median_interval
+
+    rng = np.random.default_rng(0)
+    true_median = np.log(2)  # of Exp(1): skewed like a timing with slow spells
+    trials = [median_interval(list(rng.exponential(size=9))) for _ in range(4000)]
+    covered = np.mean([t["lo"] <= true_median <= t["hi"] for t in trials])
+    assert trials[0]["coverage"] == 1 - 2 * (1 + 9) / 512
+    assert abs(covered - trials[0]["coverage"]) < 0.015  # 3.5 binomial standard errors
+
+
+def test_a_ratio_reads_as_no_cost_noise_or_its_value_with_its_interval():
+    from kdlib.bench import verdict
+
+    def s(lo, median, hi):
+        return {"lo": lo, "median": median, "hi": hi}
+
+    assert verdict("kd_overhead_ratio", s(0.98, 1.02, 1.06)) == "no measurable cost"
+    assert verdict("kd_overhead_ratio", s(1.12, 1.17, 1.21)) == "1.17 [1.12-1.21]"
+    assert verdict("kd_overhead_ratio", s(0.90, 0.95, 0.97)) == "noise (0.95, cannot be below 1)"
+    assert verdict("input_pipeline_ratio", s(0.91, 0.93, 0.95)) == "0.93 [0.91-0.95]"
+    assert verdict("input_pipeline_ratio", s(1.02, 1.07, 1.10)) == "noise (1.07, cannot be above 1)"
+    assert verdict("cached_kd_epoch_ratio", s(1.20, 1.26, 1.30)) == "1.26 [1.20-1.30]"
+
+
+def test_steadiness_flags_a_spell_of_load_and_a_constant_one():
+    from kdlib.bench import steadiness
+
+    idle = steadiness([(0.050, 1.0)] * 12)
+    assert idle["steady"] and idle["warning"] is None and idle["variation"] == 0
+    # a third of the probes shared the cores: their share falls, the lower quartile with it
+    spell = steadiness([(0.050, 1.0)] * 8 + [(0.070, 0.6)] * 4)
+    assert not spell["steady"] and "cores its threads asked for" in spell["warning"] and spell["cpu_share"] == 0.6
+    # half the probes twice as slow: IQR 50 ms over a median of 75 ms
+    wobble = steadiness([(0.050, 1.0)] * 6 + [(0.100, 1.0)] * 6)
+    assert not wobble["steady"] and abs(wobble["variation"] - 50 / 75) < 1e-9 and "varied by 67%" in wobble["warning"]
+
+
+def test_the_probe_sees_a_second_cpu_heavy_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from kdlib.bench import SteadinessProbe, steadiness
+
+    probe = SteadinessProbe(torch.device("cpu"))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(1, os.cpu_count() or 1))]
+    try:
+        loaded = steadiness([probe() for _ in range(12)])
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert not loaded["steady"] and "CPU" in loaded["warning"], loaded
+
+
+def test_two_bench_reports_compare_median_by_median(tmp_path, capsys):
+    from kdlib.bench import compare, format_comparison
+
+    def fig(lo, median, hi):
+        return {"lo": lo, "median": median, "hi": hi, "n": 5}
+
+    a = {"settings": {"s": {"x": fig(0.9, 1.00, 1.1), "y": fig(1.9, 2.0, 2.1), "steadiness": {"p": fig(1, 2, 3)}}}}
+    b = {"settings": {"s": {"x": fig(0.95, 1.03, 1.2), "y": fig(2.15, 2.2, 2.3), "steadiness": {"p": fig(1, 9, 9)}}}}
+    rows = {r["figure"]: r for r in compare(a, b)}
+    assert set(rows) == {"settings.s.x", "settings.s.y"}  # the probe is not a figure
+    assert abs(rows["settings.s.x"]["apart"] - 0.03) < 1e-12 and rows["settings.s.x"]["agree"]
+    assert rows["settings.s.x"]["a_holds_b"] and rows["settings.s.x"]["b_holds_a"]
+    y = rows["settings.s.y"]
+    assert abs(y["apart"] - 0.1) < 1e-12 and not y["agree"] and not y["a_holds_b"] and not y["b_holds_a"]
+    text = format_comparison(compare(a, b))
+    assert text.startswith("1 of 2 medians within 5%") and "settings.s.y: 2 vs 2.2 (10.0% apart" in text
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert capsys.readouterr().out.strip() == text
