@@ -99,13 +99,16 @@ def object_ious(objects: pd.DataFrame, pred: np.ndarray, target: np.ndarray) -> 
 
 def iou_by_bucket(objects: pd.DataFrame, ious_by_model: dict[str, np.ndarray], by: str) -> pd.DataFrame:
     """Mean object IoU per bucket of ``by`` (size, light or occlusion), one column per model,
-    with the number of objects per bucket."""
+    with the number of objects per bucket and their median area (a share of the image): size
+    matters most to every model, so a bucket of larger objects scores higher whatever ``by``
+    is, and the area says when that is the reason."""
     order = {"size": SIZE_BUCKETS, "light": LIGHT_BUCKETS, "occlusion": OCCLUSION_BUCKETS}[by]
     df = objects[[by]].copy()
     for name, ious in ious_by_model.items():
         df[name] = ious
     table = df.groupby(by).mean(numeric_only=True)
     table.insert(0, "objects", df.groupby(by).size())
+    table.insert(1, "median_area", objects.groupby(by)["area_fraction"].median())
     names = [b[2] for b in order if b[2] in table.index]
     return table.loc[names]
 

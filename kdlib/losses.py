@@ -300,3 +300,17 @@ def dist_loss(
     intra = 1.0 - _pearson(ys, yt, dim=1, weights=w).mean()
     loss = (inter_weight * inter + intra_weight * intra) * temperature**2
     return loss if w is None else loss * (w.sum() > 0).to(loss.dtype)  # 0 without any valid pixel
+
+
+def formula(loss) -> str:
+    """The formula a loss's docstring states: its first block of lines indented beyond the
+    text, dedented (what the report's Section 2 prints beside each method)."""
+    import inspect
+
+    lines, block = (inspect.getdoc(loss) or "").splitlines(), []
+    for line in lines:
+        if line.startswith("    "):
+            block.append(line[4:])
+        elif block:
+            break
+    return "\n".join(block)

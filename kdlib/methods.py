@@ -243,27 +243,43 @@ def distillation_loss(
 TABLE1 = {"alpha": 0.7, "beta": 0.3, "temperature": 4.0}
 
 
+def computes(loss: str):
+    """Names the function of kdlib.losses a term computes (by name, for the reason above), so
+    that the report can print the term's formula from that function's docstring."""
+
+    def mark(term):
+        term.loss = loss
+        return term
+
+    return mark
+
+
+@computes("response_kd_loss")
 def _response(s, t, seen, o):
     return losses.response_kd_loss(s["out"], t["out"], o.temperature, seen, o.scale_by_t2)
 
 
+@computes("feature_kd_loss")
 def _feature(s, t, seen, o):
     return losses.feature_kd_loss(s["features"], t["features"], seen)
 
 
+@computes("pairwise_loss")
 def _pairwise(s, t, seen, o):
     return losses.pairwise_loss(s["features"][-1], t["raw_features"][-1], o.pairwise_grid)
 
 
+@computes("cwd_loss")
 def _cwd(s, t, seen, o):
     return losses.cwd_loss(s["out"], t["out"], o.temperature, seen)
 
 
+@computes("dist_loss")
 def _dist(s, t, seen, o):
     return losses.dist_loss(s["out"], t["out"], o.temperature, seen)
 
 
-register(Method("none", "None", TABLE1, "only L_ce; recorded as Table 1's", group="report"))
+register(Method("none", "No KD", TABLE1, "only L_ce; recorded as Table 1's", group="report"))
 register(
     Method(
         "feature",

@@ -17,7 +17,7 @@ from . import methods
 from .experiment import target_of
 from .files import atomic_write_text
 from .methods import display_name, run_names
-from .results import collect_runs, collect_with_committed, per_class_table, unfinished_runs
+from .results import collect_runs, collect_with_committed, for_reader, per_class_table, unfinished_runs
 from .stats import CONVERGED_GAIN, LARGER, NOT_AFTER_HOLM, convergence_table, paired_comparison, summary_table
 from .sweep import report_cell
 
@@ -72,7 +72,7 @@ def results_table(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
                 "α / β / T": _weights(runs[runs["run"] == method]["folder"].iloc[0]),
                 "mIoU (mean ± std)": f"{r['miou_mean']:.4f}{std}",
                 "seeds": int(r["seeds"]),
-                "# training epochs": f"{r['epochs_mean']:.1f}",
+                "# training epochs": f"{r['epochs_mean']:g}",
                 "training time per run (mean)": f"{r['seconds_mean']:.0f}s",
             }
         )
@@ -134,7 +134,7 @@ def cached_vs_online(runs: pd.DataFrame) -> list[str]:
         f"paired by seed; training time {seconds['response_cached']:.0f}s against "
         f"{seconds['response']:.0f}s per run:",
         "",
-        _md_table(diff),
+        _md_table(for_reader(diff)),
         "",
     ]
 
@@ -153,7 +153,7 @@ def unlabeled_md(runs: pd.DataFrame) -> list[str]:
             "only, as many unlabeled images per step as labeled ones) against the same method without them, "
             "paired by seed:",
             "",
-            _md_table(diff),
+            _md_table(for_reader(diff)),
             "",
         ]
     return lines
@@ -526,6 +526,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     ]
     md += _figure_md(figures_dir, report_dir, ["architecture.png"])
     md += ["## Section 2. Knowledge distillation", "", _md_table(methods_table(runs)), ""]
+    md += term_formulas(runs)
     md += [
         "## Section 3. Training and evaluation",
         "",
@@ -552,14 +553,13 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     )
     md += ["## Section 4. Results", "", _md_table(results_table(runs, teacher)), ""]
     if not paired.empty:
-        shown = paired.drop(columns=["vs"]).assign(run=[display_name(n) for n in paired["run"]])
         md += [
             "Paired by seed, each method against no KD (95% confidence interval of the mean "
             "difference, Student's t; `detectable` is its half-width, the smallest difference "
-            "these seeds can tell from zero; `p` the paired t-test, `p_holm` the same corrected "
-            "for all the rows tested together, `p_wilcoxon` the signed-rank test):",
+            "these seeds can tell from zero; `p` the paired t-test, `p (Holm)` the same corrected "
+            "for all the rows tested together, `p (Wilcoxon)` the signed-rank test):",
             "",
-            _md_table(shown.rename(columns={"run": "method"})),
+            _md_table(for_reader(paired.drop(columns=["vs"]))),
             "",
         ]
         md += verdicts(paired) + [""]
@@ -602,7 +602,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     ):
         path = tables / name
         if path.is_file():
-            md += [f"**{caption}.**", "", _md_table(pd.read_csv(path)), ""]
+            md += [f"**{caption}.**", "", _md_table(for_reader(pd.read_csv(path))), ""]
     md += _figure_md(
         figures_dir,
         report_dir,
@@ -628,6 +628,37 @@ def methods_table(runs: pd.DataFrame) -> pd.DataFrame:
             {"method": display_name(name), "loss terms": terms, "α / β / T": _weights(folder), "source": method.source}
         )
     return pd.DataFrame(rows)
+
+
+def term_formulas(runs: pd.DataFrame) -> list[str]:
+    """Section 2's formulas: every loss term of the table's methods once, as the docstring of the
+    function in kdlib/losses.py that computes it states it. Each objective is
+    α·L_ce + β·(the sum of its terms)."""
+    from . import losses
+
+    terms = {}
+    for name in [n for n in run_names() if n in set(runs["run"])]:
+        terms |= methods.method_of(name).terms
+    if not terms:
+        return []
+    lines = [
+        "Every objective is α·L_ce + β·(the sum of its terms); each term, as its function in `kdlib/losses.py` states it:",
+        "",
+    ]
+    for term, fn in terms.items():
+        # a term declared outside kdlib may name no loss of kdlib.losses: its own docstring then
+        loss = getattr(fn, "loss", None)
+        where, text = (
+            (f"losses.{loss}", losses.formula(getattr(losses, loss))) if loss else (fn.__qualname__, losses.formula(fn))
+        )
+        if text:
+            lines += [f"`{term}` (`{where}`):", "", "```", text, "```", ""]
+        else:
+            lines += [
+                f"`{term}` (`{where}`): no formula in its docstring (`kdlib.methods.computes` names a loss's).",
+                "",
+            ]
+    return lines
 
 
 def _trace(run: Path, dst: Path) -> None:
@@ -915,6 +946,12 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
             f"By {label}, the students (mean of {len(shown)}) score lowest on {hard} objects ({mean[hard]:.2f} "
             f"object IoU) and highest on {easy} ({mean[easy]:.2f}); the teacher scores {table.loc[hard, 'teacher']:.2f} "
             f"and {table.loc[easy, 'teacher']:.2f} there."
+            + (
+                f" Its {easy} objects cover a median {table.loc[easy, 'median_area']:.1%} of the image, its "
+                f"{hard} ones {table.loc[hard, 'median_area']:.1%}."
+                if by != "size" and "median_area" in table
+                else ""
+            )
         )
     pairs = tables.get("confused_pairs")
     if pairs is not None and len(pairs):
@@ -959,6 +996,9 @@ def sweep_findings(table: pd.DataFrame) -> list[str]:
     cells_table, none = table[table["method"] != "none"], table[table["method"] == "none"]
     cells = sweep_cells(cells_table, none)
     level = none["miou"].mean()
+    seeds = ("seed " if none["seed"].nunique() == 1 else "seeds ") + ", ".join(
+        str(x) for x in sorted(none["seed"].unique())
+    )
     lines = []
     for method, of in cells.groupby("method", sort=False):
         best = of.loc[of["miou_mean"].idxmax()]
@@ -970,7 +1010,8 @@ def sweep_findings(table: pd.DataFrame) -> list[str]:
         by_beta = of.groupby("beta")["miou_mean"].mean()
         trend = ", ".join(f"β = {b:g}: {v:.4f}" for b, v in by_beta.items())
         lines.append(
-            f"- {display_name(method)}: {above} of {len(of)} cells lie above no KD's mean ({level:.4f}); its best cell "
+            f"- {display_name(method)}: {above} of {len(of)} cells lie above no KD's mean on the same seeds "
+            f"({seeds}: {level:.4f}); its best cell "
             f"is T = {best['T']:g}, β = {best['beta']:g} ({best['vs_none']:+.4f}, detectable ±{best['detectable']:.4f}). "
             f"Cells whose difference survives Holm over its {len(of)} cells: {survive}. Mean over the temperatures "
             f"at each β: {trend}."

@@ -166,6 +166,69 @@ def reused_line(name: str, finished: list, where) -> str:
 RUN_COLUMNS = ["run", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "folder"]
 
 
+# What a chapter's run table calls each column of `collect_runs`' (the folder is left out).
+READER_COLUMNS = {
+    "run": "Method",
+    "seed": "Seed",
+    "miou": "Best val mIoU",
+    "pixel_accuracy": "Pixel accuracy",
+    "best_epoch": "Best epoch",
+    "epochs": "Epochs",
+    "seconds": "Training time (s)",
+}
+
+
+def reader_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """`collect_runs`' table as a reader sees it: the methods' display names, the columns
+    named in words, scores to 4 decimals (the precision the report's tables give), whole
+    seconds, no folders, one row per run numbered from its seed."""
+    table = runs[list(READER_COLUMNS)].assign(
+        run=runs["run"].map(methods.display_name),
+        miou=runs["miou"].round(4),
+        pixel_accuracy=runs["pixel_accuracy"].round(4),
+        seconds=runs["seconds"].round().astype(int),
+    )
+    return table.rename(columns=READER_COLUMNS).reset_index(drop=True)
+
+
+# Column names of kdlib's tables in words, where the snake_case one is not plain English.
+WORDS = {
+    "run": "method",
+    "vs": "against",
+    "mean_diff": "mean difference",
+    "ci95_low": "95% CI from",
+    "ci95_high": "95% CI to",
+    "p_holm": "p (Holm)",
+    "p_wilcoxon": "p (Wilcoxon)",
+    "miou": "mIoU",
+    "miou_mean": "mIoU (mean)",
+    "miou_std": "mIoU (std)",
+    "epochs_mean": "epochs (mean)",
+    "seconds_mean": "training time per run (s, mean)",
+}
+
+
+def for_reader(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Any of kdlib's tables as a chapter shows it: run names (as columns, index entries or the
+    values of a ``run``/``vs``/``method`` column) by their display names, snake_case column names
+    in words (``WORDS``), floats to ``digits`` decimals. The table itself is left as it is."""
+    runs = set(methods.run_names())
+
+    def name(x):
+        return methods.display_name(x) if isinstance(x, str) and x in runs else x
+
+    def word(c):
+        if not isinstance(c, str):
+            return c
+        return name(c) if c in runs else WORDS.get(c, c.replace("_", " "))
+
+    out = table.rename(columns=word, index=name)
+    for column in ("run", "vs", "method"):
+        if column in table:
+            out[word(column)] = table[column].map(name).to_numpy()
+    return out.round(digits)
+
+
 def _run_folders(runs_dir, names=None):
     """(run name, folder, metrics.json, config.json) of every run under ``runs_dir`` that has
     written its first metrics.json (``config.json``'s dict is empty where there is none), for

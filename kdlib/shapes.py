@@ -328,6 +328,9 @@ def nuisance_summary(root, split: str = "val") -> dict:
     return {
         "images": len(metas),
         "objects": len(objects),
+        "of which wholly hidden (no visible pixel: left out of chapter 6's tables)": sum(
+            o["area"] == 0 for o in objects
+        ),
         "small objects (<1% of the image)": round(sum(o["area_fraction"] < 0.01 for o in objects) / n, 3),
         "dim objects (illumination < 0.6)": round(sum(o["illumination"] < 0.6 for o in objects) / n, 3),
         "occluded objects (> 5% hidden)": round(sum(o["occluded_fraction"] > 0.05 for o in objects) / n, 3),

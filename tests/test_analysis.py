@@ -20,6 +20,7 @@ def test_object_iou_and_buckets():
     assert failures.object_ious(objects, pred, target)[0] == pytest.approx(0.5)
     table = failures.iou_by_bucket(objects, {"m": failures.object_ious(objects, pred, target)}, "size")
     assert table.loc["large (>5%)", "objects"] == 1 and table.loc["large (>5%)", "m"] == pytest.approx(0.5)
+    assert table.loc["large (>5%)", "median_area"] == pytest.approx(16 / target[0].size)  # its 16 px
 
 
 def test_object_iou_ignores_void():
@@ -264,3 +265,10 @@ def test_wilcoxon_p_is_the_exact_signed_rank_p_with_zeros_dropped(diffs):
     # the runs' differences are 0.3 + x - 0.3, which can differ from x in the last bit
     expected = _exact_wilcoxon([round(x, 9) for x in diffs])
     assert row["p_wilcoxon"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_bucket_gives_the_median_area_of_its_objects_not_the_mean():
+    objects = pd.DataFrame({"size": ["large (>5%)"] * 3 + ["small (<1%)"], "area_fraction": [0.06, 0.07, 0.30, 0.005]})
+    table = failures.iou_by_bucket(objects, {"m": np.array([0.1, 0.2, 0.9, 0.0])}, "size")
+    assert table.loc["large (>5%)", "median_area"] == pytest.approx(0.07)  # the mean would be 0.1433
+    assert table.loc["large (>5%)", "m"] == pytest.approx(0.4) and table.loc["small (<1%)", "objects"] == 1

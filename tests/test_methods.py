@@ -96,6 +96,7 @@ def test_a_method_registered_outside_kdlib_trains_reports_plots_and_benchmarks(
     text = report.build_report(runs, tmp_path / "figures", tmp_path / "report", "shapes").read_text()
     assert "| Toy logit MSE | make methods | 1 / 2 / 1 | " in text
     assert "- **Toy logit MSE** " in text
+    assert "`toy` (`" in text  # Section 2 lists its term, whose formula kdlib cannot know
 
     # plotted: its term has a loss panel of its own
     fig = plots.loss_curves(history, "toy")
@@ -110,3 +111,16 @@ def test_a_method_registered_outside_kdlib_trains_reports_plots_and_benchmarks(
         "toy" in result["kd_overhead_ratio"]["shapes"] and "toy" in result["settings"]["shapes"]["train_images_per_s"]
     )
     assert "\ntoy " in capsys.readouterr().out
+
+
+def test_every_term_names_the_loss_it_computes_and_that_loss_states_its_formula():
+    from kdlib import losses, methods
+
+    for name in methods.names():
+        for term, fn in methods.get(name).terms.items():
+            assert callable(getattr(losses, fn.loss)), (name, term)
+            assert losses.formula(getattr(losses, fn.loss)), (name, term)
+    # the block is the docstring's indented lines, nothing of the prose around them
+    assert losses.formula(losses.feature_kd_loss) == "L_feature = 1/N · Σ_i mean_p (1 - cos(f_t^i(p), f_s^i(p)))"
+    cwd = losses.formula(losses.cwd_loss).splitlines()
+    assert len(cwd) == 2 and cwd[0].startswith("φ(z)_c,p =") and cwd[1].startswith("L_cwd = T²/(N·C)")

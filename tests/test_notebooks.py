@@ -497,7 +497,7 @@ def test_make_report_builds_every_figure_and_table_without_a_notebook(tmp_path, 
     assert notebooks.run_report("shapes", str(data), "cpu", "smoke", runs, figs, report) == 0
     # the qualitative grids' columns carry the names the tables use, never run ids
     assert column_titles and all(
-        t == ["ground truth", "teacher", "None", "Feature", "Response", "Feature & Response"] for t in column_titles
+        t == ["ground truth", "teacher", "No KD", "Feature", "Response", "Feature & Response"] for t in column_titles
     ), column_titles
     made = {p.name for p in figs.glob("*.png")}
     assert made >= {"architecture.png", "data_augmentation.png", "per_class_iou.png", "failure_buckets.png"}

@@ -90,7 +90,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
         epochs = statistics.mean(EPOCHS_RUN[method] - s % 2 for s in range(len(values)))
         row = (
             f"| {display_name(method)} | make demo | {weights} | {statistics.mean(values):.4f} ± "
-            f"{statistics.stdev(values):.4f} | {len(values)} | {epochs:.1f} | {seconds:.0f}s |"
+            f"{statistics.stdev(values):.4f} | {len(values)} | {epochs:g} | {seconds:.0f}s |"
         )
         assert row in text, row
     assert "- **Response** beats no KD: +0.1050 mIoU over 4 paired seeds" in text
@@ -118,7 +118,7 @@ def test_the_results_table_reads_every_column_from_each_methods_runs(tmp_path):
         assert row["mIoU (mean ± std)"] == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
         seeds = range(len(values))
         assert row["seeds"] == len(values)
-        assert row["# training epochs"] == f"{statistics.mean(EPOCHS_RUN[method] - s % 2 for s in seeds):.1f}"
+        assert row["# training epochs"] == f"{statistics.mean(EPOCHS_RUN[method] - s % 2 for s in seeds):g}"
         assert row["training time per run (mean)"] == f"{statistics.mean(SECONDS[method] + 2 * s for s in seeds):.0f}s"
     assert table.loc["Channel-wise (CWD)", "from"] == "make methods"
     assert table.loc["Teacher (t, upper bound)", "mIoU (mean ± std)"] == "0.8000"
@@ -289,7 +289,9 @@ def test_the_sweep_findings_count_what_the_map_shows():
     (line,) = report.sweep_findings(pd.DataFrame(rows))
     # above no KD's mean 0.25: every cell whose lift + 0.0005 (the mean seed offset) is positive
     above = sum(lift + 0.0005 > 0 for lift in lifts.values())
-    assert line.startswith(f"- Channel-wise (CWD): {above} of 4 cells lie above no KD's mean (0.2500)")
+    assert line.startswith(
+        f"- Channel-wise (CWD): {above} of 4 cells lie above no KD's mean on the same seeds (seeds 0, 1: 0.2500)"
+    )
     assert "its best cell is T = 4, β = 0.7 (+0.0305" in line
     # mean over T at each beta: (0.25 + 0.0005 - 0.01 + 0.25 + 0.0005 + 0) / 2 for beta 0.3
     assert f"β = 0.3: {0.25 + 0.0005 - 0.005:.4f}, β = 0.7: {0.25 + 0.0005 + 0.025:.4f}" in line
@@ -311,7 +313,17 @@ def test_the_failure_findings_read_their_tables():
         }
     )
     dependency = pd.DataFrame({"method": ["none", "both"], "ratio": [1.3, 1.2]})
-    tables = {"size": size, "confused_pairs": pairs, "teacher_dependency": dependency}
+    occlusion = pd.DataFrame(
+        {
+            "objects": [5, 5],
+            "median_area": [0.012, 0.034],
+            "teacher": [0.8, 0.7],
+            "none": [0.2, 0.3],
+            "both": [0.2, 0.4],
+        },
+        index=["none (<5%)", "partial (5-30%)"],
+    )
+    tables = {"size": size, "confused_pairs": pairs, "teacher_dependency": dependency, "occlusion": occlusion}
     lines = report.failure_findings(tables, ["none", "both"], data.class_table("shapes"))
     # students' means: small 0.075, medium 0.25, large 0.45
     small, large = (0.1 + 0.05) / 2, (0.4 + 0.5) / 2
@@ -319,6 +331,14 @@ def test_the_failure_findings_read_their_tables():
         f"By size, the students (mean of 2) score lowest on small objects ({small:.2f} object IoU) and highest "
         f"on large ({large:.2f}); the teacher scores 0.30 and 0.90 there."
     )
+    # a bucket table beyond size names its buckets' median object area: here the partly occluded
+    # objects (students 0.35) are the larger ones (3.4 % of the image against 1.2 %)
+    assert lines[1] == (
+        "By occlusion, the students (mean of 2) score lowest on none (<5%) objects (0.20 object IoU) and highest on "
+        "partial (5-30%) (0.35); the teacher scores 0.80 and 0.70 there. Its partial (5-30%) objects cover a median "
+        "3.4% of the image, its none (<5%) ones 1.2%."
+    )
+    lines = lines[:1] + lines[2:]
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
@@ -346,3 +366,39 @@ def test_the_findings_put_each_row_in_the_group_its_tests_give(tmp_path):
     assert "Channel-wise (CWD)" in beat and "Response" in lost and "Feature" in noise
     assert "Response" not in noise and "Feature" not in lost
     assert report._names([]) == "no method" and "None" not in text
+
+
+def test_a_table_for_readers_names_methods_and_columns_in_words_and_rounds():
+    from kdlib import results
+
+    table = pd.DataFrame(
+        {
+            "run": ["cwd", "response_t2"],
+            "vs": ["none", "none"],
+            "mean_diff": [0.070094, -0.017847],
+            "p_holm": [0.0027, 0.13],
+        }
+    )
+    shown = results.for_reader(table, 3)
+    assert list(shown.columns) == ["method", "against", "mean difference", "p (Holm)"]
+    assert list(shown["method"]) == ["Channel-wise (CWD)", "Response ×T² (Hinton's form)"]
+    assert list(shown["against"]) == ["No KD", "No KD"] and list(shown["mean difference"]) == [0.07, -0.018]
+    assert list(table.columns) == ["run", "vs", "mean_diff", "p_holm"]  # the table itself is untouched
+    buckets = pd.DataFrame({"objects": [3], "none": [0.12345], "both": [0.5]}, index=["small"])
+    assert list(results.for_reader(buckets).columns) == ["objects", "No KD", "Feature & Response"]
+    runs = pd.DataFrame(
+        [
+            {"run": "none", "seed": 0, "miou": 0.1981667, "pixel_accuracy": 0.9108213, "best_epoch": 17, "epochs": 20}
+            | {"seconds": 144.382, "folder": "runs/none/seed0"}
+        ]
+    )
+    row = results.reader_table(runs).iloc[0].to_dict()
+    assert row == {
+        "Method": "No KD",
+        "Seed": 0,
+        "Best val mIoU": 0.1982,
+        "Pixel accuracy": 0.9108,
+        "Best epoch": 17,
+        "Epochs": 20,
+        "Training time (s)": 144,
+    }

@@ -128,3 +128,23 @@ def test_the_class_table_names_the_background_as_such():
     table = class_table("shapes")
     assert table["class"].tolist() == list(shapes.CLASS_NAMES)
     assert table.iloc[0]["class"] == "background" and table.iloc[0]["look-alikes"] == ""
+
+
+def test_the_nuisance_summary_counts_the_hidden_objects_chapter_6_leaves_out(monkeypatch):
+    from kdlib import failures
+
+    def obj(area, cls):
+        return {"area": area, "area_fraction": area / 4096, "illumination": 1.0, "occluded_fraction": 0.0} | {
+            "class": cls,
+            "bbox": [0, 0, 8, 8],
+        }
+
+    metas = [
+        {"objects": [obj(0, 1), obj(40, 2)], "blur": 0, "noise": 0.0},
+        {"objects": [obj(9, 3)], "blur": 1, "noise": 0.01},
+    ]
+    monkeypatch.setattr(shapes, "load_metadata", lambda root, split: metas)
+    summary = shapes.nuisance_summary("unused", "val")
+    hidden = next(v for k, v in summary.items() if k.startswith("of which wholly hidden"))
+    assert (summary["objects"], hidden) == (3, 1)  # the one with no visible pixel
+    assert summary["objects"] - hidden == len(failures.objects_from_metadata(metas)) == 2
