@@ -20,10 +20,13 @@ ratios:
   epoch, both through the real DataLoader over the same images.
 
 Every figure is the median of repeated measurements after a warm-up, with its interquartile
-range under ``spread`` (ratios are taken per round, inside which every call runs once, so a
-slow spell of the machine touches both sides of a ratio alike). Batch-1 latency is measured as
-a deployment runs it (eval and inference mode, the faster memory format) and printed next to
-its floor on this device: the model's FLOPs over the measured fp32 matmul throughput.
+range and a 95 % interval for the median (``median_interval``) under ``spread``. Ratios are
+taken per round; a KD step is timed right next to the teacher forward and plain step it is
+divided by, so that a slow spell of the machine touches both sides alike. A fixed matmul timed
+before every measurement says whether the machine held still (``steadiness``). Batch-1 latency
+is measured as a deployment runs it (eval and inference mode, the faster memory format) and
+printed next to a rough floor on this device: the model's FLOPs over the fp32 matmul throughput
+measured once at the start (a drift of the machine's speed can put it above a latency).
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ from .models import TeacherWrapper, build_model, count_parameters
 from .teacher_cache import WithTeacherMaps, ensure_cache, feature_bytes_per_image
 from .train import environment, setup_runtime, train_loader, train_step
 
-# Per device kind: `rounds` (every measurement runs once per round, so a slow spell of the machine
-# touches both sides of a ratio alike; ratios are taken per round); `steps` per method and round,
+# Per device kind: `rounds` (every method's measurements run once per round, and its ratios are
+# taken within the round; the interval of a median needs six rounds to reach 95 %); `steps` per method and round,
 # compute-only and through the DataLoader; `passes` over the training split per timed epoch (long
 # enough for the cached/plain epoch ratio to mean anything); `latency` calls at batch 1 (student,
 # teacher); `batch`, unless --batch-size says otherwise. A CPU pays seconds per FCN-ResNet50 batch
@@ -199,13 +202,16 @@ def steadiness(samples: list[tuple[float, float | None]]) -> dict:
 def verdict(key: str, s: dict) -> str:
     """How the table reads one ratio from its median and interval: no measurable cost when the
     interval holds 1.0; noise when it lies wholly on the side ``BOUNDED`` rules out (a speed-up
-    there would be a measurement that does not compare like with like); otherwise the ratio
-    with its interval."""
+    there would be a measurement that does not compare like with like); the ratio and its
+    interval always, and the interval's coverage when too few rounds reach ``LEVEL``."""
+    shown = f"{s['median']:.2f} [{s['lo']:.2f}-{s['hi']:.2f}]"
+    if s.get("coverage", LEVEL) < LEVEL - 1e-9:  # too few rounds for the stated level
+        shown += f" ({s['coverage']:.0%} interval)"
     if s["lo"] <= 1 <= s["hi"]:
-        return "no measurable cost"
+        return f"no measurable cost: {shown}"
     if (s["hi"] < 1) if BOUNDED[key] == "below" else (s["lo"] > 1):
-        return f"noise ({s['median']:.2f}, cannot be {BOUNDED[key]} 1)"
-    return f"{s['median']:.2f} [{s['lo']:.2f}-{s['hi']:.2f}]"
+        return f"noise: {shown}, cannot be {BOUNDED[key]} 1"
+    return shown
 
 
 def _medians(tree, path=()):
@@ -395,8 +401,11 @@ def bench_setting(
     return result
 
 
+SECONDS_KEYS = ("median", "q1", "q3", "lo", "hi")  # of a spread: the ones with a unit
+
+
 def _ms(timing: dict) -> dict:
-    return {k: 1000 * v if k != "n" else v for k, v in timing.items()}
+    return {k: 1000 * v if k in SECONDS_KEYS else v for k, v in timing.items()}
 
 
 def _size_and_latency(student, teacher, x, dev, amp: bool, knobs: dict, probe, probes) -> dict:
@@ -532,7 +541,9 @@ def _training_rounds(
             times[method].append(step)
             rates[method].append(seen / seconds)
             pipeline[method].append(seen / seconds / (len(x) / step))
+        probes.append(probe())
         plain = through_loader("none", round_, None)[1]
+        probes.append(probe())
         epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
     overhead = {m: spread(ratios[m]) for m in methods.kd_names()}
     log(
@@ -597,7 +608,7 @@ def _meets(key: str, value: float) -> str:
 def _ratio(r: dict, key: str, method: str | None = None) -> str:
     """A ratio's cell: its verdict (``verdict``), then whether its median meets ``TARGETS``."""
     s = r["spread"][key] if method is None else r["spread"][key][method]
-    return f"{verdict(key, s):<28} {_meets(key, s['median'])}"
+    return f"{verdict(key, s):<46} {_meets(key, s['median'])}"
 
 
 def format_table(report: dict) -> str:
@@ -630,12 +641,12 @@ def format_table(report: dict) -> str:
             )
         level = f"{LEVEL:.0%}"
         lines.append(
-            f"{'train img/s':18}{'compute':>9}{'end-to-end':>12}   {'pipeline ratio [' + level + ' CI]':<32}"
+            f"{'train img/s':18}{'compute':>9}{'end-to-end':>12}   {'pipeline ratio [' + level + ' CI]':<54}"
             f"KD overhead ratio [{level} CI]"
         )
         for m, v in r["train_images_per_s"].items():
             row = (
-                f"{m:18}{v['compute_only']:>9.1f}{v['end_to_end']:>12.1f}   {_ratio(r, 'input_pipeline_ratio', m):<32}"
+                f"{m:18}{v['compute_only']:>9.1f}{v['end_to_end']:>12.1f}   {_ratio(r, 'input_pipeline_ratio', m):<54}"
             )
             if m in r["kd_overhead_ratio"]:
                 row += _ratio(r, "kd_overhead_ratio", m)

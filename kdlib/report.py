@@ -947,7 +947,7 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
             f"object IoU) and highest on {easy} ({mean[easy]:.2f}); the teacher scores {table.loc[hard, 'teacher']:.2f} "
             f"and {table.loc[easy, 'teacher']:.2f} there."
             + (
-                f" Its {easy} objects cover a median {table.loc[easy, 'median_area']:.1%} of the image, its "
+                f" The {easy} objects cover a median {table.loc[easy, 'median_area']:.1%} of the image, the "
                 f"{hard} ones {table.loc[hard, 'median_area']:.1%}."
                 if by != "size" and "median_area" in table
                 else ""

@@ -335,8 +335,8 @@ def test_the_failure_findings_read_their_tables():
     # objects (students 0.35) are the larger ones (3.4 % of the image against 1.2 %)
     assert lines[1] == (
         "By occlusion, the students (mean of 2) score lowest on none (<5%) objects (0.20 object IoU) and highest on "
-        "partial (5-30%) (0.35); the teacher scores 0.80 and 0.70 there. Its partial (5-30%) objects cover a median "
-        "3.4% of the image, its none (<5%) ones 1.2%."
+        "partial (5-30%) (0.35); the teacher scores 0.80 and 0.70 there. The partial (5-30%) objects cover a median "
+        "3.4% of the image, the none (<5%) ones 1.2%."
     )
     lines = lines[:1] + lines[2:]
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
