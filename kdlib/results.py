@@ -181,14 +181,9 @@ READER_COLUMNS = {
 def reader_table(runs: pd.DataFrame) -> pd.DataFrame:
     """`collect_runs`' table as a reader sees it: the methods' display names, the columns
     named in words, scores to 4 decimals (the precision the report's tables give), whole
-    seconds, no folders, one row per run numbered from its seed."""
-    table = runs[list(READER_COLUMNS)].assign(
-        run=runs["run"].map(methods.display_name),
-        miou=runs["miou"].round(4),
-        pixel_accuracy=runs["pixel_accuracy"].round(4),
-        seconds=runs["seconds"].round().astype(int),
-    )
-    return table.rename(columns=READER_COLUMNS).reset_index(drop=True)
+    seconds, no folders, one row per run (`for_reader` does the names and the rounding)."""
+    table = runs[list(READER_COLUMNS)].assign(seconds=runs["seconds"].round().astype(int))
+    return for_reader(table).set_axis(list(READER_COLUMNS.values()), axis=1).reset_index(drop=True)
 
 
 # Column names of kdlib's tables in words, where the snake_case one is not plain English.
