@@ -1,8 +1,9 @@
 """The distillation objectives, one pure function per loss term: tensors in, scalar out.
 
 The report's terms (Section 2: cross entropy, response KD, feature KD) and three later ones
-from the segmentation-KD literature: pair-wise similarity (Liu et al., 2019), channel-wise
-distillation (Shu et al., 2021) and DIST (Huang et al., 2022). Which terms a method sums, with
+from the KD literature: pair-wise similarity (Liu et al., 2019), channel-wise distillation
+(Shu et al., 2021), DIST (Huang et al., 2022), logit standardisation (Sun et al., 2024) and
+attention transfer (Zagoruyko & Komodakis, 2017). Which terms a method sums, with
 which weights, is declared in :mod:`kdlib.methods`. Every term leaves out pixels
 outside its mask (by default those labelled ``VOID``, 255; on unlabeled images the
 distillation terms see every pixel). When a batch holds no valid pixel at all, each term is 0
@@ -300,6 +301,73 @@ def dist_loss(
     intra = 1.0 - _pearson(ys, yt, dim=1, weights=w).mean()
     loss = (inter_weight * inter + intra_weight * intra) * temperature**2
     return loss if w is None else loss * (w.sum() > 0).to(loss.dtype)  # 0 without any valid pixel
+
+
+def standardise(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Z-score of the logits along the class dimension (logit standardisation, Sun et al.):
+    (z - mean_c z) / (std_c z + 1e-7), the unbiased std as in the paper's code."""
+    z = logits.float()
+    return (z - z.mean(dim, keepdim=True)) / (z.std(dim, keepdim=True) + 1e-7)
+
+
+def response_ls_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    valid_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Response KD with logit standardisation (Sun et al., "Logit Standardization in Knowledge
+    Distillation", CVPR 2024, Eq. 8 and Algorithm 1), each pixel an instance:
+
+        z~(p) = (z(p) - mean_c z(p)) / std_c z(p)                 for the student and the teacher
+        L_response_ls = T² · 1/|V| · Σ_{p∈V} KL(softmax(z~_t(p)/T) ‖ softmax(z~_s(p)/T))
+
+    The z-score takes each model's own logit range and spread out of the match, so the student
+    must copy the teacher's relations between classes, not the size of its logits (the
+    paper's argument against a temperature shared by a small student and a large teacher).
+    KL rather than the report's cross entropy: the gradients are the same, the floor is 0.
+    """
+    _check_logits("response_ls_loss", student_logits, teacher_logits, temperature)
+    log_s = F.log_softmax(standardise(student_logits) / temperature, dim=1)
+    log_t = F.log_softmax(standardise(teacher_logits.detach()) / temperature, dim=1)
+    per_pixel = (log_t.exp() * (log_t - log_s)).sum(1)
+    return _masked_mean(per_pixel, valid_mask) * temperature**2
+
+
+def attention_map(feature: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A feature map's spatial attention (Zagoruyko & Komodakis): mean_c f_c(p)², resized
+    bilinearly to ``size`` when given, flattened and L2-normalised per image: N×(H·W)."""
+    q = feature.float().pow(2).mean(1, keepdim=True)
+    if size is not None and tuple(q.shape[-2:]) != tuple(size):
+        q = F.interpolate(q, size=size, mode="bilinear", align_corners=False)
+    return F.normalize(q.flatten(1), dim=1, eps=1e-12)
+
+
+def attention_transfer_loss(
+    student_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    teacher_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """Attention transfer (Zagoruyko & Komodakis, "Paying More Attention to Attention",
+    ICLR 2017, Eq. 2 with p = 2, as in the paper's code), over the N feature levels:
+
+        a(f) = vec(mean_c f_c²) / ‖vec(mean_c f_c²)‖₂
+        L_at = Σ_i mean_{n,j} (a(f_s^i)_j - a(f_t^i)_j)²
+
+    The maps sum the channels, so the student and the teacher need not have the same widths;
+    a teacher map of another size is resized bilinearly to the student's. Each map is
+    normalised over its whole image, so void pixels stay in (leaving positions out would change
+    every map's norm); the paper's β = 1000 multiplies β/2 · L_at.
+    """
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(
+            f"attention_transfer_loss: got {len(student_features)} student and {len(teacher_features)} "
+            "teacher feature levels; they must match and be non-empty"
+        )
+    terms = [
+        (attention_map(fs) - attention_map(ft.detach(), tuple(fs.shape[-2:]))).pow(2).mean()
+        for fs, ft in zip(student_features, teacher_features)
+    ]
+    return torch.stack(terms).sum()
 
 
 def formula(loss) -> str:

@@ -279,6 +279,16 @@ def _dist(s, t, seen, o):
     return losses.dist_loss(s["out"], t["out"], o.temperature, seen)
 
 
+@computes("response_ls_loss")
+def _response_ls(s, t, seen, o):
+    return losses.response_ls_loss(s["out"], t["out"], o.temperature, seen)
+
+
+@computes("attention_transfer_loss")
+def _at(s, t, seen, o):
+    return losses.attention_transfer_loss(s["features"], t["raw_features"])
+
+
 register(Method("none", "No KD", TABLE1, "only L_ce; recorded as Table 1's", group="report"))
 register(
     Method(
@@ -341,6 +351,26 @@ register(
         "DIST's paper and segmentation code: both relations weighted 1, tau 1, loss weight 1",
         reads=("logits",),
         terms={"dist": _dist},
+    )
+)
+register(
+    Method(
+        "response_ls",
+        "Response, standardised logits (LS)",
+        {"alpha": 0.1, "beta": 9.0, "temperature": 2.0},
+        "the logit-standardisation paper's code: KD with --logit-stand --base-temp 2 --kd-weight 9, CE weight 0.1",
+        reads=("logits",),
+        terms={"response_ls": _response_ls},
+    )
+)
+register(
+    Method(
+        "at",
+        "Attention transfer (AT)",
+        {"alpha": 1.0, "beta": 500.0, "temperature": 1.0},  # T unused
+        "the AT paper and its code: beta/2 with beta = 1000 on the sum over levels, p = 2, CE weight 1",
+        reads=("raw_features",),
+        terms={"at": _at},
     )
 )
 register_variant(Variant("response_cached", "response", "Response, cached teacher (offline)", cached=True, extra=False))

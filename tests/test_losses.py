@@ -8,11 +8,13 @@ import torch.nn.functional as F
 from kdlib.conventions import VOID
 from kdlib.losses import (
     affinity,
+    attention_transfer_loss,
     cwd_loss,
     dist_loss,
     feature_kd_loss,
     pairwise_loss,
     response_kd_loss,
+    response_ls_loss,
     supervised_loss,
 )
 from kdlib.methods import distillation_loss
@@ -212,6 +214,8 @@ def test_each_method_reads_what_it_declares_and_its_parts_are_its_terms():
         "pairwise": {"pairwise"},
         "cwd": {"cwd"},
         "dist": {"dist"},
+        "response_ls": {"response_ls"},
+        "at": {"at"},
     }
     assert set(terms) == set(METHODS)
     for method, declared in METHODS.items():
@@ -234,6 +238,8 @@ def test_method_defaults_are_the_papers():
     assert METHOD_DEFAULTS["pairwise"]["beta"] == 0.5 and PAIRWISE_GRID == 2  # SKD: lambda_pa 0.5, pool 0.5
     assert METHOD_DEFAULTS["cwd"] | {} == {"alpha": 1.0, "beta": 3.0, "temperature": 4.0}  # CWD: 3, tau 4
     assert METHOD_DEFAULTS["dist"] == {"alpha": 1.0, "beta": 1.0, "temperature": 1.0}  # DIST: beta=gamma=1, tau 1
+    assert METHOD_DEFAULTS["response_ls"] == {"alpha": 0.1, "beta": 9.0, "temperature": 2.0}  # LS: kd 9, T 2
+    assert METHOD_DEFAULTS["at"] | {"temperature": 0} == {"alpha": 1.0, "beta": 500.0, "temperature": 0}  # 1000/2
 
 
 # --------------------------------------------------------------------------- beyond the report
@@ -340,6 +346,8 @@ def test_new_methods_combine_as_alpha_ce_plus_beta_term():
         "pairwise": pairwise_loss(s["features"][-1], t["raw_features"][-1], 2),
         "cwd": cwd_loss(s["out"], t["out"], 4.0, y != VOID),
         "dist": dist_loss(s["out"], t["out"], 4.0, y != VOID),
+        "response_ls": response_ls_loss(s["out"], t["out"], 4.0, y != VOID),
+        "at": attention_transfer_loss(s["features"], t["raw_features"]),
     }
     for method, term in cases.items():
         total, parts = distillation_loss(method, s, t, y, alpha=1.0, beta=3.0, temperature=4.0)
@@ -353,7 +361,7 @@ def test_kd_mask_lets_distillation_see_pixels_the_cross_entropy_does_not():
     s, t, y = _outputs()
     unlabeled = torch.full_like(y, VOID)
     everywhere = torch.ones_like(y, dtype=torch.bool)
-    for method in ("response", "cwd", "dist"):
+    for method in ("response", "cwd", "dist", "response_ls"):
         _, parts = distillation_loss(method, s, t, unlabeled, kd_mask=everywhere)
         _, reference = distillation_loss(method, s, t, torch.zeros_like(y))  # every pixel labelled
         assert parts["ce"].item() == 0.0
@@ -369,8 +377,62 @@ def test_new_losses_take_bf16_outputs_as_amp_gives_them():
         k: v.detach().bfloat16() if torch.is_tensor(v) else [f.detach().bfloat16() for f in v] for k, v in s.items()
     }
     t_half = {k: v.bfloat16() if torch.is_tensor(v) else [f.bfloat16() for f in v] for k, v in t.items()}
-    for method in ("pairwise", "cwd", "dist"):
+    for method in ("pairwise", "cwd", "dist", "response_ls", "at"):
         _, full = distillation_loss(method, s, t, y)
         _, low = distillation_loss(method, half, t_half, y)
         assert low[method].dtype == torch.float32
         assert low[method].item() == pytest.approx(full[method].item(), rel=0.03, abs=1e-3)
+
+
+def _softmax_np(z, axis):
+    e = np.exp(z - z.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def test_response_ls_against_numpy():
+    """Z-score per pixel over the classes (unbiased std), softmax at T, KL(teacher‖student)
+    averaged over the valid pixels, times T²: computed in numpy."""
+    g = torch.Generator().manual_seed(3)
+    zs, zt = torch.randn(2, 5, 3, 4, generator=g), 3.0 * torch.randn(2, 5, 3, 4, generator=g) + 1.0
+    valid = torch.rand(2, 3, 4, generator=g) > 0.3
+    a, b, T = zs.numpy().astype(np.float64), zt.numpy().astype(np.float64), 2.0
+    za = (a - a.mean(1, keepdims=True)) / a.std(1, ddof=1, keepdims=True)
+    zb = (b - b.mean(1, keepdims=True)) / b.std(1, ddof=1, keepdims=True)
+    ps, pt = _softmax_np(za / T, 1), _softmax_np(zb / T, 1)
+    kl = (pt * (np.log(pt) - np.log(ps))).sum(1)
+    m = valid.numpy()
+    expected = T**2 * kl[m].mean()
+    assert response_ls_loss(zs, zt, T, valid).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_response_ls_ignores_the_scale_and_shift_of_either_models_logits():
+    """What standardisation is for: a student whose logits are the teacher's times 5 plus 2 has
+    nothing left to learn (loss 0), where the report's response KD still pulls it."""
+    g = torch.Generator().manual_seed(4)
+    zt = torch.randn(2, 6, 4, 4, generator=g)
+    assert response_ls_loss(5.0 * zt + 2.0, zt, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert response_kd_loss(5.0 * zt + 2.0, zt, 2.0).item() > response_kd_loss(zt, zt, 2.0).item() + 0.1
+
+
+def test_attention_transfer_against_numpy():
+    """mean_c f², flattened, L2-normalised per image; squared differences averaged over images
+    and positions, summed over levels; a teacher map twice the size is brought down by the mean
+    of each 2×2 block (what a bilinear halving is), and the widths differ."""
+    g = torch.Generator().manual_seed(5)
+    fs = [torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 8, 2, 2, generator=g)]
+    ft = [torch.randn(2, 6, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)]
+
+    def att(f, halve=False):
+        q = (f.numpy().astype(np.float64) ** 2).mean(1)
+        if halve:
+            q = q.reshape(q.shape[0], q.shape[1] // 2, 2, q.shape[2] // 2, 2).mean((2, 4))
+        q = q.reshape(q.shape[0], -1)
+        return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+    expected = ((att(fs[0]) - att(ft[0])) ** 2).mean() + ((att(fs[1]) - att(ft[1], halve=True)) ** 2).mean()
+    assert attention_transfer_loss(fs, ft).item() == pytest.approx(expected, rel=1e-5)
+    # the same attention up to a factor gives 0; the teacher gets no gradient
+    same = [2.0 * f for f in fs]
+    assert attention_transfer_loss(fs, same).item() == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="levels"):
+        attention_transfer_loss(fs, ft[:1])

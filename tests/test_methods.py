@@ -51,9 +51,9 @@ def test_a_declaration_is_checked_and_names_are_unique():
 def test_the_registry_is_what_the_report_declares():
     """The report's four methods and the three later ones, their defaults and their sources."""
     assert methods.names("report") == ("none", "feature", "response", "both")
-    assert methods.names("new") == ("pairwise", "cwd", "dist")
+    assert methods.names("new") == ("pairwise", "cwd", "dist", "response_ls", "at")
     assert methods.get("both").terms.keys() == {"response", "feature"} and methods.get("both").trains_projections
-    assert [m for m in methods.names() if methods.get(m).cacheable] == ["response", "cwd", "dist"]
+    assert [m for m in methods.names() if methods.get(m).cacheable] == ["response", "cwd", "dist", "response_ls"]
     assert methods.method_of("cwd_unlabeled").name == "cwd" and methods.VARIANTS["cwd_unlabeled"].unlabeled
     assert methods.VARIANTS["response_t2"].overrides == {"scale_by_t2": True}
     names = methods.run_names()

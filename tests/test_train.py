@@ -803,5 +803,7 @@ def test_variant_runs_are_their_method_with_its_settings(tmp_path):
         run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path)
     voc = run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path, unlabeled_split="sbd")
     assert voc.unlabeled_split == "sbd"
-    assert set(extra_runs()) == {"response_t2", "pairwise", "cwd", "dist"} and is_extra("dist_unlabeled")
+    assert set(extra_runs()) == {"response_t2", "pairwise", "cwd", "dist", "response_ls", "at"} and is_extra(
+        "dist_unlabeled"
+    )
     assert not any(is_extra(m) for m in ("none", "response", "feature", "both", "response_cached"))
