@@ -133,6 +133,7 @@ MASKED_TERMS = {  # loss function -> the argument holding the pixels it averages
     "feature_kd_loss": "valid_mask",
     "cwd_loss": "valid_mask",
     "dist_loss": "valid_mask",
+    "response_ls_loss": "valid_mask",
 }
 
 
@@ -142,7 +143,7 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
 ):
     """Through ``fit``'s own epoch loop: each training step's cross entropy sees the labelled
     images' non-void pixels only, and each distillation term sees those plus every pixel of
-    the unlabeled images (pair-wise KD, which masks nothing, sees their features)."""
+    the unlabeled images (pair-wise KD and attention transfer, which mask nothing, see their features)."""
     calls = []
 
     def spy(name, original):
@@ -155,7 +156,7 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
 
         return wrapper
 
-    for name in (*MASKED_TERMS, "pairwise_loss", "supervised_loss"):
+    for name in (*MASKED_TERMS, "pairwise_loss", "attention_transfer_loss", "supervised_loss"):
         monkeypatch.setattr(losses, name, spy(name, getattr(losses, name)))
     batch = 4
     extra = {"teacher_cache": str(tmp_path / "cache")} if cached else {}
@@ -186,6 +187,9 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
         assert labelled_pixels > 0 and bool((target[batch:] == VOID).all())  # no cross entropy on them
         if name == "pairwise_loss":
             assert args["student_feature"].shape[0] == args["teacher_feature"].shape[0] == 2 * batch
+            continue
+        if name == "attention_transfer_loss":  # whole-image maps: it masks nothing either
+            assert all(f.shape[0] == 2 * batch for f in (*args["student_features"], *args["teacher_features"]))
             continue
         mask = args[MASKED_TERMS[name]]
         assert mask is not None and mask.shape == target.shape, name
