@@ -1,11 +1,11 @@
 """The distillation objectives, one pure function per loss term: tensors in, scalar out.
 
-The report's terms (Section 2: cross entropy, response KD, feature KD) and three later ones
+The report's terms (Section 2: cross entropy, response KD, feature KD) and five later ones
 from the KD literature: pair-wise similarity (Liu et al., 2019), channel-wise distillation
 (Shu et al., 2021), DIST (Huang et al., 2022), logit standardisation (Sun et al., 2024) and
 attention transfer (Zagoruyko & Komodakis, 2017). Which terms a method sums, with
-which weights, is declared in :mod:`kdlib.methods`. Every term leaves out pixels
-outside its mask (by default those labelled ``VOID``, 255; on unlabeled images the
+which weights, is declared in :mod:`kdlib.methods`. Every term but pair-wise similarity and
+attention transfer (whole-image maps) leaves out pixels outside its mask (by default those labelled ``VOID``, 255; on unlabeled images the
 distillation terms see every pixel). When a batch holds no valid pixel at all, each term is 0
 (with a zero gradient) rather than NaN.
 """

@@ -51,7 +51,7 @@ def sweep_table(
     device: str = "cpu",
 ) -> pd.DataFrame:
     """`make sweep` (chapter 9): no KD on the sweep's seeds, then every (T, β) cell of each swept
-    method (default: response KD and the best of the methods beyond the report in the table of
+    method (default: response KD and the best of :data:`SWEEP_CANDIDATES` in the table of
     this machine's and the committed runs, the rule docs/regime.md states), written to
     ``table_path`` (``sweep.csv``: the no-KD rows first, their T and β empty). Returns it."""
     kw = dict(dataset=dataset, data_root=data_root, profile=profile, device=device)
