@@ -144,6 +144,15 @@ def _valid_at(valid_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.T
     return frac > 0.5
 
 
+def _check_levels(loss: str, student_features, teacher_features) -> None:
+    """The feature terms' shared check: as many teacher levels as student ones, at least one."""
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(
+            f"{loss}: got {len(student_features)} student and {len(teacher_features)} "
+            "teacher feature levels; they must match and be non-empty"
+        )
+
+
 def feature_cosine_maps(
     student_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
     teacher_features: list[torch.Tensor] | tuple[torch.Tensor, ...],
@@ -152,11 +161,7 @@ def feature_cosine_maps(
     level, the cosine taken across channels. A teacher map of another spatial size is resized
     bilinearly to the student's; the teacher maps must already have the student's channel
     count (the teacher wrapper's 1×1 projections do that)."""
-    if len(student_features) != len(teacher_features) or not student_features:
-        raise ValueError(
-            f"feature_kd_loss: got {len(student_features)} student and {len(teacher_features)} "
-            "teacher feature levels; they must match and be non-empty"
-        )
+    _check_levels("feature_kd_loss", student_features, teacher_features)
     maps = []
     for level, (fs, ft) in enumerate(zip(student_features, teacher_features)):
         if fs.shape[1] != ft.shape[1]:
@@ -358,11 +363,7 @@ def attention_transfer_loss(
     normalised over its whole image, so void pixels stay in (leaving positions out would change
     every map's norm); the paper's β = 1000 multiplies β/2 · L_at.
     """
-    if len(student_features) != len(teacher_features) or not student_features:
-        raise ValueError(
-            f"attention_transfer_loss: got {len(student_features)} student and {len(teacher_features)} "
-            "teacher feature levels; they must match and be non-empty"
-        )
+    _check_levels("attention_transfer_loss", student_features, teacher_features)
     terms = [
         (attention_map(fs) - attention_map(ft.detach(), tuple(fs.shape[-2:]))).pow(2).mean()
         for fs, ft in zip(student_features, teacher_features)
