@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__, methods
+from . import __version__, cpu_kernels, methods
 from .augment import prepare_batch
 from .checkpoints import load_checkpoint, load_model, load_weights, rng_state, set_rng_state
 from .config import Config, resolve_device
@@ -514,6 +514,7 @@ def environment() -> dict:
         "torchvision": str(torchvision.__version__),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_kernels": cpu_kernels.in_force(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
