@@ -57,10 +57,12 @@ def in_force() -> dict:
     return {"aten": torch.backends.cpu.get_cpu_capability()} | {k: os.environ.get(k) for k in PINS}
 
 
-def machine_class(environment: dict) -> str:
-    """A run's machine class for pairing, from its ``config.json``'s ``environment``: the
-    CPU kernels it ran and its torch. Runs of one class compute the same floats; a run recorded
-    before kdlib pinned the kernels is classed by its host's kernel name, the only trace it left."""
+def kernel_class(environment: dict) -> str:
+    """The class of a run's arithmetic, from its ``config.json``'s ``environment``: the CPU
+    kernels it ran (or its GPU) and its torch. Runs of one class compute the same floats, so a
+    paired difference between them holds no host drift; a run recorded before kdlib pinned the
+    kernels is classed by its host's kernel name, the only trace it left. (Speed is another
+    matter: :func:`kdlib.conditions.with_compute` compares CPU time on one host only.)"""
     kernels = environment.get("cpu_kernels")
     torch_version = environment.get("torch")
     if environment.get("cuda"):

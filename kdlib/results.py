@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import methods
 from .config import Config
+from .cpu_kernels import kernel_class
 from .train import data_fingerprints, teacher_weights_sha256
 
 
@@ -163,7 +164,7 @@ def reused_line(name: str, finished: list, where) -> str:
     )
 
 
-RUN_COLUMNS = ["run", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "folder"]
+RUN_COLUMNS = ["run", "seed", "miou", "pixel_accuracy", "best_epoch", "epochs", "seconds", "kernels", "folder"]
 
 
 # What a chapter's run table calls each column of `collect_runs`' (the folder is left out).
@@ -221,7 +222,21 @@ def for_reader(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     for column in ("run", "vs", "method"):
         if column in table:
             out[word(column)] = table[column].map(name).to_numpy()
-    return out.round(digits)
+    out = out.round(digits)
+    for column in P_VALUES & set(table.columns):  # "< 0.0001", not a p-value of 0.0
+        out[word(column)] = table[column].map(lambda p: p_value(p, digits)).to_numpy()
+    return out
+
+
+P_VALUES = {"p", "p_holm", "p_wilcoxon"}
+
+
+def p_value(p: float, digits: int = 4) -> str:
+    """A p-value to ``digits`` decimals, or "< 0.0001" (for 4) where rounding would show 0."""
+    if pd.isna(p):
+        return "—"
+    floor = 10.0**-digits
+    return f"< {floor:.{digits}f}" if p < floor else f"{p:.{digits}f}"
 
 
 def _run_folders(runs_dir, names=None):
@@ -241,7 +256,8 @@ def _run_folders(runs_dir, names=None):
 
 def collect_runs(runs_dir, names=None) -> pd.DataFrame:
     """One row per *finished* run under ``runs_dir``: run name (``run``: a method or a variant,
-    :mod:`kdlib.methods`), seed, best mIoU, epochs, seconds, ``folder``. A run still training, or stopped before its budget, is left
+    :mod:`kdlib.methods`), seed, best mIoU, epochs, seconds, the class of its arithmetic
+    (``kernels``: :func:`kdlib.cpu_kernels.kernel_class`), ``folder``. A run still training, or stopped before its budget, is left
     out of every table, figure and verdict built from this; :func:`unfinished_runs` lists them."""
     rows = [
         {
@@ -252,6 +268,7 @@ def collect_runs(runs_dir, names=None) -> pd.DataFrame:
             "best_epoch": m["best_epoch"],
             "epochs": m["epochs_run"],
             "seconds": m["total_seconds"],
+            "kernels": kernel_class(config.get("environment", {})),
             "folder": str(folder),
         }
         for name, folder, m, config in _run_folders(runs_dir, names)

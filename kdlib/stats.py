@@ -43,12 +43,22 @@ LARGER = "larger than seed noise"
 NOT_AFTER_HOLM = f"{LARGER}, not after Holm"
 
 
+def _kernel_classes(runs: pd.DataFrame, names, seeds) -> set:
+    """The classes of arithmetic (``kernels``: :func:`kdlib.cpu_kernels.kernel_class`) of the
+    paired runs; a table without that column counts as one class."""
+    if "kernels" not in runs:
+        return set()
+    return set(runs[runs["run"].isin(names) & runs["seed"].isin(seeds)]["kernels"])
+
+
 def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = "miou") -> pd.DataFrame:
     """Each method against ``baseline``, paired by seed: mean difference, its 95 % confidence
     interval (Student's t over the per-seed differences, n-1 degrees of freedom, quantile from
     ``scipy.stats``) and whether it excludes 0, i.e. whether the difference is larger than seed
     noise. The interval's half-width, ``detectable``, is the smallest difference this design
-    (these seeds, this spread) can tell from zero. Beside it: the paired t-test's p-value,
+    (these seeds, this spread) can tell from zero. ``same_kernels`` says whether all the
+    paired runs computed with one class of CPU kernels (a difference across classes also holds
+    the hosts' drift: docs/reliability.md). Beside it: the paired t-test's p-value,
     that p corrected by Holm for all the methods of the table tested together (``p_holm``; a
     difference larger than seed noise whose corrected p is not below 0.05 has the verdict
     :data:`NOT_AFTER_HOLM`), and the Wilcoxon signed-rank test's p (no normality assumed; with
@@ -60,6 +70,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
             continue
         other = runs[runs["run"] == name].set_index("seed")[metric]
         seeds = sorted(set(base.index) & set(other.index))
+        classes = _kernel_classes(runs, [baseline, name], seeds)
         d = np.array([other[s] - base[s] for s in seeds])
         n = len(d)
         mean = float(d.mean()) if n else math.nan
@@ -81,6 +92,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
                 "p_holm": math.nan,
                 "p_wilcoxon": p_w,
                 "verdict": verdict,
+                "same_kernels": len(classes) <= 1,
             }
         )
     table = pd.DataFrame(rows)

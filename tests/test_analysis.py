@@ -78,6 +78,22 @@ def test_paired_comparison_says_when_differences_exceed_seed_noise():
     assert one.loc["response", "verdict"] == "one seed: no verdict"
 
 
+def test_paired_comparison_says_which_pairs_crossed_classes_of_cpu_kernels():
+    """Response's seed 2 ran on other kernels than no KD's; feature's seed 3, which no KD lacks,
+    is not paired, so feature's pairs stay within one class."""
+    runs = pd.DataFrame(
+        {
+            "run": ["none"] * 3 + ["response"] * 3 + ["feature"] * 4,
+            "seed": [0, 1, 2] * 3 + [3],
+            "miou": [0.30, 0.32, 0.31, 0.40, 0.42, 0.41, 0.30, 0.35, 0.27, 0.5],
+            "kernels": ["pinned AVX2"] * 5 + ["unpinned, host b"] + ["pinned AVX2"] * 3 + ["unpinned, host b"],
+        }
+    )
+    table = stats.paired_comparison(runs).set_index("run")
+    assert not table.loc["response", "same_kernels"] and table.loc["feature", "same_kernels"]
+    assert stats.paired_comparison(runs.drop(columns="kernels"))["same_kernels"].all()
+
+
 def test_a_difference_that_does_not_survive_holm_says_so_in_its_verdict():
     base = [0.30, 0.32, 0.31, 0.29, 0.33, 0.30]
     diffs = {

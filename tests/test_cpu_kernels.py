@@ -41,12 +41,12 @@ def test_a_setting_of_the_user_wins_and_native_opts_out():
     assert native["env"] == dict.fromkeys(cpu_kernels.PINS)
 
 
-def test_machine_class_by_hand():
+def test_kernel_class_by_hand():
     pinned = {"aten": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}
-    assert cpu_kernels.machine_class({"torch": "2.14.1", "cpu_kernels": pinned}) == "pinned AVX2, torch 2.14.1"
+    assert cpu_kernels.kernel_class({"torch": "2.14.1", "cpu_kernels": pinned}) == "pinned AVX2, torch 2.14.1"
     native = dict(pinned, ATEN_CPU_CAPABILITY=None, aten="AVX512")
-    assert cpu_kernels.machine_class({"torch": "2.14.1", "cpu_kernels": native}) == "native AVX512, torch 2.14.1"
+    assert cpu_kernels.kernel_class({"torch": "2.14.1", "cpu_kernels": native}) == "native AVX512, torch 2.14.1"
     old = {"torch": "2.14.1", "platform": "Linux-6.18-fc-v1-x86_64"}
-    assert cpu_kernels.machine_class(old) == "unpinned, Linux-6.18-fc-v1-x86_64, torch 2.14.1"
+    assert cpu_kernels.kernel_class(old) == "unpinned, Linux-6.18-fc-v1-x86_64, torch 2.14.1"
     gpu = {"torch": "2.14.1", "cuda": "NVIDIA H100", "cpu_kernels": pinned}
-    assert cpu_kernels.machine_class(gpu) == "NVIDIA H100, torch 2.14.1"
+    assert cpu_kernels.kernel_class(gpu) == "NVIDIA H100, torch 2.14.1"
