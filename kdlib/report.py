@@ -103,7 +103,8 @@ def _weights(run) -> str:
 
 
 def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
-    """Fraction of the no-KD student's gap to the teacher that each method closes."""
+    """Share of the no-KD student's gap to the teacher that each method closes, in percent
+    (100: the teacher's score; 0: no KD's; below 0: worse than no KD)."""
     summary = summary_table(runs)
     if teacher is None or "none" not in summary.index:
         return pd.DataFrame()
@@ -112,7 +113,7 @@ def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
         {
             "method": display_name(m),
             "mIoU": r["miou_mean"],
-            "share of the gap closed": (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
+            "share of the gap closed (%)": 100 * (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
         }
         for m, r in summary.iterrows()
         if m != "none"
@@ -375,7 +376,7 @@ def build_all(dataset: str, root, runs_dir, figures_dir, report_dir, device: str
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def _ci(r) -> str:
@@ -393,7 +394,7 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
             f"- The teacher scores {teacher['miou']:.4f} val mIoU, the student without KD "
             f"{summary.loc['none', 'miou_mean']:.4f} (mean of {int(summary.loc['none', 'seeds'])} seeds)."
         )
-    rows = paired[~paired["run"].str.endswith("_unlabeled")] if not paired.empty else paired
+    rows = paired  # the unlabeled rows too: a reader looks here for everything that beats no KD
     if not rows.empty:
         better = rows[(rows["verdict"] == LARGER) & (rows["mean_diff"] > 0)]
         worse = rows[(rows["verdict"] == LARGER) & (rows["mean_diff"] < 0)]
@@ -427,6 +428,13 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
                 )
                 + "."
             )
+    if "same_kernels" in paired and not paired["same_kernels"].all():
+        crossed = paired[~paired["same_kernels"].astype(bool)]["run"]
+        lines.append(
+            f"- Paired with no KD runs of another machine, whose CPU kernels add in another order (docs/"
+            f"reliability.md): {_names(crossed)}. Their differences hold that drift too; retraining them "
+            "here pairs them cleanly."
+        )
     for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
         base = name.removesuffix("_unlabeled")
         pair = runs[runs["run"].isin([base, name])]
@@ -571,10 +579,12 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     gap = gap_closed(runs, teacher)
     if not gap.empty:
         md += [
-            "Share of the no-KD student's gap to the teacher that each method closes (a fraction: 1 is the "
+            "Share of the no-KD student's gap to the teacher that each method closes (in percent: 100 is the "
             "teacher's score, 0 no KD's, below 0 worse than no KD):",
             "",
-            _md_table(gap),
+            _md_table(
+                gap.assign(**{"share of the gap closed (%)": gap["share of the gap closed (%)"].map("{:.1f}".format)})
+            ),
             "",
         ]
     md += convergence_md(runs)
@@ -923,7 +933,7 @@ def _compute_md(c, budgets, tables, said) -> list[str]:
         if len(compared):
             said.append(
                 f"- With no KD given at least the same training compute, distillation beats it for {_names(wins)} "
-                f"(of the {len(compared)} methods compared)."
+                f"(of the {len(compared)} methods compared: {_names(compared['run'])})."
             )
     return lines
 
@@ -933,7 +943,9 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
     (:func:`kdlib.figures.failure_analysis`): per bucket table, the students' (mean over
     ``students``) hardest and easiest bucket against the teacher's; the most confused classes
     and, given the class table, how many of the confused pairs share a colour or a shape; the
-    teacher-dependency ratios."""
+    no-KD student's teacher-dependency ratio, its bootstrap interval over objects
+    (:func:`kdlib.failures.dependency_ratio_interval`) and, for each KD student, whether its
+    ratio lies inside, above or below that interval."""
     lines = []
     for by, label in (("size", "size"), ("light", "illumination"), ("occlusion", "occlusion")):
         table = tables.get(by)
@@ -971,14 +983,42 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
             )
     dependency = tables.get("teacher_dependency")
     if dependency is not None and len(dependency):
-        ratio = dependency.set_index("method")["ratio"]
+        rows = dependency.set_index("method")
+        ratio = rows["ratio"]
         kd = ratio.drop(index="none", errors="ignore")
         if "none" in ratio.index and len(kd):
             lines.append(
                 f"Where the teacher fails on an object, the no-KD student, which never saw the teacher, fails "
                 f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are hard for "
-                f"every model. The KD students' ratios, {kd.min():.2f} to {kd.max():.2f}, are to be read against it."
+                f"every model."
             )
+            low, high = (rows.loc["none"].get(k, math.nan) for k in ("ratio_ci95_low", "ratio_ci95_high"))
+            if math.isnan(low) or math.isnan(high):
+                lines.append(f"The KD students' ratios are {kd.min():.2f} to {kd.max():.2f}.")
+            else:
+                said = {
+                    "inside": "no sign, at this number of objects, that distillation passed the teacher's mistakes on",
+                    "above": "their failures follow the teacher's more than the objects' difficulty explains, "
+                    "so distillation passed some of its mistakes on",
+                    "below": "their failures follow the teacher's less than a student's that never saw it",
+                }
+                where = {
+                    "inside": [m for m in kd.index if low <= kd[m] <= high],
+                    "above": [m for m in kd.index if kd[m] > high],
+                    "below": [m for m in kd.index if kd[m] < low],
+                }
+                parts = [
+                    f"{_names(ms)} ({', '.join(f'{kd[m]:.2f}' for m in ms)}) "
+                    f"{'lies' if len(ms) == 1 else 'lie'} {k} it: {said[k]}"
+                    for k, ms in where.items()
+                    if ms
+                ]
+                objects = rows.loc["none"].get("objects", math.nan)
+                drawn = "objects" if math.isnan(objects) else f"{int(objects)} objects"
+                lines.append(
+                    f"Resampling the {drawn} (bootstrap, 95%) puts the no-KD ratio between {low:.2f} and "
+                    f"{high:.2f}; " + "; ".join(parts) + "."
+                )
     return lines
 
 
@@ -1040,6 +1080,13 @@ def rows_findings(runs: pd.DataFrame) -> list[str]:
                 + "; ".join(f"{r['mean_diff']:+.4f}, detectable ±{r['detectable']:.4f}" for _, r in rows.iterrows())
                 + ")."
             )
+    if "same_kernels" in paired and not paired["same_kernels"].all():
+        crossed = paired[~paired["same_kernels"].astype(bool)]["run"]
+        lines.append(
+            f"- Paired with no KD runs of another machine, whose CPU kernels add in another order (docs/"
+            f"reliability.md): {_names(crossed)}. Their differences hold that drift too; retraining them "
+            "here pairs them cleanly."
+        )
     for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
         base = name.removesuffix("_unlabeled")
         if base in set(runs["run"]):

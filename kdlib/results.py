@@ -201,6 +201,9 @@ WORDS = {
     "miou_std": "mIoU (std)",
     "epochs_mean": "epochs (mean)",
     "seconds_mean": "training time per run (s, mean)",
+    "ratio_ci95_low": "ratio, 95% CI from",
+    "ratio_ci95_high": "ratio, 95% CI to",
+    "same_kernels": "same CPU kernels",
 }
 
 

@@ -48,6 +48,47 @@ def test_teacher_dependency():
     assert d["ratio"] == 4.0 and d["teacher_failures"] == 2
 
 
+def test_the_dependency_ratio_interval_is_the_percentile_bootstrap_over_objects():
+    rng = np.random.default_rng(7)
+    teacher, student = rng.uniform(0, 1, 40), rng.uniform(0, 1, 40)
+    student[:3] = np.nan  # objects without an IoU are left out before resampling
+    low, high = failures.dependency_ratio_interval(student, teacher, n_boot=300, seed=5)
+    # by hand: the 37 objects left, resampled 300 times by the same seeded draw, each resample's
+    # ratio from the (separately tested) scalar function, then the 2.5 % and 97.5 % quantiles
+    s, t = student[3:], teacher[3:]
+    draws = np.random.default_rng(5).integers(0, 37, size=(300, 37))
+    ratios = [failures.teacher_dependency(s[i], t[i])["ratio"] for i in draws]
+    ratios = [r for r in ratios if not math.isnan(r)]
+    assert (low, high) == pytest.approx(tuple(np.percentile(ratios, [2.5, 97.5])))
+    assert low < failures.teacher_dependency(student, teacher)["ratio"] < high
+    # a student that fails on every object fails as often either way: the ratio is 1 in every resample
+    assert failures.dependency_ratio_interval(np.zeros(20), teacher[:20]) == (1.0, 1.0)
+    # the teacher fails on no object: no ratio in any resample
+    assert all(math.isnan(v) for v in failures.dependency_ratio_interval(student, np.ones(40)))
+
+
+def test_the_failure_tables_give_each_dependency_ratio_its_interval():
+    target = np.zeros((2, 10, 10), np.uint8)
+    target[0, :5, :5], target[0, 5:, 5:], target[1, :4, :4], target[1, 6:, 6:] = 1, 2, 3, 4
+    teacher, student = target.copy(), target.copy()
+    teacher[0, :5, :5] = 0  # the teacher misses one object of four
+    student[0, :5, :5], student[1, :4, :4] = 0, 0  # the student that one and another
+    objects = failures.objects_from_masks(target)
+    tables = failures.failure_tables(objects, target, {"teacher": teacher, "none": student})
+    row = tables["teacher_dependency"].iloc[0]
+    ious = failures.object_ious(objects, student, target), failures.object_ious(objects, teacher, target)
+    assert (row["ratio_ci95_low"], row["ratio_ci95_high"]) == failures.dependency_ratio_interval(*ious)
+    assert row["ratio"] == pytest.approx(1 / (1 / 3))  # fails 1 of 1 where the teacher fails, 1 of 3 elsewhere
+
+
+def test_a_bucket_table_for_reading_gives_the_median_area_in_percent():
+    table = pd.DataFrame({"objects": [3, 2], "median_area": [0.00642, 0.0458], "none": [0.1, 0.3]})
+    shown = failures.area_in_percent(table)
+    assert list(shown.columns) == ["objects", "median area (% of image)", "none"]
+    assert list(shown["median area (% of image)"]) == [0.6, 4.6]  # as the findings write 0.6% and 4.6%
+    assert list(table["median_area"]) == [0.00642, 0.0458]  # the table itself is untouched
+
+
 def test_per_image_miou_and_pick_examples():
     target = np.array([[[0, 1], [1, 1]], [[0, 0], [0, 0]]], np.uint8)
     pred = np.array([[[0, 1], [1, 1]], [[1, 1], [0, 0]]], np.uint8)

@@ -1,6 +1,7 @@
 """report.py and plots.py on synthetic runs whose right answers are known by construction."""
 
 import json
+import math
 import statistics
 
 import pandas as pd
@@ -98,7 +99,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     assert "- **Feature** does not differ from no KD by more than seed noise: +0.0000" in text
     # the gap closed: (0.3075 - 0.2025) / (0.8 - 0.2025)
     gap = report.gap_closed(pd.DataFrame(_runs_rows()), {"miou": 0.8})
-    assert gap.set_index("method").loc["Response", "share of the gap closed"] == pytest.approx(0.105 / 0.5975)
+    assert gap.set_index("method").loc["Response", "share of the gap closed (%)"] == pytest.approx(100 * 0.105 / 0.5975)
     assert "16 of 16 runs have" in text  # every synthetic curve levels off half way
     assert (tmp_path / "report" / "runs" / "both" / "seed3" / "history.csv").is_file()
 
@@ -312,7 +313,15 @@ def test_the_failure_findings_read_their_tables():
             "pixels": [10, 5, 2],
         }
     )
-    dependency = pd.DataFrame({"method": ["none", "both"], "ratio": [1.3, 1.2]})
+    dependency = pd.DataFrame(
+        {
+            "method": ["none", "feature", "response", "both", "cwd"],
+            "objects": [50] * 5,
+            "ratio": [1.3, 1.2, 1.5, 1.0, 1.4],
+            "ratio_ci95_low": [1.1, 0.9, 1.2, 0.8, 1.0],
+            "ratio_ci95_high": [1.4, 1.5, 1.8, 1.3, 1.9],
+        }
+    )
     occlusion = pd.DataFrame(
         {
             "objects": [5, 5],
@@ -342,7 +351,21 @@ def test_the_failure_findings_read_their_tables():
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
-    assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3] and "1.20 to 1.20" in lines[3]
+    assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3]
+    # each KD ratio against the no-KD student's interval [1.1, 1.4] (its own interval plays no part):
+    # Feature 1.2 and CWD 1.4 (the bound itself) inside, Response 1.5 above, Feature & Response 1.0 below
+    assert lines[4] == (
+        "Resampling the 50 objects (bootstrap, 95%) puts the no-KD ratio between 1.10 and 1.40; "
+        "Feature and Channel-wise (CWD) (1.20, 1.40) lie inside it: no sign, at this number of objects, that "
+        "distillation passed the teacher's mistakes on; Response (1.50) lies above it: their failures follow the "
+        "teacher's more than the objects' difficulty explains, so distillation passed some of its mistakes on; "
+        "Feature & Response (1.00) lies below it: their failures follow the teacher's less than a student's that "
+        "never saw it."
+    )
+    # without the interval (a table written before it existed) no rule is applied, only the range is stated
+    old = dependency.drop(columns=["ratio_ci95_low", "ratio_ci95_high"])
+    lines = report.failure_findings({"teacher_dependency": old}, ["none", "both"])
+    assert lines[-1] == "The KD students' ratios are 1.00 to 1.50."
 
 
 def test_the_findings_put_each_row_in_the_group_its_tests_give(tmp_path):
@@ -377,13 +400,16 @@ def test_a_table_for_readers_names_methods_and_columns_in_words_and_rounds():
             "vs": ["none", "none"],
             "mean_diff": [0.070094, -0.017847],
             "p_holm": [0.0027, 0.13],
+            "p": [0.00004, math.nan],
         }
     )
     shown = results.for_reader(table, 3)
-    assert list(shown.columns) == ["method", "against", "mean difference", "p (Holm)"]
+    assert list(shown.columns) == ["method", "against", "mean difference", "p (Holm)", "p"]
+    # p-values as text: 0.00004 at 3 decimals is "< 0.001", not 0.0; a missing one a dash
+    assert list(shown["p (Holm)"]) == ["0.003", "0.130"] and list(shown["p"]) == ["< 0.001", "—"]
     assert list(shown["method"]) == ["Channel-wise (CWD)", "Response ×T² (Hinton's form)"]
     assert list(shown["against"]) == ["No KD", "No KD"] and list(shown["mean difference"]) == [0.07, -0.018]
-    assert list(table.columns) == ["run", "vs", "mean_diff", "p_holm"]  # the table itself is untouched
+    assert list(table.columns) == ["run", "vs", "mean_diff", "p_holm", "p"]  # the table itself is untouched
     buckets = pd.DataFrame({"objects": [3], "none": [0.12345], "both": [0.5]}, index=["small"])
     assert list(results.for_reader(buckets).columns) == ["objects", "No KD", "Feature & Response"]
     runs = pd.DataFrame(
