@@ -552,6 +552,12 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         "each method in Section 2, "
         f"augmentation `{config['augment']}`, device `{config['device_name']}` "
         f"({_plural(threads, 'CPU thread')} per run, torch {config['environment']['torch']}).",
+        "- Arithmetic: "
+        + "; ".join(
+            f"{_names(sorted(set(g['run']), key=list(run_names()).index))}: {k}"
+            for k, g in runs.groupby("kernels", sort=True)
+        )
+        + " (`kdlib/cpu_kernels.py`: runs of one class compute the same floats).",
         "",
     ]
     md += _figure_md(

@@ -74,6 +74,11 @@ def write_runs(root, epochs=10, miou=MIOU, **settings):
 
 def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     write_runs(tmp_path / "runs")
+    pinned = {"aten": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}
+    for path in (tmp_path / "runs" / "response").glob("seed*/config.json"):  # response alone pinned
+        config = json.loads(path.read_text())
+        config["environment"]["cpu_kernels"] = pinned
+        path.write_text(json.dumps(config))
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "teacher_eval.json").write_text(
         json.dumps({"model": "t", "miou": 0.8, "per_class_iou": [0.8] * 21})
@@ -95,6 +100,9 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
         )
         assert row in text, row
     assert "- **Response** beats no KD: +0.1050 mIoU over 4 paired seeds" in text
+    # which arithmetic each row ran, and the one row paired across it
+    assert "- Arithmetic: Response: pinned AVX2, torch x; No KD, Feature and Feature & Response: unpinned, " in text
+    assert "CPU kernels add in another order (docs/reliability.md): Response. Their differences" in text
     assert "- **Feature & Response** is worse than no KD: -0.0975" in text
     assert "- **Feature** does not differ from no KD by more than seed noise: +0.0000" in text
     # the gap closed: (0.3075 - 0.2025) / (0.8 - 0.2025)
