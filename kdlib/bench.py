@@ -53,7 +53,7 @@ from .data import build_dataset
 from .files import atomic_write_text
 from .models import TeacherWrapper, build_model, count_parameters
 from .teacher_cache import WithTeacherMaps, ensure_cache, feature_bytes_per_image
-from .train import environment, setup_runtime, train_loader, train_step
+from .train import build_adapters, environment, kd_parameters, setup_runtime, train_loader, train_step
 
 # Per device kind: `rounds` (every method's measurements run once per round, and its ratios are
 # taken within the round; the interval of a median needs six rounds to reach 95 %); `steps` per method and round,
@@ -474,32 +474,37 @@ def _training_rounds(
         data = WithTeacherMaps(train_set, maps) if method == "response_cached" else train_set
         loader, sampler = train_loader(cfg, runtime, data)
         declared = methods.get(cfg.method)
-        params = list(student.parameters()) + (
-            list(teacher.projections.parameters()) if declared.trains_projections else []
-        )
+        adapters = build_adapters(declared, student, teacher, dev)
+        if adapters is not None:
+            adapters.to(memory_format=torch.channels_last)  # as the student's and the teacher's
+        params = list(student.parameters()) + kd_parameters(declared, teacher, adapters)
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         online = teacher if declared.needs_teacher else None
-        runs[method] = (cfg, loader, sampler, online, optimizer)
+        runs[method] = (cfg, loader, sampler, online, optimizer, adapters)
 
     def in_memory(method: str) -> float:
-        cfg, _, _, online, optimizer = runs[method]
+        cfg, _, _, online, optimizer, adapters = runs[method]
         cached = cached_logits if method == "response_cached" else None
         return (
             seconds_of(
-                lambda: [train_step(cfg, student, online, optimizer, x, y, cached=cached) for _ in range(k)], dev
+                lambda: [
+                    train_step(cfg, student, online, optimizer, x, y, cached=cached, adapters=adapters)
+                    for _ in range(k)
+                ],
+                dev,
             )
             / k
         )
 
     def through_loader(method: str, epoch: int, batches: int | None) -> tuple[int, float]:
-        cfg, loader, sampler, online, optimizer = runs[method]
+        cfg, loader, sampler, online, optimizer, adapters = runs[method]
         sampler.set_epoch(epoch)
         seen, start = 0, time.perf_counter()
         for i, batch in enumerate(loader):
             if batches is not None and i >= batches:
                 break
             xb, yb, cb = prepare_batch(batch, dev, True)
-            train_step(cfg, student, online, optimizer, xb, yb, cached=cb)
+            train_step(cfg, student, online, optimizer, xb, yb, cached=cb, adapters=adapters)
             seen += len(xb)
         _sync(dev)
         return seen, time.perf_counter() - start

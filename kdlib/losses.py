@@ -1,13 +1,14 @@
 """The distillation objectives, one pure function per loss term: tensors in, scalar out.
 
-The report's terms (Section 2: cross entropy, response KD, feature KD) and five later ones
+The report's terms (Section 2: cross entropy, response KD, feature KD) and later ones
 from the KD literature: pair-wise similarity (Liu et al., 2019), channel-wise distillation
-(Shu et al., 2021), DIST (Huang et al., 2022), logit standardisation (Sun et al., 2024) and
-attention transfer (Zagoruyko & Komodakis, 2017). Which terms a method sums, with
-which weights, is declared in :mod:`kdlib.methods`. Every term but pair-wise similarity and
-attention transfer (whole-image maps) leaves out pixels outside its mask (by default those labelled ``VOID``, 255; on unlabeled images the
-distillation terms see every pixel). When a batch holds no valid pixel at all, each term is 0
-(with a zero gradient) rather than NaN.
+(Shu et al., 2021), DIST (Huang et al., 2022), logit standardisation (Sun et al., 2024),
+attention transfer (Zagoruyko & Komodakis, 2017) and cross-image relations (CIRKD: Yang et al.,
+2022). Which terms a method sums, with which weights, is declared in :mod:`kdlib.methods`.
+Every term but pair-wise similarity, attention transfer and CIRKD's pixel-to-pixel term
+(whole-image maps) leaves out pixels outside its mask (by default those labelled ``VOID``, 255;
+on unlabeled images the distillation terms see every pixel). When a batch holds no valid pixel
+at all, each term is 0 (with a zero gradient) rather than NaN.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .conventions import VOID
+from .conventions import NUM_CLASSES, VOID
 
 PAIRWISE_GRID = 2  # nodes per side of the pair-wise affinity (SKD: patches of half the map)
 
@@ -49,6 +50,7 @@ def response_kd_loss(
     """Soft-target cross entropy between temperature-softened teacher and student outputs.
 
         L_response = 1/|V| · Σ_{p∈V} -Σ_c softmax(z_t(p)/T)_c · log softmax(z_s(p)/T)_c
+        L_response×T² = T² · L_response          (scale_by_t2=True: Hinton's form)
 
     averaged over the valid pixels V (all pixels when ``valid_mask`` is None). This is the
     report's formula, which has no T² factor, so ``scale_by_t2=False`` is the default.
@@ -159,15 +161,15 @@ def feature_cosine_maps(
 ) -> list[torch.Tensor]:
     """cos(f_t^i(p), f_s^i(p)) at every position p of every level i: one N×H_i×W_i map per
     level, the cosine taken across channels. A teacher map of another spatial size is resized
-    bilinearly to the student's; the teacher maps must already have the student's channel
-    count (the teacher wrapper's 1×1 projections do that)."""
+    bilinearly to the student's; both must already have the same channel count (the teacher
+    wrapper's 1×1 projections, or a method's adapters on the student's side, do that)."""
     _check_levels("feature_kd_loss", student_features, teacher_features)
     maps = []
     for level, (fs, ft) in enumerate(zip(student_features, teacher_features)):
         if fs.shape[1] != ft.shape[1]:
             raise ValueError(
                 f"feature_kd_loss: level {level} has {fs.shape[1]} student and {ft.shape[1]} "
-                "teacher channels; project the teacher's features to the student's channels"
+                "teacher channels; project one side's features to the other's width first"
             )
         if ft.shape[-2:] != fs.shape[-2:]:
             ft = F.interpolate(ft, size=fs.shape[-2:], mode="bilinear", align_corners=False)
@@ -369,6 +371,88 @@ def attention_transfer_loss(
         for fs, ft in zip(student_features, teacher_features)
     ]
     return torch.stack(terms).sum()
+
+
+CIRKD_TAU = 0.1  # CIRKD's similarity temperature (train_cirkd.py's --contrast-temperature)
+
+
+def _resized_like(teacher_feature: torch.Tensor, student_feature: torch.Tensor) -> torch.Tensor:
+    """The teacher's map (detached, float32), resized bilinearly to the student's size."""
+    ft = teacher_feature.detach().float()
+    if ft.shape[-2:] != student_feature.shape[-2:]:
+        ft = F.interpolate(ft, size=student_feature.shape[-2:], mode="bilinear", align_corners=False)
+    return ft
+
+
+def cirkd_pixel_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, tau: float = CIRKD_TAU):
+    """CIRKD's mini-batch pixel-to-pixel distillation (Yang et al., "Cross-Image Relational
+    Knowledge Distillation for Semantic Segmentation", CVPR 2022; the released
+    ``CriterionMiniBatchCrossImagePair``): for every ordered pair (i, j) of the batch's B images,
+    i = j included, each pixel a of image i against every pixel b of image j,
+
+        S_ij(a, b) = f̂_i(a)ᵀ f̂_j(b),   f̂ = f / ‖f‖ per pixel (across channels), for each network
+        L_cirkd_pixel = 1/(B²·P) · Σ_i Σ_j Σ_a KL(softmax_b(S^t_ij(a, ·)/τ) ‖ softmax_b(S^s_ij(a, ·)/τ))
+
+    over the P positions of a map (the teacher's resized bilinearly to the student's size), τ =
+    ``tau`` (0.1), no τ² factor. Each network's similarities stay in its own feature space, so
+    the widths need not match: the student's raw feature, as in CIRKD's code. Whole-image maps:
+    void pixels are not masked.
+    """
+    if student_feature.dim() != 4 or teacher_feature.dim() != 4:
+        raise ValueError("cirkd_pixel_loss: expects N×C×H×W student and teacher feature maps")
+    fs = F.normalize(student_feature.float().flatten(2), dim=1, eps=1e-8)  # B×C×P
+    ft = F.normalize(_resized_like(teacher_feature, student_feature).flatten(2), dim=1, eps=1e-8)
+    log_ps = F.log_softmax(torch.einsum("icp,jcq->ijpq", fs, fs) / tau, dim=-1)  # B×B×P×P
+    log_pt = F.log_softmax(torch.einsum("icp,jcq->ijpq", ft, ft) / tau, dim=-1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+
+
+def cirkd_region_loss(
+    student_feature: torch.Tensor,
+    teacher_feature: torch.Tensor,
+    labels: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+    tau: float = CIRKD_TAU,
+    num_classes: int = NUM_CLASSES,
+) -> torch.Tensor:
+    """CIRKD's pixel-to-region distillation (ibid., the region term of the released
+    ``StudentSegContrast``) in its mini-batch variant: the regions are the batch's own, not a
+    memory bank's. A region R_k is the pixels of one class in one image (``labels`` resized to the
+    feature's size by nearest neighbour, void left out); its embedding is the normalised mean of
+    the teacher's normalised embeddings over it,
+
+        r_k = normalize(1/|R_k| · Σ_{a∈R_k} f̂_t(a)),   f̂ = f / ‖f‖ per pixel
+        L_cirkd_region = 1/|A| · Σ_{a∈A} KL(softmax_k(f̂_t(a)ᵀ r_k / τ) ‖ softmax_k(f̂_s(a)ᵀ r_k / τ))
+
+    over the anchor pixels A (those of ``valid_mask`` at the feature's size, by nearest
+    neighbour; by default the non-void ones) and the regions of the whole batch. The student's
+    map must already have the teacher's width (CIRKD's projection head, a method's adapters);
+    the teacher's is resized bilinearly to the student's size. τ = ``tau`` (0.1), no τ² factor;
+    0 without an anchor or a region.
+    """
+    if student_feature.shape[1] != teacher_feature.shape[1]:
+        raise ValueError(
+            f"cirkd_region_loss: {student_feature.shape[1]} student and {teacher_feature.shape[1]} teacher "
+            "channels; project the student's feature to the teacher's width first"
+        )
+    n, c, h, w = student_feature.shape
+    fs = F.normalize(student_feature.float(), dim=1, eps=1e-8).flatten(2).transpose(1, 2)  # N×P×C
+    ft = F.normalize(_resized_like(teacher_feature, student_feature), dim=1, eps=1e-8).flatten(2).transpose(1, 2)
+    y = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest").flatten(1).long()  # N×P
+    anchors = y != VOID if valid_mask is None else _nearest(valid_mask, (h, w)).flatten(1)
+    members = F.one_hot(y.masked_fill(y == VOID, num_classes), num_classes + 1)[..., :num_classes].float()
+    regions = F.normalize(members.transpose(1, 2) @ ft, dim=-1, eps=1e-8).reshape(n * num_classes, c)
+    absent = members.sum(1).reshape(1, -1) == 0  # the slots of classes an image does not hold
+    logits_s = (fs.reshape(-1, c) @ regions.T / tau).masked_fill(absent, _MASKED_LOGIT)
+    logits_t = (ft.reshape(-1, c) @ regions.T / tau).masked_fill(absent, _MASKED_LOGIT)
+    log_ps, log_pt = F.log_softmax(logits_s, dim=1), F.log_softmax(logits_t, dim=1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(1)  # one per pixel of the batch
+    return _masked_mean(kl, anchors.reshape(-1))
+
+
+def _nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A boolean N×H×W mask resized by nearest neighbour (as CIRKD resizes its labels)."""
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
 
 
 def formula(loss) -> str:

@@ -2,8 +2,9 @@
 
 A :class:`Method` is everything kdlib needs to know of a way to train the student: its name
 (``--method`` and the run folder), the name tables and figures give it, its α / β / T defaults
-and where they come from, what it reads of the teacher, and its loss terms, each a pure function
-of :mod:`kdlib.losses` whose name is also its history column (``train_<term>``, ``val_<term>``).
+and where they come from, what it reads of the teacher, the trainable modules it adds on the
+student's side (its adapters, if any), and its loss terms, each a pure function of
+:mod:`kdlib.losses` whose name is also its history column (``train_<term>``, ``val_<term>``).
 Its objective is always
 
     L = α·L_ce + β·Σ_term L_term        (no KD: L = L_ce)
@@ -21,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from . import losses
+from .adapters import cirkd_projector, level_adapters
 from .conventions import VOID
 
 # What a method may read of the frozen teacher: its logits, its features projected to the
@@ -30,8 +33,13 @@ from .conventions import VOID
 TEACHER_OUTPUTS = ("logits", "features", "raw_features")
 GROUPS = ("report", "new")  # the report's comparison (`make demo`), or beyond it (`make methods`)
 
-# A loss term: (student outputs, teacher outputs, the pixels it may see, the objective) -> scalar.
-Term = Callable[[dict, dict, torch.Tensor, "Objective"], torch.Tensor]
+# A loss term: (student outputs, teacher outputs, the labels, the pixels it may see, the
+# objective) -> scalar.
+Term = Callable[[dict, dict, torch.Tensor, torch.Tensor, "Objective"], torch.Tensor]
+
+# Builds a method's adapters: (the student's feature widths, the teacher's) -> a module that maps
+# the student's feature maps to what its terms read as ``s["adapted"]`` (kdlib.adapters.Adapters).
+AdaptersBuilder = Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class Method:
     reads: tuple[str, ...] = ()  # of TEACHER_OUTPUTS; none: the teacher is never built
     terms: dict[str, Term] = field(default_factory=dict)  # summed in this order
     group: str = "new"
+    # trainable modules on the student's side, trained, saved and resumed with the student but
+    # no part of it (evaluation and parameter counts never see them); None: no adapters
+    adapters: AdaptersBuilder | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -93,6 +104,8 @@ def register(method: Method) -> Method:
         problems.append("a method has loss terms exactly when it reads the teacher")
     if method.group not in GROUPS:
         problems.append(f"group {method.group!r}: choose one of {GROUPS}")
+    if method.adapters is not None and not method.reads_features:
+        problems.append("adapters are built to the teacher's feature widths: the method must read its features")
     if problems:
         raise ValueError(f"register({method.name!r}): " + "; ".join(problems))
     METHODS[method.name] = method
@@ -170,7 +183,9 @@ def term_names() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Objective:
     """One method's objective with its α, β, T (and term settings) bound:
-    ``objective(student_out, teacher_out, target, kd_mask)`` -> (total, detached parts)."""
+    ``objective(student_out, teacher_out, target, kd_mask)`` -> (total, detached parts).
+    ``student_out`` holds ``"adapted"`` (its features through the method's adapters) when the
+    method has adapters: the trainer computes it."""
 
     method: Method
     alpha: float
@@ -188,7 +203,9 @@ class Objective:
             if teacher_out is None:
                 raise ValueError(f"the objective of method {self.method.name!r} needs the teacher's outputs")
             seen = target != VOID if kd_mask is None else kd_mask
-            terms = {name: term(student_out, teacher_out, seen, self) for name, term in self.method.terms.items()}
+            terms = {
+                name: term(student_out, teacher_out, target, seen, self) for name, term in self.method.terms.items()
+            }
             parts |= terms
             total = self.alpha * ce + self.beta * sum(terms.values())
         parts["total"] = total
@@ -220,9 +237,10 @@ def distillation_loss(
 
     ``student_out`` and ``teacher_out`` are the models' dicts (``"out"``: logits at input size,
     ``"features"``: the four levels, the teacher's projected; ``"raw_features"``: the teacher's
-    own). Void pixels are left out of the cross entropy; the distillation terms see the pixels
-    of ``kd_mask`` (default: the non-void ones; on unlabeled images, whose targets are all void,
-    the trainer passes every pixel). Returns the total and every component (detached)."""
+    own; ``"adapted"``: the student's through the method's adapters). Void pixels are left out
+    of the cross entropy; the distillation terms see the pixels of ``kd_mask`` (default: the
+    non-void ones; on unlabeled images, whose targets are all void, the trainer passes every
+    pixel). Returns the total and every component (detached)."""
     m = get(method)
     d = m.defaults
     bound = Objective(
@@ -255,38 +273,56 @@ def computes(loss: str):
 
 
 @computes("response_kd_loss")
-def _response(s, t, seen, o):
+def _response(s, t, y, seen, o):
     return losses.response_kd_loss(s["out"], t["out"], o.temperature, seen, o.scale_by_t2)
 
 
 @computes("feature_kd_loss")
-def _feature(s, t, seen, o):
+def _feature(s, t, y, seen, o):
     return losses.feature_kd_loss(s["features"], t["features"], seen)
 
 
 @computes("pairwise_loss")
-def _pairwise(s, t, seen, o):
+def _pairwise(s, t, y, seen, o):
     return losses.pairwise_loss(s["features"][-1], t["raw_features"][-1], o.pairwise_grid)
 
 
 @computes("cwd_loss")
-def _cwd(s, t, seen, o):
+def _cwd(s, t, y, seen, o):
     return losses.cwd_loss(s["out"], t["out"], o.temperature, seen)
 
 
 @computes("dist_loss")
-def _dist(s, t, seen, o):
+def _dist(s, t, y, seen, o):
     return losses.dist_loss(s["out"], t["out"], o.temperature, seen)
 
 
 @computes("response_ls_loss")
-def _response_ls(s, t, seen, o):
+def _response_ls(s, t, y, seen, o):
     return losses.response_ls_loss(s["out"], t["out"], o.temperature, seen)
 
 
 @computes("attention_transfer_loss")
-def _at(s, t, seen, o):
+def _at(s, t, y, seen, o):
     return losses.attention_transfer_loss(s["features"], t["raw_features"])
+
+
+@computes("feature_kd_loss")
+def _feature_student(s, t, y, seen, o):
+    return losses.feature_kd_loss(s["adapted"], t["raw_features"], seen)
+
+
+@computes("cirkd_pixel_loss")
+def _cirkd_pixel(s, t, y, seen, o):
+    return losses.cirkd_pixel_loss(s["features"][-1], t["raw_features"][-1])
+
+
+CIRKD_REGION_WEIGHT = 0.1  # train_cirkd.py's --lambda-memory-region, relative to its other terms' 1
+
+
+@computes("cirkd_region_loss")
+def _cirkd_region(s, t, y, seen, o):
+    return CIRKD_REGION_WEIGHT * losses.cirkd_region_loss(s["adapted"][-1], t["raw_features"][-1], y, seen)
 
 
 register(Method("none", "No KD", TABLE1, "only L_ce; recorded as Table 1's", group="report"))
@@ -371,6 +407,39 @@ register(
         "the AT paper and its code: beta/2 with beta = 1000 on the sum over levels, p = 2, CE weight 1",
         reads=("raw_features",),
         terms={"at": _at},
+    )
+)
+register(
+    Method(
+        "feature_student",
+        "Feature, adapters on the student",
+        TABLE1,
+        "the report's Table 1, as its feature KD: only the 1×1 adapters move to the student's side",
+        reads=("raw_features",),
+        terms={"feature_student": _feature_student},
+        adapters=level_adapters,
+    )
+)
+# CIRKD (Yang et al., CVPR 2022) as its released train_cirkd.py runs it by default: CE + 1·logit KD
+# (CriterionKD: KL at T 1 over every pixel of the logits at their own stride; here
+# response_kd_loss, the same gradient, on the non-void pixels at input size) + 1·the mini-batch
+# pixel-to-pixel term (the student's raw last level) + 0.1·the memory-based pixel-to-pixel and
+# 0.1·pixel-to-region terms (the student's last level through its projection head,
+# conv1x1-BN-ReLU-conv1x1). No memory bank here: the region term contrasts with the batch's own
+# regions and the memory's pixel-to-pixel term is left out. train_cirkd.py's defaults are kept;
+# its VOC script (train_scripts/train_cirkd/voc) lowers the two memory terms to 0.01.
+register(
+    Method(
+        "cirkd",
+        "Cross-image relations (CIRKD)",
+        {"alpha": 1.0, "beta": 1.0, "temperature": 1.0},
+        "CIRKD's released train_cirkd.py defaults, mini-batch variant: CE 1, logit KD 1 at T 1, "
+        "mini-batch pixel-to-pixel 1, pixel-to-region 0.1 (--lambda-memory-region, folded into the term) "
+        "over the batch's regions instead of the memory bank's, similarity temperature 0.1; "
+        "its memory-based pixel-to-pixel term (0.1) left out",
+        reads=("logits", "raw_features"),
+        terms={"response": _response, "cirkd_pixel": _cirkd_pixel, "cirkd_region": _cirkd_region},
+        adapters=cirkd_projector,
     )
 )
 register_variant(Variant("response_cached", "response", "Response, cached teacher (offline)", cached=True, extra=False))

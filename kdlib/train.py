@@ -242,6 +242,28 @@ def build_teacher(cfg: Config, device: torch.device) -> TeacherWrapper | None:
     return TeacherWrapper(model).to(device)
 
 
+def build_adapters(method: methods.Method, student: nn.Module, teacher: TeacherWrapper | None, device):
+    """The method's adapters (``Method.adapters``: trainable modules on the student's side,
+    built to the student's and the teacher's feature widths), or None when it has none."""
+    if method.adapters is None:
+        return None
+    return method.adapters(student.feature_channels, teacher.teacher_channels).to(device)
+
+
+def kd_parameters(method: methods.Method, teacher: TeacherWrapper | None, adapters: nn.Module | None) -> list:
+    """What trains with the student but lives outside it: the teacher wrapper's projections
+    (a method that reads projected features) and the method's adapters."""
+    params = list(teacher.projections.parameters()) if teacher is not None and method.trains_projections else []
+    return params + (list(adapters.parameters()) if adapters is not None else [])
+
+
+def with_adapted(student_out: dict, adapters: nn.Module | None) -> dict:
+    """The student's outputs, with its features through the method's adapters as ``"adapted"``."""
+    if adapters is None:
+        return student_out
+    return student_out | {"adapted": adapters(student_out["features"])}
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -327,15 +349,27 @@ def _world(rt: Runtime | None) -> int:
 
 
 def train_step(
-    cfg, student, teacher, optimizer, x, y, *, cached=None, kd_mask=None, rt: Runtime | None = None, objective=None
+    cfg,
+    student,
+    teacher,
+    optimizer,
+    x,
+    y,
+    *,
+    cached=None,
+    kd_mask=None,
+    rt: Runtime | None = None,
+    objective=None,
+    adapters=None,
 ) -> dict:
     """One optimisation step on a batch already on the device: the frozen teacher (online,
-    or its ``cached`` logits), the student, the method's objective (``objective``: bound once
-    by the run; built from ``cfg`` when not given), backward, Adam. ``kd_mask``: the pixels
-    the distillation terms see when they are not just the labelled ones (a batch with
-    unlabeled images). Under torch.distributed the projections' gradients are averaged over
-    the ranks (``rt``, or the process group). Returns the loss components (detached, still on
-    the device: reading them is the caller's choice)."""
+    or its ``cached`` logits), the student (and the method's ``adapters``), the method's
+    objective (``objective``: bound once by the run; built from ``cfg`` when not given),
+    backward, Adam. ``kd_mask``: the pixels the distillation terms see when they are not just
+    the labelled ones (a batch with unlabeled images). Under torch.distributed the gradients of
+    the projections and adapters are averaged over the ranks (``rt``, or the process group).
+    Returns the loss components (detached, still on the device: reading them is the caller's
+    choice)."""
     objective = objective or methods.objective(cfg)
     with _autocast(cfg, x.device):
         if cached is not None:
@@ -344,14 +378,15 @@ def train_step(
             teacher_out = teacher_outputs(cfg, teacher, teacher.teacher_forward(x, _reads_features(cfg)))
         else:
             teacher_out = None
-        student_out = student(x)
+        student_out = with_adapted(student(x), adapters)
         loss, parts = objective(student_out, teacher_out, y, kd_mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    # DDP averages the student's gradients; the projections live outside it, so they are averaged here
+    # DDP averages the student's gradients; the projections and adapters live outside it, so
+    # they are averaged here
     world = _world(rt)
-    if world > 1 and objective.method.trains_projections:
-        for p in teacher.projections.parameters():
+    if world > 1:
+        for p in kd_parameters(objective.method, teacher, adapters):
             dist.all_reduce(p.grad)
             p.grad /= world
     optimizer.step()
@@ -377,6 +412,8 @@ def train_one_epoch(cfg: Config, parts: RunParts, rt: Runtime, epoch: int, progr
     parts.model.train()
     if parts.teacher is not None:
         parts.teacher.train()
+    if parts.adapters is not None:
+        parts.adapters.train()
     totals, start, cpu = LossTotals(rt.device), time.perf_counter(), time.process_time()
     extra = parts.unlabeled.epoch(epoch) if parts.unlabeled is not None else None
     for step, batch in enumerate(progress(_batches(parts.train_loader, cfg.max_batches), epoch)):
@@ -397,6 +434,7 @@ def train_one_epoch(cfg: Config, parts: RunParts, rt: Runtime, epoch: int, progr
             kd_mask=kd_mask,
             rt=rt,
             objective=parts.objective,
+            adapters=parts.adapters,
         )
         totals.add(step_parts, x.shape[0], step)
     means = totals.means(rt, epoch, "train")  # waits for the device once, then checks finiteness
@@ -431,13 +469,24 @@ class ValTeacherCache:
 
 
 def validate(
-    cfg, student, teacher, loader, rt, *, epoch=0, val_cache: ValTeacherCache | None = None, objective=None
+    cfg,
+    student,
+    teacher,
+    loader,
+    rt,
+    *,
+    epoch=0,
+    val_cache: ValTeacherCache | None = None,
+    objective=None,
+    adapters=None,
 ) -> dict:
-    """Whole-split metrics (confusion matrix over every pixel, :func:`kdlib.evaluate.score`)
-    and every loss component of the method's objective."""
+    """Whole-split metrics (confusion matrix over every pixel, :func:`kdlib.evaluate.score`:
+    the student alone) and every loss component of the method's objective (with its adapters)."""
     objective = objective or methods.objective(cfg)
     if teacher is not None:
         teacher.eval()
+    if adapters is not None:
+        adapters.eval()
     totals = LossTotals(rt.device)
 
     def losses_of(step, x, y, cached, student_out):
@@ -449,7 +498,7 @@ def validate(
                 if val_cache is not None:
                     val_cache.put(step, raw)
             teacher_out = teacher_outputs(cfg, teacher, raw)
-        totals.add(objective(student_out, teacher_out, y)[1], x.shape[0], step)
+        totals.add(objective(with_adapted(student_out, adapters), teacher_out, y)[1], x.shape[0], step)
 
     result = score(student, loader, rt.device, cfg.channels_last, losses_of, lambda: _autocast(cfg, rt.device))
     means = totals.means(rt, epoch, "val")
@@ -576,6 +625,7 @@ class RunParts:
     model: nn.Module  # the student, wrapped in DistributedDataParallel under torchrun
     teacher: TeacherWrapper | None  # the online teacher; None without one or when its logits are cached
     teacher_source: str  # "online", "cached" (logits served with each sample) or "none"
+    adapters: nn.Module | None  # the method's modules on the student's side (Method.adapters), or None
     objective: methods.Objective  # α / β / T bound once
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -658,7 +708,8 @@ def _settings(cfg, overrides) -> Config:
 def build_run(cfg: Config, rt: Runtime) -> RunParts:
     """The data, loaders, student, teacher source, objective, optimizer and scheduler of a run,
     and the config.json it records. The order is that of the random draws (the student's
-    weights, then the projections'), so a run is the same from one version to the next."""
+    weights, then the projections', then the adapters'), so a run is the same from one version
+    to the next."""
     train_set, val_set = build_datasets(cfg)
     unlabeled_set = build_unlabeled(cfg)
     skipped = {"train": [i for i, _ in train_set.skipped], "val": [i for i, _ in val_set.skipped]}
@@ -669,6 +720,7 @@ def build_run(cfg: Config, rt: Runtime) -> RunParts:
     train_eval_set = train_set.evaluation_view()
     student = build_model(cfg.model, NUM_CLASSES).to(rt.device)
     teacher = build_teacher(cfg, rt.device)
+    adapters = build_adapters(methods.get(cfg.method), student, teacher, rt.device)
     source = "none" if teacher is None else "online"
     cache_cards = None
     if cfg.teacher_cache:  # offline KD on logits: the teacher runs once per image, then goes
@@ -687,10 +739,10 @@ def build_run(cfg: Config, rt: Runtime) -> RunParts:
         student = student.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
+        if adapters is not None:
+            adapters = adapters.to(memory_format=torch.channels_last)
     objective = methods.objective(cfg)
-    params = list(student.parameters())
-    if teacher is not None and objective.method.trains_projections:
-        params += list(teacher.projections.parameters())
+    params = list(student.parameters()) + kd_parameters(objective.method, teacher, adapters)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model = student
     if rt.world > 1:
@@ -721,6 +773,7 @@ def build_run(cfg: Config, rt: Runtime) -> RunParts:
         model=model,
         teacher=teacher,
         teacher_source=source,
+        adapters=adapters,
         objective=objective,
         optimizer=optimizer,
         scheduler=_scheduler(cfg, optimizer),
@@ -748,6 +801,8 @@ def resume(cfg: Config, rt: Runtime, parts: RunParts, out: Path) -> RunState:
     load_weights(parts.student, ckpt["model"], path, f"{cfg.model!r} of this run")
     if parts.teacher is not None and ckpt.get("projections") is not None:
         load_weights(parts.teacher.projections, ckpt["projections"], path, "teacher projections")
+    if parts.adapters is not None:  # checkpoints of methods without adapters have none (or no key)
+        load_weights(parts.adapters, ckpt.get("adapters") or {}, path, f"adapters of {cfg.method!r}")
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])
@@ -771,6 +826,7 @@ def run_epoch(cfg: Config, rt: Runtime, parts: RunParts, epoch: int, progress) -
         epoch=epoch,
         val_cache=parts.val_cache,
         objective=parts.objective,
+        adapters=parts.adapters,
     )
     if parts.train_eval_loader is not None:
         val["train_miou"] = score(parts.student, parts.train_eval_loader, rt.device, cfg.channels_last)["miou"]
@@ -814,6 +870,7 @@ class RunWriter:
         ckpt = {
             "model": parts.student.state_dict(),
             "projections": parts.teacher.projections.state_dict() if parts.teacher is not None else None,
+            "adapters": parts.adapters.state_dict() if parts.adapters is not None else None,
             "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(),
             "state": dataclasses.asdict(state),

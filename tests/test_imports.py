@@ -67,9 +67,11 @@ def test_the_shared_facts_sit_at_the_bottom():
 
 def test_the_method_registry_sits_just_above_the_losses():
     """Config, the trainer, the report, the plots and the bench read the registry; it reads only
-    the loss functions and the shared facts, so any of them can import it."""
+    the loss functions, the student-side adapters' builders (torch alone) and the shared facts, so
+    any of them can import it."""
     graph = import_graph()
-    assert graph["methods"] <= {"losses", "conventions"}, graph["methods"]
+    assert graph["methods"] <= {"losses", "adapters", "conventions"}, graph["methods"]
+    assert graph["adapters"] == set(), graph["adapters"]
     assert {"config", "train", "report", "plots", "bench", "failures"} <= {
         m for m, t in graph.items() if "methods" in t
     }

@@ -9,6 +9,8 @@ from kdlib.conventions import VOID
 from kdlib.losses import (
     affinity,
     attention_transfer_loss,
+    cirkd_pixel_loss,
+    cirkd_region_loss,
     cwd_loss,
     dist_loss,
     feature_kd_loss,
@@ -216,21 +218,25 @@ def test_each_method_reads_what_it_declares_and_its_parts_are_its_terms():
         "dist": {"dist"},
         "response_ls": {"response_ls"},
         "at": {"at"},
+        "feature_student": {"feature_student"},
+        "cirkd": {"response", "cirkd_pixel", "cirkd_region"},
     }
     assert set(terms) == set(METHODS)
+    widths = ([f.shape[1] for f in s["features"]], [f.shape[1] for f in t["raw_features"]])
     for method, declared in METHODS.items():
         wanted = {"out": "logits" in declared.reads, "features": "features" in declared.reads}
         wanted["raw_features"] = "raw_features" in declared.reads
         teacher = {k: v for k, v in t.items() if wanted[k]} if declared.needs_teacher else None
-        _, parts = distillation_loss(method, s, teacher, y)
+        student = s if declared.adapters is None else s | {"adapted": declared.adapters(*widths)(s["features"])}
+        _, parts = distillation_loss(method, student, teacher, y)
         assert set(parts) == {"ce", "total"} | terms[method], method
         assert set(declared.terms) == terms[method] and declared.needs_teacher == any(wanted.values())
         assert declared.cacheable == (wanted == {"out": True, "features": False, "raw_features": False})
 
 
 def test_method_defaults_are_the_papers():
-    from kdlib.losses import PAIRWISE_GRID
-    from kdlib.methods import METHODS
+    from kdlib.losses import CIRKD_TAU, PAIRWISE_GRID
+    from kdlib.methods import CIRKD_REGION_WEIGHT, METHODS
 
     METHOD_DEFAULTS = {m: declared.defaults for m, declared in METHODS.items()}
     for m in ("none", "response", "feature", "both"):  # the report's Table 1
@@ -240,6 +246,11 @@ def test_method_defaults_are_the_papers():
     assert METHOD_DEFAULTS["dist"] == {"alpha": 1.0, "beta": 1.0, "temperature": 1.0}  # DIST: beta=gamma=1, tau 1
     assert METHOD_DEFAULTS["response_ls"] == {"alpha": 0.1, "beta": 9.0, "temperature": 2.0}  # LS: kd 9, T 2
     assert METHOD_DEFAULTS["at"] | {"temperature": 0} == {"alpha": 1.0, "beta": 500.0, "temperature": 0}  # 1000/2
+    assert METHOD_DEFAULTS["feature_student"] == METHOD_DEFAULTS["feature"]  # only the adapters' side differs
+    # CIRKD's train_cirkd.py: CE 1, lambda-kd 1 at kd-temperature 1, lambda-minibatch-pixel 1,
+    # lambda-memory-region 0.1 (relative to the others: in the term), contrast-temperature 0.1
+    assert METHOD_DEFAULTS["cirkd"] == {"alpha": 1.0, "beta": 1.0, "temperature": 1.0}
+    assert CIRKD_REGION_WEIGHT == 0.1 and CIRKD_TAU == 0.1
 
 
 # --------------------------------------------------------------------------- beyond the report
@@ -436,3 +447,127 @@ def test_attention_transfer_against_numpy():
     assert attention_transfer_loss(fs, same).item() == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="levels"):
         attention_transfer_loss(fs, ft[:1])
+
+
+def _unit(f):
+    """Per-pixel unit vectors of an N×C×P array (normalised across channels)."""
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def _kl_rows(t_logits, s_logits):
+    """KL(softmax(teacher row) ‖ softmax(student row)) for each row of the last axis."""
+    pt, ps = _softmax_np(t_logits, -1), _softmax_np(s_logits, -1)
+    return (pt * (np.log(pt) - np.log(ps))).sum(-1)
+
+
+def test_cirkd_pixel_against_numpy():
+    """For every ordered pair of images (i, j), i = j included, each pixel of i against every
+    pixel of j: cosine similarities / 0.1, softmax over j's pixels, KL(teacher‖student) per
+    row; averaged over the rows and the B² pairs (CIRKD's batchmean, then / B²). The two widths
+    differ; a teacher map twice the size is brought down by the mean of each 2×2 block (what a
+    bilinear halving is)."""
+    g = torch.Generator().manual_seed(6)
+    fs, ft = torch.randn(3, 4, 2, 3, generator=g), torch.randn(3, 6, 4, 6, generator=g)
+    a = _unit(fs.double().numpy().reshape(3, 4, 6))
+    b = _unit(ft.double().numpy().reshape(3, 6, 2, 2, 3, 2).mean((3, 5)).reshape(3, 6, 6))
+    pairs = [_kl_rows(b[i].T @ b[j] / 0.1, a[i].T @ a[j] / 0.1).mean() for i in range(3) for j in range(3)]
+    assert cirkd_pixel_loss(fs, ft).item() == pytest.approx(np.mean(pairs), rel=1e-5)
+    # only the relations count: a student whose map is the teacher's, scaled, matches them all
+    small = ft[..., ::2, ::2].contiguous()
+    assert cirkd_pixel_loss(3.0 * small, small).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cirkd_region_against_numpy():
+    """A region is the pixels of one class in one image (labels at the feature's size by nearest
+    neighbour, the top-left pixel of each 2×2 block here; void left out); its embedding the
+    normalised mean of the teacher's unit vectors. Each anchor pixel (``valid_mask``, by default
+    the non-void ones) against every region of the batch: cosines / 0.1, softmax over the
+    regions, KL(teacher‖student), averaged over the anchors."""
+    g = torch.Generator().manual_seed(7)
+    fs, ft = torch.randn(2, 5, 2, 3, generator=g), torch.randn(2, 5, 4, 6, generator=g)
+    labels = torch.randint(0, 3, (2, 4, 6), generator=g)
+    labels[0, 0, 0] = labels[1, 2, 4] = VOID  # two feature pixels without a label
+    valid = torch.rand(2, 4, 6, generator=g) > 0.3
+    a = _unit(fs.double().numpy().reshape(2, 5, 6))
+    b = _unit(ft.double().numpy().reshape(2, 5, 2, 2, 3, 2).mean((3, 5)).reshape(2, 5, 6))
+    y = labels.numpy()[:, ::2, ::2].reshape(2, 6)
+    regions = []
+    for n in range(2):
+        for k in sorted(set(y[n].tolist()) - {VOID}):
+            mean = b[n][:, y[n] == k].mean(1)
+            regions.append(mean / np.linalg.norm(mean))
+    r = np.stack(regions)  # regions × channels
+    assert 4 <= len(r) <= 6  # the batch's regions, several per image
+
+    def expected(anchors):
+        rows = [_kl_rows(r @ b[n][:, p] / 0.1, r @ a[n][:, p] / 0.1) for n, p in zip(*np.nonzero(anchors))]
+        return np.mean(rows)
+
+    got = cirkd_region_loss(fs, ft, labels, valid).item()
+    assert got == pytest.approx(expected(valid.numpy()[:, ::2, ::2].reshape(2, 6)), rel=1e-5)
+    assert cirkd_region_loss(fs, ft, labels).item() == pytest.approx(expected(y != VOID), rel=1e-5)
+
+
+def test_cirkd_region_is_zero_without_a_region_or_an_anchor_and_checks_widths():
+    g = torch.Generator().manual_seed(8)
+    fs, ft = torch.randn(2, 5, 2, 2, generator=g, requires_grad=True), torch.randn(2, 5, 2, 2, generator=g)
+    void = torch.full((2, 8, 8), VOID)
+    loss = cirkd_region_loss(fs, ft, void, torch.ones(2, 8, 8, dtype=torch.bool))  # anchors, no region
+    loss.backward()
+    assert loss.item() == 0.0 and (fs.grad == 0).all()
+    labels = torch.randint(0, 3, (2, 8, 8), generator=g)
+    assert cirkd_region_loss(fs, ft, labels, torch.zeros(2, 8, 8, dtype=torch.bool)).item() == 0.0  # no anchor
+    assert cirkd_region_loss(2.0 * ft, ft, labels).item() == pytest.approx(0.0, abs=1e-6)  # same directions
+    with pytest.raises(ValueError, match="teacher's width"):
+        cirkd_region_loss(fs, torch.randn(2, 7, 2, 2), labels)
+
+
+def test_feature_student_compares_the_adapted_student_with_the_raw_teacher():
+    """0.7·CE + 0.3·mean over the four levels of mean_p (1 - cos) between the student's maps
+    through its adapters (the teacher's widths) and the teacher's own maps: by numpy, every
+    pixel labelled."""
+    s, t, y = _outputs()
+    g = torch.Generator().manual_seed(9)
+    t["raw_features"] = [torch.randn(2, 2 * f.shape[1], *f.shape[-2:], generator=g) for f in t["features"]]
+    s["adapted"] = [torch.randn_like(f) for f in t["raw_features"]]
+    per_level = []
+    for fa, fr in zip(s["adapted"], t["raw_features"]):
+        u, v = _unit(fa.detach().double().flatten(2).numpy()), _unit(fr.double().flatten(2).numpy())
+        per_level.append((1 - (u * v).sum(1)).mean())
+    ce = F.cross_entropy(s["out"].double(), y).item()
+    total, parts = distillation_loss("feature_student", s, {"raw_features": t["raw_features"]}, y)
+    assert parts["feature_student"].item() == pytest.approx(np.mean(per_level), rel=1e-5)
+    assert total.item() == pytest.approx(0.7 * ce + 0.3 * np.mean(per_level), rel=1e-5)
+
+
+def test_cirkd_objective_is_ce_plus_logit_kd_pixel_and_a_tenth_of_region():
+    """CIRKD's objective with its defaults: CE + soft-target CE at T 1 over the non-void pixels
+    + the pixel-to-pixel term on the student's raw last level + 0.1 × the pixel-to-region term
+    on its adapted last level, each computed here by numpy."""
+    s, t, y = _outputs(c=5, size=64)
+    y[:, :8] = VOID
+    g = torch.Generator().manual_seed(10)
+    t["raw_features"] = [torch.randn(2, 2 * f.shape[1], *f.shape[-2:], generator=g) for f in s["features"]]
+    s["adapted"] = [torch.randn_like(t["raw_features"][-1])]
+    m = (y != VOID).numpy()
+    zs, zt = s["out"].detach().double().numpy(), t["out"].double().numpy()
+    ce = -np.log(np.take_along_axis(_softmax_np(zs, 1), np.where(m, y.numpy(), 0)[:, None], 1)[:, 0])[m].mean()
+    soft = -(_softmax_np(zt, 1) * np.log(_softmax_np(zs, 1))).sum(1)[m].mean()
+    last_s, last_t = s["features"][-1].detach().double().flatten(2).numpy(), t["raw_features"][-1].double().numpy()
+    a, b = _unit(last_s), _unit(last_t.reshape(2, 512, -1))
+    pixel = np.mean([_kl_rows(b[i].T @ b[j] / 0.1, a[i].T @ a[j] / 0.1).mean() for i in range(2) for j in range(2)])
+    labels = y.numpy()[:, ::32, ::32].reshape(2, -1)  # nearest to the 2×2 last level
+    sa = _unit(s["adapted"][0].detach().double().flatten(2).numpy())
+    r = []
+    for n in range(2):
+        for k in sorted(set(labels[n].tolist()) - {VOID}):
+            mean = b[n][:, labels[n] == k].mean(1)
+            r.append(mean / np.linalg.norm(mean))
+    r = np.stack(r)
+    anchors = zip(*np.nonzero(labels != VOID))
+    region = np.mean([_kl_rows(r @ b[n][:, p] / 0.1, r @ sa[n][:, p] / 0.1) for n, p in anchors])
+    total, parts = distillation_loss("cirkd", s, t, y)
+    assert parts["response"].item() == pytest.approx(soft, rel=1e-5)
+    assert parts["cirkd_pixel"].item() == pytest.approx(pixel, rel=1e-5)
+    assert parts["cirkd_region"].item() == pytest.approx(0.1 * region, rel=1e-5)
+    assert total.item() == pytest.approx(ce + soft + pixel + 0.1 * region, rel=1e-5)

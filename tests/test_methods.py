@@ -25,7 +25,7 @@ TOY = methods.Method(
     {"alpha": 1.0, "beta": 2.0, "temperature": 1.0},
     "this test",
     reads=("logits",),
-    terms={"toy": lambda s, t, seen, objective: logit_mse(s["out"], t["out"], seen)},
+    terms={"toy": lambda s, t, y, seen, objective: logit_mse(s["out"], t["out"], seen)},
 )
 
 
@@ -43,7 +43,9 @@ def test_a_declaration_is_checked_and_names_are_unique():
         methods.register(methods.Method("typo", "t", TOY.defaults, "x", reads=("logit",), terms=TOY.terms))
     with pytest.raises(ValueError, match="loss terms exactly when it reads the teacher"):
         methods.register(methods.Method("empty", "e", TOY.defaults, "x", reads=("logits",)))
-    assert "typo" not in methods.METHODS and "empty" not in methods.METHODS
+    with pytest.raises(ValueError, match="adapters are built to the teacher's feature widths"):
+        methods.register(methods.Method("blind", "b", TOY.defaults, "x", ("logits",), TOY.terms, adapters=print))
+    assert not {"typo", "empty", "blind"} & set(methods.METHODS)
     with pytest.raises(ValueError, match="unknown method 'hint'; choose one of none, feature, response"):
         methods.get("hint")
 
@@ -51,8 +53,12 @@ def test_a_declaration_is_checked_and_names_are_unique():
 def test_the_registry_is_what_the_report_declares():
     """The report's four methods and the three later ones, their defaults and their sources."""
     assert methods.names("report") == ("none", "feature", "response", "both")
-    assert methods.names("new") == ("pairwise", "cwd", "dist", "response_ls", "at")
+    assert methods.names("new") == ("pairwise", "cwd", "dist", "response_ls", "at", "feature_student", "cirkd")
     assert methods.get("both").terms.keys() == {"response", "feature"} and methods.get("both").trains_projections
+    # the two with adapters on the student's side; the teacher's projections do not train for them
+    assert [m for m in methods.names() if methods.get(m).adapters is not None] == ["feature_student", "cirkd"]
+    assert not any(methods.get(m).trains_projections for m in ("feature_student", "cirkd"))
+    assert methods.get("cirkd").terms.keys() == {"response", "cirkd_pixel", "cirkd_region"}
     assert [m for m in methods.names() if methods.get(m).cacheable] == ["response", "cwd", "dist", "response_ls"]
     assert methods.method_of("cwd_unlabeled").name == "cwd" and methods.VARIANTS["cwd_unlabeled"].unlabeled
     assert methods.VARIANTS["response_t2"].overrides == {"scale_by_t2": True}

@@ -184,3 +184,28 @@ def test_fcn_resnet50_teacher_rejects_wrong_state_dict(tmp_path, monkeypatch):
     torch.save(CustomSegmentationModel(21).state_dict(), bad)
     with pytest.raises(RuntimeError, match="not a usable FCN-ResNet50"):
         fcn_resnet50_teacher(bad)
+
+
+def test_adapters_map_the_students_widths_to_the_teachers_and_count_by_hand():
+    """feature_student: a 1×1 conv (with bias) per level, student width -> teacher width:
+    Σ (c_s·c_t + c_t) = 2,112 + 8,320 + 33,024 + 131,584 = 175,040 for ResNet-18's widths.
+    CIRKD's head on the last level: conv 256->512 (no bias), BN (2·512), conv 512->512 (no bias):
+    131,072 + 1,024 + 262,144 = 394,240."""
+    from kdlib.adapters import cirkd_projector, level_adapters
+    from kdlib.models import STUDENT_CHANNELS, count_parameters
+
+    teacher_channels = (64, 128, 256, 512)
+    torch.manual_seed(0)
+    features = [torch.randn(2, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate(STUDENT_CHANNELS)]
+    levels = level_adapters(STUDENT_CHANNELS, teacher_channels)
+    assert count_parameters(levels) == 175_040
+    assert [tuple(f.shape) for f in levels(features)] == [
+        (2, 64, 16, 16),
+        (2, 128, 8, 8),
+        (2, 256, 4, 4),
+        (2, 512, 2, 2),
+    ]
+    head = cirkd_projector(STUDENT_CHANNELS, teacher_channels)
+    assert count_parameters(head) == 394_240
+    (last,) = head(features)
+    assert tuple(last.shape) == (2, 512, 2, 2)

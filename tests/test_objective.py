@@ -14,7 +14,7 @@ from kdlib import losses, methods
 from kdlib.config import Config
 from kdlib.conventions import VOID
 from kdlib.methods import METHODS, kd_names
-from kdlib.train import fit, train_step
+from kdlib.train import build_adapters, fit, kd_parameters, train_step
 
 KD_METHODS = kd_names()
 
@@ -99,7 +99,7 @@ def test_every_distillation_term_sends_the_student_a_gradient(models, tmp_path, 
     """Each term of each method alone (α = 0, the method's other terms left out), through the
     trainer's step with the run's own settings: its gradient must reach the student's first
     layer (every term reads something the stem computes) and, for a feature term, every
-    projection."""
+    projection, or every adapter of a term that reads the student's adapted features."""
     import copy
     import dataclasses
 
@@ -114,8 +114,10 @@ def test_every_distillation_term_sends_the_student_a_gradient(models, tmp_path, 
     )
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, 21, (2, 64, 64), generator=g)
-    params = list(student.parameters()) + list(teacher.projections.parameters())
-    parts = train_step(cfg, student, teacher, torch.optim.SGD(params, lr=0.0), x, y, objective=alone)
+    adapters = build_adapters(declared, student, teacher, "cpu")
+    params = list(student.parameters()) + kd_parameters(declared, teacher, adapters)
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    parts = train_step(cfg, student, teacher, optimizer, x, y, objective=alone, adapters=adapters)
     assert float(parts["total"]) > 0 and set(parts) == {"ce", term, "total"}
 
     def norm(p):
@@ -126,6 +128,10 @@ def test_every_distillation_term_sends_the_student_a_gradient(models, tmp_path, 
     if term == "feature":
         weights = [m.weight for m in teacher.projections.modules() if isinstance(m, nn.Conv2d)]
         assert len(weights) == 4 and all(norm(w) > 0 for w in weights), "a projection gets no gradient"
+    if term in ("feature_student", "cirkd_region"):  # 4 levels' 1×1 convs; CIRKD's head has 2
+        weights = [m.weight for m in adapters.modules() if isinstance(m, nn.Conv2d)]
+        assert len(weights) == {"feature_student": 4, "cirkd_region": 2}[term]
+        assert all(norm(w) > 0 for w in weights), "an adapter gets no gradient"
 
 
 MASKED_TERMS = {  # loss function -> the argument holding the pixels it averages over
@@ -134,6 +140,7 @@ MASKED_TERMS = {  # loss function -> the argument holding the pixels it averages
     "cwd_loss": "valid_mask",
     "dist_loss": "valid_mask",
     "response_ls_loss": "valid_mask",
+    "cirkd_region_loss": "valid_mask",
 }
 
 
@@ -143,7 +150,8 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
 ):
     """Through ``fit``'s own epoch loop: each training step's cross entropy sees the labelled
     images' non-void pixels only, and each distillation term sees those plus every pixel of
-    the unlabeled images (pair-wise KD and attention transfer, which mask nothing, see their features)."""
+    the unlabeled images (pair-wise KD, attention transfer and CIRKD's pixel-to-pixel term, which
+    mask nothing, see their features; CIRKD's pixel-to-region term takes its regions from the labels)."""
     calls = []
 
     def spy(name, original):
@@ -156,7 +164,7 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
 
         return wrapper
 
-    for name in (*MASKED_TERMS, "pairwise_loss", "attention_transfer_loss", "supervised_loss"):
+    for name in (*MASKED_TERMS, "pairwise_loss", "attention_transfer_loss", "cirkd_pixel_loss", "supervised_loss"):
         monkeypatch.setattr(losses, name, spy(name, getattr(losses, name)))
     batch = 4
     extra = {"teacher_cache": str(tmp_path / "cache")} if cached else {}
@@ -179,13 +187,13 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
     steps = [args for name, args in calls if name == "supervised_loss"]
     assert len(steps) == 2
     terms = [(name, args) for name, args in calls if name != "supervised_loss"]
-    assert len(terms) == 2 * (2 if method == "both" else 1), [n for n, _ in terms]
+    assert len(terms) == 2 * len(METHODS[method].terms), [n for n, _ in terms]
     for i, (name, args) in enumerate(terms):
         target = steps[i // (len(terms) // 2)]["target"]
         assert target.shape[0] == 2 * batch  # as many unlabeled images as labelled ones
         labelled_pixels = int((target[:batch] != VOID).sum())
         assert labelled_pixels > 0 and bool((target[batch:] == VOID).all())  # no cross entropy on them
-        if name == "pairwise_loss":
+        if name in ("pairwise_loss", "cirkd_pixel_loss"):
             assert args["student_feature"].shape[0] == args["teacher_feature"].shape[0] == 2 * batch
             continue
         if name == "attention_transfer_loss":  # whole-image maps: it masks nothing either
@@ -195,3 +203,5 @@ def test_unlabeled_images_reach_every_distillation_term_and_never_the_cross_entr
         assert mask is not None and mask.shape == target.shape, name
         assert int(mask.sum()) == labelled_pixels + batch * target.shape[1] * target.shape[2], name
         assert torch.equal(mask[:batch], target[:batch] != VOID), name
+        if name == "cirkd_region_loss":  # its regions come from the labels: none on unlabeled images
+            assert torch.equal(args["labels"], target)

@@ -12,7 +12,7 @@ import torch
 from kdlib.checkpoints import load_checkpoint
 from kdlib.cli import main
 from kdlib.config import Config
-from kdlib.methods import METHODS, names
+from kdlib.methods import METHODS
 from kdlib.train import RunFolderError, fit
 
 
@@ -49,7 +49,9 @@ def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, meth
     assert config["teacher_source"] == ("none" if method == "none" else "online")
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    terms = {"response": ("response", "both"), "feature": ("feature", "both")} | {m: (m,) for m in names("new")}
+    terms = {"response": ("response", "both", "cirkd"), "feature": ("feature", "both")}
+    terms |= {m: (m,) for m in ("pairwise", "cwd", "dist", "response_ls", "at", "feature_student")}
+    terms |= {"cirkd_pixel": ("cirkd",), "cirkd_region": ("cirkd",)}
     for split in ("train", "val"):
         assert rows[0][f"{split}_ce"] != ""
         for term, methods in terms.items():
@@ -64,6 +66,7 @@ def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, meth
     best = load_checkpoint(out / "best.pt")
     assert set(best) >= {"model", "optimizer", "scheduler", "state", "rng", "config", "epoch"}
     assert (best["projections"] is not None) == (method != "none")
+    assert (best["adapters"] is not None) == (method in ("feature_student", "cirkd"))
 
 
 def test_method_none_never_builds_a_teacher(tiny_shapes, tmp_path):
@@ -88,42 +91,76 @@ def test_feature_kd_trains_the_projections(tiny_shapes, tiny_teacher, tmp_path):
     assert len(moved) == 4  # every level's projection learned
 
 
+def test_adapters_train_with_the_student_and_stay_out_of_it(tiny_shapes, tiny_teacher, tmp_path):
+    """feature_student's 1×1 adapters (student width -> teacher width) are in the optimizer and
+    in the checkpoints, and no part of the student: its weights and parameter count are the
+    same as without them, and a run's best.pt evaluates as a plain student."""
+    from kdlib.adapters import level_adapters
+    from kdlib.checkpoints import load_model
+    from kdlib.models import TeacherWrapper, build_model, count_parameters
+
+    # the run's own starting adapters: the trainer seeds, builds the student, the wrapper, the adapters
+    torch.manual_seed(0)
+    student = build_model("student")
+    teacher = TeacherWrapper(load_model(tiny_teacher))
+    initial = level_adapters(student.feature_channels, teacher.teacher_channels).state_dict()
+    assert [tuple(initial[f"heads.{i}.weight"].shape) for i in range(4)] == [
+        (64, 32, 1, 1),
+        (128, 64, 1, 1),
+        (256, 128, 1, 1),
+        (512, 256, 1, 1),
+    ]  # the tiny teacher's ResNet-18 widths
+    fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "still", method="feature_student", epochs=1, lr=1e-12))
+    still = load_checkpoint(tmp_path / "still" / "last.pt")["adapters"]
+    assert set(still) == set(initial) and all(torch.allclose(initial[k], still[k], atol=1e-8) for k in initial)
+    metrics = fit(_cfg(tiny_shapes, tiny_teacher, tmp_path / "f", method="feature_student", epochs=1))
+    last, best = (load_checkpoint(tmp_path / "f" / name) for name in ("last.pt", "best.pt"))
+    moved = [k for k in initial if k.endswith("weight") and (initial[k] - last["adapters"][k]).abs().max() > 1e-4]
+    assert len(moved) == 4  # every level's adapter learned
+    assert best["adapters"] is not None and set(best["model"]) == set(student.state_dict())
+    assert metrics["parameters"] == count_parameters(student) == 3_689_061
+    assert count_parameters(load_model(tmp_path / "f" / "best.pt")) == 3_689_061
+
+
 TIMING = {"train_seconds", "train_cpu_seconds", "epoch_seconds", "train_images_per_s"}  # what a resume may change
 
 
 def _same_run(a, b):
     """Two run folders hold the same run: every history column but the timings, as written, and
-    the last checkpoint's weights (student and projections) bit for bit."""
+    the last checkpoint's weights (student, projections and adapters) bit for bit."""
     ha, hb = _history(a), _history(b)
     assert len(ha) == len(hb)
     for ra, rb in zip(ha, hb):
         assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
-    for part in ("model", "projections"):
-        wa, wb = load_checkpoint(a / "last.pt")[part], load_checkpoint(b / "last.pt")[part]
-        assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), part
+    for part in ("model", "projections", "adapters"):
+        wa, wb = load_checkpoint(a / "last.pt").get(part), load_checkpoint(b / "last.pt").get(part)
+        assert (wa is None) == (wb is None), part
+        assert set(wa or {}) == set(wb or {}) and all(torch.equal(wa[k], wb[k]) for k in wa or {}), part
 
 
 # The demo's schedule, shortened: cosine annealing (whose state a resume must restore) over
 # several passes per epoch.
-DEMO_LIKE = dict(method="both", epochs=4, lr=1e-2, lr_schedule="cosine", train_repeats=2)
+DEMO_LIKE = dict(epochs=4, lr=1e-2, lr_schedule="cosine", train_repeats=2)
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["both", "cirkd"])  # the teacher's projections; adapters with a BN
+def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp_path, monkeypatch, method):
     """A run of the demo's schedule that dies in the middle of its third epoch (after one of its
     steps has moved the weights) and is resumed ends where the uninterrupted run ends: same
-    history (learning rates included), same weights."""
+    history (learning rates included), same weights (the student's, the projections', the
+    adapters' with their batch-norm statistics)."""
     import kdlib.train as train
     from kdlib.results import collect_runs, unfinished_runs
 
     full = tmp_path / "full"
-    fit(_cfg(tiny_shapes, tiny_teacher, full, **DEMO_LIKE))
+    fit(_cfg(tiny_shapes, tiny_teacher, full, method=method, **DEMO_LIKE))
     lrs = [float(r["lr"]) for r in _history(full)]
     # cosine from 1e-2 to 0 over 4 epochs, by hand: 1e-2 · (1 + cos(π·e/4)) / 2 at the start of epoch e+1
     assert lrs == pytest.approx(
         [1e-2 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-5
     )  # 6 digits written
 
-    part = tmp_path / "runs" / "both" / "seed0"
+    part = tmp_path / "runs" / method / "seed0"
     step, calls = train.train_step, []
     per_epoch = 2 * 8 // 4  # two passes over 8 images, batches of 4
 
@@ -135,13 +172,16 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shapes, tiny_teacher, tmp
 
     monkeypatch.setattr(train, "train_step", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE))
+        fit(_cfg(tiny_shapes, tiny_teacher, part, method=method, **DEMO_LIKE))
     assert len(_history(part)) == 2
     # stopped half way, it is no result: no table or verdict reads it, and it is listed as unfinished
     assert collect_runs(tmp_path / "runs").empty
-    assert unfinished_runs(tmp_path / "runs")[["run", "epochs_run", "epochs"]].values.tolist() == [["both", 2, 4]]
+    assert unfinished_runs(tmp_path / "runs")[["run", "epochs_run", "epochs"]].values.tolist() == [[method, 2, 4]]
     monkeypatch.setattr(train, "train_step", step)
-    fit(_cfg(tiny_shapes, tiny_teacher, part, **DEMO_LIKE, resume=True))
+    if method == "both":  # a checkpoint from before adapters existed has no such key: it resumes all the same
+        ckpt = torch.load(part / "last.pt", weights_only=True)
+        torch.save({k: v for k, v in ckpt.items() if k != "adapters"}, part / "last.pt")
+    fit(_cfg(tiny_shapes, tiny_teacher, part, method=method, **DEMO_LIKE, resume=True))
     _same_run(full, part)
     assert len(collect_runs(tmp_path / "runs")) == 1 and unfinished_runs(tmp_path / "runs").empty
 
@@ -326,7 +366,7 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method, extra",
-    [("both", []), ("pairwise", []), ("cwd", []), ("dist", ["--unlabeled-split", "teacher_train"])],
+    [("both", []), ("pairwise", []), ("cwd", []), ("dist", ["--unlabeled-split", "teacher_train"]), ("cirkd", [])],
 )
 def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path, method, extra):
     out = tmp_path / "ddp"
@@ -353,7 +393,8 @@ def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path,
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["method"] == method
-    assert len(_history(out)) == 1 and _history(out)[0][f"train_{method if method != 'both' else 'feature'}"] != ""
+    column = {"both": "feature", "cirkd": "cirkd_region"}.get(method, method)
+    assert len(_history(out)) == 1 and _history(out)[0][f"train_{column}"] != ""
 
 
 def test_val_teacher_cache_is_exact_and_used(tiny_shapes, tiny_teacher, monkeypatch):
@@ -516,24 +557,28 @@ from torch import nn
 from kdlib.checkpoints import load_model
 from kdlib.config import Config
 from kdlib.models import TeacherWrapper, build_model
-from kdlib.train import Runtime, setup_runtime, train_step
+from kdlib.methods import get
+from kdlib.train import Runtime, build_adapters, kd_parameters, setup_runtime, train_step
 
-cfg = Config(method="feature", dataset="shapes", teacher_weights=sys.argv[1], channels_last=False).resolved()
+method = get(sys.argv[3])
+cfg = Config(method=method.name, dataset="shapes", teacher_weights=sys.argv[1], channels_last=False).resolved()
 rt = setup_runtime("cpu")
 torch.manual_seed(0)
 student, teacher = build_model("student"), TeacherWrapper(load_model(sys.argv[1]))
-reference = copy.deepcopy((student, teacher))
+adapters = build_adapters(method, student, teacher, "cpu")
+reference = copy.deepcopy((student, teacher, adapters))
 batches = [(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(10 + r)),
             torch.randint(0, 21, (2, 64, 64), generator=torch.Generator().manual_seed(20 + r))) for r in range(2)]
 
 
-def step(student, teacher, batch, model=None, rt=Runtime(torch.device("cpu"))):  # default: one process alone
-    params = list(student.parameters()) + list(teacher.projections.parameters())
-    train_step(cfg, model or student, teacher, torch.optim.SGD(params, lr=0.0), *batch, rt=rt)
-    return [p.grad.clone() for p in teacher.projections.parameters()]
+def step(student, teacher, adapters, batch, model=None, rt=Runtime(torch.device("cpu"))):  # default: one process
+    params = list(student.parameters()) + kd_parameters(method, teacher, adapters)
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    train_step(cfg, model or student, teacher, optimizer, *batch, rt=rt, adapters=adapters)
+    return [p.grad.clone() for p in kd_parameters(method, teacher, adapters)]
 
 
-got = step(student, teacher, batches[rt.rank], nn.parallel.DistributedDataParallel(student), rt)
+got = step(student, teacher, adapters, batches[rt.rank], nn.parallel.DistributedDataParallel(student), rt)
 if rt.rank == 0:  # what one process computes for each rank's batch, averaged
     each = [step(*copy.deepcopy(reference), batch) for batch in batches]
     expected = [(a + b) / 2 for a, b in zip(*each)]
@@ -545,13 +590,14 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_ddp_averages_the_projections_gradients_like_the_students(tiny_teacher, tmp_path):
-    """The projections live outside the DDP-wrapped student, so the trainer all-reduces their
-    gradients itself: two ranks with different batches must end up with the mean of the two
-    gradients one process computes, not their sum and not their own."""
+@pytest.mark.parametrize("method", ["feature", "cirkd"])  # the teacher's projections; the student's adapters
+def test_ddp_averages_the_projections_gradients_like_the_students(tiny_teacher, tmp_path, method):
+    """The projections and adapters live outside the DDP-wrapped student, so the trainer
+    all-reduces their gradients itself: two ranks with different batches must end up with the
+    mean of the two gradients one process computes, not their sum and not their own."""
     script, out = tmp_path / "step.py", tmp_path / "out.json"
     script.write_text(DDP_STEP_SCRIPT)
-    cmd = _torchrun() + [str(script), str(tiny_teacher), str(out)]
+    cmd = _torchrun() + [str(script), str(tiny_teacher), str(out), method]
     subprocess.run(cmd, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
     result = json.loads(out.read_text())
     assert result["rank_differs"] > 10 * result["max_diff"]  # the two batches pull differently
@@ -586,7 +632,7 @@ def test_the_settings_reach_the_objective_that_trains_the_student(tiny_teacher):
     assert totals[0] != pytest.approx(totals[1], rel=1e-3)
 
 
-@pytest.mark.parametrize("method", ["both", "pairwise", "cwd", "dist"])
+@pytest.mark.parametrize("method", ["both", "pairwise", "cwd", "dist", "cirkd"])
 def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny_teacher, method):
     """On a GPU every .item(), float(), .tolist() or truth test of a device tensor waits for the
     device. Through the steps of an epoch the trainer, the losses and the models make none: the
@@ -595,7 +641,16 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
     from torch.overrides import TorchFunctionMode
 
     from kdlib.augment import prepare_batch
-    from kdlib.train import LossTotals, build_datasets, build_teacher, setup_runtime, train_loader, train_step
+    from kdlib.train import (
+        LossTotals,
+        build_adapters,
+        build_datasets,
+        build_teacher,
+        kd_parameters,
+        setup_runtime,
+        train_loader,
+        train_step,
+    )
 
     class HostReads(TorchFunctionMode):
         def __init__(self):
@@ -623,42 +678,63 @@ def test_the_training_step_reads_nothing_back_from_its_tensors(tiny_shapes, tiny
     from kdlib.models import build_model
 
     student, teacher = build_model("student"), build_teacher(cfg, rt.device)
-    optimizer = torch.optim.Adam(list(student.parameters()) + list(teacher.projections.parameters()), lr=1e-3)
+    adapters = build_adapters(METHODS[method], student, teacher, rt.device)
+    optimizer = torch.optim.Adam(
+        list(student.parameters()) + kd_parameters(METHODS[method], teacher, adapters), lr=1e-3
+    )
     totals = LossTotals(rt.device)
     with HostReads() as reads:
         for step, batch in enumerate(loader):
             labelled = prepare_batch(batch, rt.device, cfg.channels_last)
             x, y, cached, kd_mask = with_unlabeled(labelled, prepare_batch(next(extra), rt.device, cfg.channels_last))
-            parts = train_step(cfg, student, teacher, optimizer, x, y, cached=cached, kd_mask=kd_mask, rt=rt)
+            parts = train_step(
+                cfg, student, teacher, optimizer, x, y, cached=cached, kd_mask=kd_mask, rt=rt, adapters=adapters
+            )
             totals.add(parts, x.shape[0], step)
     assert {f.split("/kdlib/")[-1] for f in reads.where} <= {"augment.py"}, reads.where
     assert totals.means(rt, 1, "train")["total"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method, amp", [("both", False), ("pairwise", True), ("cwd", True), ("dist", True)])
+@pytest.mark.parametrize(
+    "method, amp", [("both", False), ("pairwise", True), ("cwd", True), ("dist", True), ("cirkd", True)]
+)
 def test_the_training_step_never_synchronises_with_the_gpu(tiny_shapes, tiny_teacher, method, amp):
     """On a GPU: the steps of an epoch under torch.cuda.set_sync_debug_mode("error"), which
     raises on any operation that makes the host wait for the device (the new methods under bf16
     autocast, --amp)."""
     from kdlib.augment import prepare_batch
     from kdlib.models import build_model
-    from kdlib.train import LossTotals, build_datasets, build_teacher, setup_runtime, train_loader, train_step
+    from kdlib.train import (
+        LossTotals,
+        build_adapters,
+        build_datasets,
+        build_teacher,
+        kd_parameters,
+        setup_runtime,
+        train_loader,
+        train_step,
+    )
 
     cfg = _cfg(tiny_shapes, tiny_teacher, "unused", method=method, device="cuda", amp=amp).resolved()
     rt = setup_runtime("cuda")
     loader, _ = train_loader(cfg, rt, build_datasets(cfg)[0])
     student, teacher = build_model("student").to(rt.device), build_teacher(cfg, rt.device)
-    optimizer = torch.optim.Adam(list(student.parameters()) + list(teacher.projections.parameters()), lr=1e-3)
+    adapters = build_adapters(METHODS[method], student, teacher, rt.device)
+    optimizer = torch.optim.Adam(
+        list(student.parameters()) + kd_parameters(METHODS[method], teacher, adapters), lr=1e-3
+    )
     totals, batches = LossTotals(rt.device), list(loader)
     x, y, cached = prepare_batch(batches[0], rt.device, True)
-    train_step(cfg, student, teacher, optimizer, x, y, cached=cached, rt=rt)  # warm-up: allocations, cuDNN choices
+    # warm-up: allocations, cuDNN choices
+    train_step(cfg, student, teacher, optimizer, x, y, cached=cached, rt=rt, adapters=adapters)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, batch in enumerate(batches):
             x, y, cached = prepare_batch(batch, rt.device, True)
-            totals.add(train_step(cfg, student, teacher, optimizer, x, y, cached=cached, rt=rt), x.shape[0], step)
+            parts = train_step(cfg, student, teacher, optimizer, x, y, cached=cached, rt=rt, adapters=adapters)
+            totals.add(parts, x.shape[0], step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert totals.means(rt, 1, "train")["total"] > 0
@@ -803,7 +879,6 @@ def test_variant_runs_are_their_method_with_its_settings(tmp_path):
         run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path)
     voc = run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path, unlabeled_split="sbd")
     assert voc.unlabeled_split == "sbd"
-    assert set(extra_runs()) == {"response_t2", "pairwise", "cwd", "dist", "response_ls", "at"} and is_extra(
-        "dist_unlabeled"
-    )
+    extra = {"response_t2", "pairwise", "cwd", "dist", "response_ls", "at", "feature_student", "cirkd"}
+    assert set(extra_runs()) == extra and is_extra("dist_unlabeled")
     assert not any(is_extra(m) for m in ("none", "response", "feature", "both", "response_cached"))
