@@ -893,16 +893,20 @@ def _at_budget(table: pd.DataFrame, factor: int, name: str):
 
 def _budget_phrase(table: pd.DataFrame, trend, factor: int) -> str:
     """One method's verdict at 1x and at ``factor``x, and how its difference to no KD moved:
-    "holds" says the difference did not change, which is a gain only where there was one."""
+    grew, shrank, or a change the seeds do not resolve (with its detectable change), which is
+    no evidence that the difference stayed where it was."""
 
     def verdict_at(f):
         hit = _at_budget(table, f, trend["run"])
         return hit["verdict"] if hit is not None else "not trained"
 
     at1, atf = verdict_at(1), verdict_at(factor)
-    moved = {"holds": "unchanged", "grows": "grew", "shrinks": "shrank"}.get(trend["trend"], trend["trend"])
+    if trend["trend"] == "holds":  # an interval that holds 0: no change these seeds can tell, not "unchanged"
+        moved = f"its change in difference to no KD not resolved, detectable ±{trend['detectable']:.4f}"
+    else:
+        moved = f"its difference to no KD {'grew' if trend['trend'] == 'grows' else 'shrank'}"
     where = f"{at1} at 1× and at {factor}×" if at1 == atf else f"{at1} at 1×, {atf} at {factor}×"
-    return f"{display_name(trend['run'])} {where} (its difference to no KD {moved})"
+    return f"{display_name(trend['run'])} {where} ({moved})"
 
 
 def _compute_md(c, budgets, tables, said) -> list[str]:
@@ -931,9 +935,13 @@ def _compute_md(c, budgets, tables, said) -> list[str]:
             "",
             _md_table(shown),
             "",
-            f"Of the {len(compared)} methods compared, distillation beats training no KD for the same compute "
-            f"for {_names(wins)}"
-            + (f"; not compared: {_names(uncompared['run'])} (see the table)." if len(uncompared) else "."),
+            (
+                f"Of the {len(compared)} methods compared, distillation beats training no KD for the same compute "
+                f"for {_names(wins)}"
+                + (f"; not compared: {_names(uncompared['run'])} (see the table)." if len(uncompared) else ".")
+                if len(compared)
+                else "No method could be compared here: the table says why for each."
+            ),
             "",
         ]
         if len(compared):
