@@ -383,6 +383,19 @@ def _ci(r) -> str:
     return f"{r['mean_diff']:+.4f} mIoU (95% CI {r['ci95_low']:+.4f} to {r['ci95_high']:+.4f})"
 
 
+def _crossed_kernels(paired: pd.DataFrame) -> list[str]:
+    """The sentence naming the rows paired with no-KD runs of another class of CPU kernels
+    (``same_kernels``: :func:`kdlib.stats.paired_comparison`), or none."""
+    if "same_kernels" not in paired or paired["same_kernels"].all():
+        return []
+    crossed = paired[~paired["same_kernels"].astype(bool)]["run"]
+    return [
+        f"Paired with no KD runs of another machine, whose CPU kernels add in another order (docs/"
+        f"reliability.md): {_names(crossed)}. Their differences hold that drift too; retraining them "
+        "here pairs them cleanly."
+    ]
+
+
 def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, tables: Path, conditions) -> list[str]:
     """The findings in a few sentences, each computed from the tables below it: which rows beat
     no KD and by how much, what unlabeled images add, the sweep's best cell, whether the verdicts
@@ -428,13 +441,7 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
                 )
                 + "."
             )
-    if "same_kernels" in paired and not paired["same_kernels"].all():
-        crossed = paired[~paired["same_kernels"].astype(bool)]["run"]
-        lines.append(
-            f"- Paired with no KD runs of another machine, whose CPU kernels add in another order (docs/"
-            f"reliability.md): {_names(crossed)}. Their differences hold that drift too; retraining them "
-            "here pairs them cleanly."
-        )
+    lines += [f"- {c}" for c in _crossed_kernels(paired)]
     for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
         base = name.removesuffix("_unlabeled")
         pair = runs[runs["run"].isin([base, name])]
@@ -1094,13 +1101,7 @@ def rows_findings(runs: pd.DataFrame) -> list[str]:
                 + "; ".join(f"{r['mean_diff']:+.4f}, detectable ±{r['detectable']:.4f}" for _, r in rows.iterrows())
                 + ")."
             )
-    if "same_kernels" in paired and not paired["same_kernels"].all():
-        crossed = paired[~paired["same_kernels"].astype(bool)]["run"]
-        lines.append(
-            f"- Paired with no KD runs of another machine, whose CPU kernels add in another order (docs/"
-            f"reliability.md): {_names(crossed)}. Their differences hold that drift too; retraining them "
-            "here pairs them cleanly."
-        )
+    lines += _crossed_kernels(paired)
     for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
         base = name.removesuffix("_unlabeled")
         if base in set(runs["run"]):
