@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out report/bench.json
 
 # The rows beyond the report (chapter 8: pairwise, cwd, dist, Hinton's T², unlabeled images), trained by
-# kdlib, then chapters 8 and 7 and the report show them: about 50 minutes on 2 CPU cores.
+# kdlib, then chapters 3 (feature KD's two placements), 8 and 7 and the report show them.
 methods: $(STAMP)
 	$(PY) -m kdlib methods $(DEMO_ARGS)
 

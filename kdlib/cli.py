@@ -274,7 +274,8 @@ def cmd_rows(args) -> int:
         from .experiment import train_extra_rows
 
         train_extra_rows(committed_dir=committed, device=args.device, **kw)
-        chapters = ["08_beyond_the_report.ipynb", "07_results.ipynb"]
+        # chapter 3 measures feature_student's maps beside the report's feature KD
+        chapters = ["03_train_feature.ipynb", "08_beyond_the_report.ipynb", "07_results.ipynb"]
     else:
         from .sweep import sweep_table
 
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     for name, what in (
-        ("methods", "the rows beyond the report (chapter 8), then chapters 8 and 7 (make methods)"),
+        ("methods", "the rows beyond the report (chapter 8), then chapters 3, 8 and 7 (make methods)"),
         ("sweep", "the T x beta map of response KD and the best new method (chapter 9), then chapters 9 and 7"),
     ):
         p = sub.add_parser(name, help=what)

@@ -23,6 +23,9 @@ OCCLUSION_BUCKETS = ((0.0, 0.05, "none (<5%)"), (0.05, 0.3, "partial (5-30%)"), 
 
 
 FAIL_IOU = 0.5  # an object is "failed" when its IoU is below this
+# A feature map is "collapsed" at a level when two positions of an image point the same way on
+# average (position_similarity) above this: fixed before feature_student's runs (docs/regime.md)
+COLLAPSED_SIMILARITY = 0.99
 
 
 def _bucket(value: float, buckets) -> str:
@@ -180,6 +183,47 @@ def dependency_ratio_interval(
     return float(low), float(high)
 
 
+def dependency_ratio_difference(
+    student_ious: np.ndarray,
+    baseline_ious: np.ndarray,
+    teacher_ious: np.ndarray,
+    fail_iou: float = FAIL_IOU,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """A student's :func:`teacher_dependency` ratio minus a baseline student's (the no-KD one)
+    on the same objects, with its paired percentile bootstrap interval (``level``): each of the
+    ``n_boot`` resamples (``numpy.random.default_rng(seed)``, one ``n_boot``×objects array of
+    indices) draws objects with their three IoUs together and takes both ratios on that draw, so
+    what the objects share (how hard each is for any model) cancels from the difference, which
+    two separate intervals cannot do. Objects without all three IoUs are left out first, and
+    resamples where either ratio is undefined. Returns (difference, low, high); an interval
+    above 0 says the student follows the teacher's failures more than the baseline does."""
+    ok = ~(np.isnan(student_ious) | np.isnan(baseline_ious) | np.isnan(teacher_ious))
+    s_fail, b_fail, t_fail = (v[ok] < fail_iou for v in (student_ious, baseline_ious, teacher_ious))
+    if not len(t_fail):
+        return math.nan, math.nan, math.nan
+    difference = teacher_dependency(student_ious[ok], teacher_ious[ok], fail_iou)["ratio"] - teacher_dependency(
+        baseline_ious[ok], teacher_ious[ok], fail_iou
+    )["ratio"]
+    idx = np.random.default_rng(seed).integers(0, len(t_fail), size=(n_boot, len(t_fail)))
+    t = t_fail[idx]
+
+    def ratios(fail: np.ndarray) -> np.ndarray:
+        f = fail[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return ((f & t).sum(1) / t.sum(1)) / ((f & ~t).sum(1) / (~t).sum(1))
+
+    with np.errstate(invalid="ignore"):  # inf - inf where neither student fails where the teacher succeeds
+        diffs = ratios(s_fail) - ratios(b_fail)
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs) or math.isnan(difference):
+        return difference, math.nan, math.nan
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return float(difference), float(low), float(high)
+
+
 def area_in_percent(table: pd.DataFrame) -> pd.DataFrame:
     """A bucket table (:func:`iou_by_bucket`) as a chapter shows it beside bucket labels that
     are in % of the image: its median area in % of the image too, to one decimal (as the
@@ -277,7 +321,8 @@ def position_similarity(features) -> list[float]:
 def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> dict:
     """Object IoU by size / illumination / occlusion bucket for every model, and teacher
     dependency for every student method, with the bootstrap interval of its ratio over objects
-    (:func:`dependency_ratio_interval`)."""
+    (:func:`dependency_ratio_interval`) and, for each KD student, its ratio minus the no-KD
+    student's with the paired interval of that difference (:func:`dependency_ratio_difference`)."""
     ious = {name: object_ious(objects, p, targets) for name, p in preds.items()}
     tables = {}
     for by in ("size", "light", "occlusion"):
@@ -289,13 +334,11 @@ def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> d
         rows = []
         for m in [m for m in ious if m != "teacher"]:
             low, high = dependency_ratio_interval(ious[m], ious["teacher"])
-            rows.append(
-                {
-                    "method": m,
-                    **teacher_dependency(ious[m], ious["teacher"]),
-                    "ratio_ci95_low": low,
-                    "ratio_ci95_high": high,
-                }
-            )
+            row = {"method": m, **teacher_dependency(ious[m], ious["teacher"])}
+            row.update(ratio_ci95_low=low, ratio_ci95_high=high)
+            if "none" in ious and m != "none":
+                diff, d_low, d_high = dependency_ratio_difference(ious[m], ious["none"], ious["teacher"])
+                row.update(ratio_minus_none=diff, ratio_minus_none_ci95_low=d_low, ratio_minus_none_ci95_high=d_high)
+            rows.append(row)
         tables["teacher_dependency"] = pd.DataFrame(rows)
     return tables

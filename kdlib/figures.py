@@ -79,10 +79,13 @@ def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None
     """``feature_position_similarity.csv`` (chapter 3): per level, the mean cosine between two
     positions of the same image (:func:`kdlib.failures.position_similarity`) on the first 8
     validation images, for the raw teacher, the teacher through the feature-KD run's trained
-    projections, that run's student and (when it exists) the no-KD student of the same seed."""
+    projections, that run's student, (when they exist) the no-KD student of the same seed and
+    the student trained with the adapters on its own side (``feature_student``, same seed):
+    its own maps and its maps through its trained adapters, what the loss compares with the raw
+    teacher."""
     import torch
 
-    from .checkpoints import load_checkpoint, load_model
+    from .checkpoints import load_checkpoint, load_model, load_weights
     from .evaluate import sample_batch
     from .failures import position_similarity
     from .models import TeacherWrapper
@@ -105,6 +108,14 @@ def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None
         }
         if no_kd.is_file():
             maps["no-KD student"] = load_model(no_kd)(x)["features"]
+        student_side = run_dir(runs_dir, "feature_student", feature["seed"]) / "best.pt"
+        if student_side.is_file():
+            student = load_model(student_side)
+            adapters = methods.get("feature_student").adapters(student.feature_channels, teacher.teacher_channels)
+            load_weights(adapters, load_checkpoint(student_side)["adapters"], student_side, "feature_student's adapters")
+            own = student(x)["features"]
+            maps["student-side adapters: student"] = own
+            maps["student-side adapters: student, adapted"] = adapters.eval()(own)
     table = pd.DataFrame({k: position_similarity(f) for k, f in maps.items()}, index=list(teacher.feature_layers))
     table = table.round(3).rename_axis("level").reset_index()
     return _write(table, tables_dir, "feature_position_similarity.csv")
@@ -116,7 +127,8 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     method's two best and two worst images, every model's prediction beside them),
     ``iou_by_{size,light,occlusion}.csv`` and ``failure_buckets.png``, ``confused_pairs.csv``
     (the most confused classes of the last report method) and ``teacher_dependency.csv``.
-    Returns ``{"scores": per-image mIoU per model, "tables": {name: table}, "figures": {file
+    Returns ``{"scores": per-image mIoU per model, "split_miou": the whole split's mIoU per model
+    (pixels pooled per class, as training measures it), "tables": {name: table}, "figures": {file
     stem: figure}}``."""
     from . import failures
     from .evaluate import confusion_from_predictions
@@ -156,7 +168,21 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     tables["teacher_confused_pairs"] = failures.most_confused_pairs(
         confusion_from_predictions(preds["teacher"], targets), names, k=8
     )
-    return {"scores": scores, "tables": tables, "figures": shown}
+    return {"scores": scores, "split_miou": _split_miou(preds, targets), "tables": tables, "figures": shown}
+
+
+def _split_miou(preds: dict, targets) -> dict:
+    """Each model's mIoU over the whole split from its predictions, by the trainer's metric."""
+    import torch
+
+    from .metrics import SegmentationMetrics
+
+    out = {}
+    for name, p in preds.items():
+        metric = SegmentationMetrics()
+        metric.update(torch.as_tensor(p).long(), torch.as_tensor(targets).long())
+        out[name] = metric.compute()["miou"]
+    return out
 
 
 def per_class(runs_dir, committed_dir, dataset: str, teacher: dict | None, figures_dir):

@@ -134,3 +134,37 @@ def run_config(
         **settings["train"],
     )
     return dataclasses.replace(cfg, **overrides)
+
+
+# The settings a chapter shows when it says what a profile trains with (chapter 2)
+SHOWN_SETTINGS = (
+    "epochs", "train_repeats", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
+    "early_stop", "augment",
+)  # fmt: skip
+
+
+def settings_table(dataset: str, data_root, names=("full", "demo")):
+    """The training settings each profile in ``names`` gives a run (as :func:`run_config`
+    resolves them, so the table cannot drift from what trains), with its seeds and the runs it
+    trains side by side, one column per profile, and the training split's size in ``data_root``."""
+    import pandas as pd
+
+    from .data import split_sizes
+
+    columns = {}
+    for name in names:
+        cfg = run_config("none", 0, dataset=dataset, data_root=data_root, runs_dir="runs", profile=name)
+        settings = profile_settings(name)
+        column = {k: getattr(cfg, k) for k in SHOWN_SETTINGS}
+        if cfg.lr_schedule != "plateau":  # the plateau's factor and patience play no part
+            column.update(lr_factor="—", lr_patience="—")
+        column.update(seeds=len(settings["seeds"]), runs_side_by_side=settings.get("jobs", 1))
+        columns[name] = column
+    table = pd.DataFrame(columns).astype(str)
+    try:
+        images = split_sizes(data_root).get("train")
+    except FileNotFoundError:  # a VOC root not there yet: the table still says what would train
+        images = None
+    if images:
+        table.loc["training images (this data root)"] = str(images)
+    return table

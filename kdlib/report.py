@@ -104,20 +104,30 @@ def _weights(run) -> str:
 
 def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     """Share of the no-KD student's gap to the teacher that each method closes, in percent
-    (100: the teacher's score; 0: no KD's; below 0: worse than no KD)."""
+    (100: the teacher's score; 0: no KD's; below 0: worse than no KD), with the 95% interval of
+    that share: the paired difference's interval (:func:`kdlib.stats.paired_comparison`) over
+    the gap, the teacher's score being one fixed evaluation. A share whose interval covers 0 is
+    no evidence of closing or of widening the gap."""
     summary = summary_table(runs)
     if teacher is None or "none" not in summary.index:
         return pd.DataFrame()
     base, top = summary.loc["none", "miou_mean"], teacher["miou"]
-    rows = [
-        {
-            "method": display_name(m),
-            "mIoU": r["miou_mean"],
-            "share of the gap closed (%)": 100 * (r["miou_mean"] - base) / (top - base) if top != base else math.nan,
-        }
-        for m, r in summary.iterrows()
-        if m != "none"
-    ]
+    gap = top - base if top != base else math.nan
+    paired = paired_comparison(runs).set_index("run")
+    rows = []
+    for m, r in summary.iterrows():
+        if m == "none":
+            continue
+        low, high = (paired.loc[m, k] if m in paired.index else math.nan for k in ("ci95_low", "ci95_high"))
+        rows.append(
+            {
+                "method": display_name(m),
+                "mIoU": r["miou_mean"],
+                "share of the gap closed (%)": 100 * (r["miou_mean"] - base) / gap,
+                "share, 95% CI from (%)": 100 * low / gap,
+                "share, 95% CI to (%)": 100 * high / gap,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -460,10 +470,33 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
             lines.append(
                 f"- The sweep's best cell for {display_name(method)} (T = {best['T']:g}, β = {best['beta']:g}): "
                 f"{best['vs_none']:+.4f} against no KD (detectable ±{best['detectable']:.4f}, Holm-corrected p "
-                f"{_p(best['p_holm'])} over its cells; picked after seeing the map, so optimistic)."
+                f"{_p(best['p_holm'])} over its cells; picked after seeing the map, so optimistic)"
+                + _shipped_outside_grid(method, of_method, paired)
+                + "."
             )
     lines += conditions
     return lines + [""]
+
+
+def _shipped_outside_grid(method: str, cells: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """A clause for a swept method whose results-table row (its declaration's T and β) lies
+    outside the sweep's grid, with that row's own difference to no KD: a best cell below the
+    shipped row then says the grid missed the better region, not that the sweep beat it."""
+    defaults = methods.method_of(method).defaults
+    t, b = defaults["temperature"], defaults["beta"]
+    in_grid = ((cells["T"] == t) & (cells["beta"] == b)).any()
+    row = paired[paired["run"] == method] if "run" in paired else paired
+    if in_grid or row.empty:
+        return ""
+    r = row.iloc[0]
+    return (
+        f"; the results table's row (T = {t:g}, β = {b:g}, outside the grid's T {_values(cells['T'])} × β "
+        f"{_values(cells['beta'])}) gains {r['mean_diff']:+.4f} on its {int(r['seeds'])} seeds"
+    )
+
+
+def _values(column: pd.Series) -> str:
+    return "{" + ", ".join(f"{v:g}" for v in sorted(column.unique())) + "}"
 
 
 def open_questions_md(
@@ -593,11 +626,10 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     if not gap.empty:
         md += [
             "Share of the no-KD student's gap to the teacher that each method closes (in percent: 100 is the "
-            "teacher's score, 0 no KD's, below 0 worse than no KD):",
+            "teacher's score, 0 no KD's, below 0 worse than no KD), with its 95% interval from the paired "
+            "differences: an interval that covers 0 says neither closing nor widening:",
             "",
-            _md_table(
-                gap.assign(**{"share of the gap closed (%)": gap["share of the gap closed (%)"].map("{:.1f}".format)})
-            ),
+            _md_table(gap.assign(**{c: gap[c].map("{:.1f}".format) for c in gap.columns if "(%)" in c})),
             "",
         ]
     md += convergence_md(runs)
@@ -613,6 +645,8 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
             "has collapsed, and a student aligned to it loses its own spatial structure.",
             "",
             _md_table(pd.read_csv(similarity), floatfmt=3),
+            "",
+            " ".join(collapse_findings(pd.read_csv(similarity).set_index("level"), runs)),
             "",
         ]
     student = display_name([m for m in methods.names("report") if m in set(runs["run"])][-1])
@@ -975,17 +1009,23 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
         shown = [m for m in students if m in table.columns]
         mean = table[shown].mean(axis=1)
         hard, easy = mean.idxmin(), mean.idxmax()
-        lines.append(
-            f"By {label}, the students (mean of {len(shown)}) score lowest on {hard} objects ({mean[hard]:.2f} "
-            f"object IoU) and highest on {easy} ({mean[easy]:.2f}); the teacher scores {table.loc[hard, 'teacher']:.2f} "
-            f"and {table.loc[easy, 'teacher']:.2f} there."
-            + (
-                f" The {easy} objects cover a median {table.loc[easy, 'median_area']:.1%} of the image, the "
-                f"{hard} ones {table.loc[hard, 'median_area']:.1%}."
-                if by != "size" and "median_area" in table
-                else ""
-            )
+        line = (
+            f"By {label}, the students ({_first_seed_students(len(shown))}) score lowest on {hard} objects "
+            f"({mean[hard]:.2f} object IoU) and highest on {easy} ({mean[easy]:.2f}); the teacher scores "
+            f"{table.loc[hard, 'teacher']:.2f} and {table.loc[easy, 'teacher']:.2f} there."
         )
+        if by != "size" and "median_area" in table:
+            area_hard, area_easy = table.loc[hard, "median_area"], table.loc[easy, "median_area"]
+            line += (
+                f" The {easy} objects cover a median {area_easy:.1%} of the image, the {hard} ones {area_hard:.1%}"
+                + (
+                    f": the {hard} objects are also the smaller ones, so this table does not tell {label} apart "
+                    "from size."
+                    if area_hard < area_easy
+                    else f": the {hard} objects are not the smaller ones, so size does not explain their lower score."
+                )
+            )
+        lines.append(line)
     pairs = tables.get("confused_pairs")
     if pairs is not None and len(pairs):
         top = "; ".join(
@@ -1004,42 +1044,158 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
             )
     dependency = tables.get("teacher_dependency")
     if dependency is not None and len(dependency):
-        rows = dependency.set_index("method")
-        ratio = rows["ratio"]
-        kd = ratio.drop(index="none", errors="ignore")
-        if "none" in ratio.index and len(kd):
-            lines.append(
-                f"Where the teacher fails on an object, the no-KD student, which never saw the teacher, fails "
-                f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are hard for "
-                f"every model."
-            )
-            low, high = (rows.loc["none"].get(k, math.nan) for k in ("ratio_ci95_low", "ratio_ci95_high"))
-            if math.isnan(low) or math.isnan(high):
-                lines.append(f"The KD students' ratios are {kd.min():.2f} to {kd.max():.2f}.")
-            else:
-                said = {
-                    "inside": "no sign, at this number of objects, that distillation passed the teacher's mistakes on",
-                    "above": "their failures follow the teacher's more than the objects' difficulty explains, "
-                    "so distillation passed some of its mistakes on",
-                    "below": "their failures follow the teacher's less than a student's that never saw it",
-                }
-                where = {
-                    "inside": [m for m in kd.index if low <= kd[m] <= high],
-                    "above": [m for m in kd.index if kd[m] > high],
-                    "below": [m for m in kd.index if kd[m] < low],
-                }
-                parts = [
-                    f"{_names(ms)} ({', '.join(f'{kd[m]:.2f}' for m in ms)}) "
-                    f"{'lies' if len(ms) == 1 else 'lie'} {k} it: {said[k]}"
-                    for k, ms in where.items()
-                    if ms
-                ]
-                objects = rows.loc["none"].get("objects", math.nan)
-                drawn = "objects" if math.isnan(objects) else f"{int(objects)} objects"
-                lines.append(
-                    f"Resampling the {drawn} (bootstrap, 95%) puts the no-KD ratio between {low:.2f} and "
-                    f"{high:.2f}; " + "; ".join(parts) + "."
-                )
+        lines += _dependency_findings(dependency.set_index("method"))
+    return lines
+
+
+def collapse_findings(similarity: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[str]:
+    """What chapter 3's position-similarity table (:func:`kdlib.figures.feature_similarity`,
+    indexed by level) shows: how much more alike the trained projections make the teacher's
+    positions, the levels where each map is collapsed (mean position cosine above
+    :data:`kdlib.failures.COLLAPSED_SIMILARITY`), whether moving the adapters to the student's
+    side (``feature_student``) removes the collapse and, given ``runs``, both forms' paired
+    differences to no KD and to each other."""
+    from .failures import COLLAPSED_SIMILARITY
+
+    def collapsed(column: str) -> str:
+        levels = [str(level) for level, v in similarity[column].items() if v > COLLAPSED_SIMILARITY]
+        return _names(levels) if levels else "no level"
+
+    gap = similarity["teacher, projected"] - similarity["teacher (raw)"]
+    lines = [
+        "Through the trained projections the teacher's positions are more alike than in its raw maps at "
+        f"{int((gap > 0).sum())} of {len(similarity)} levels, by {gap.min():+.3f} to {gap.max():+.3f} in mean "
+        f"cosine (the projected teacher's: {similarity['teacher, projected'].min():.3f} to "
+        f"{similarity['teacher, projected'].max():.3f}).",
+        f"Collapsed (mean position cosine above {COLLAPSED_SIMILARITY:g}): the raw teacher at "
+        f"{collapsed('teacher (raw)')}, the projected teacher at {collapsed('teacher, projected')}, the "
+        f"feature-KD student at {collapsed('feature-KD student')}"
+        + (f", the no-KD student at {collapsed('no-KD student')}" if "no-KD student" in similarity else "")
+        + ".",
+    ]
+    if "no-KD student" in similarity:
+        lines.append(
+            f"The feature-KD student's positions average {similarity['feature-KD student'].mean():.3f}, the no-KD "
+            f"student's {similarity['no-KD student'].mean():.3f}."
+        )
+    own, adapted = "student-side adapters: student", "student-side adapters: student, adapted"
+    if own in similarity:
+        report_form = int((similarity["feature-KD student"] > COLLAPSED_SIMILARITY).sum())
+        moved = int((similarity[own] > COLLAPSED_SIMILARITY).sum())
+        outcome = (
+            "moving the adapters removes the collapse"
+            if moved == 0 and report_form > 0
+            else "moving the adapters leaves the collapse as it was"
+            if moved >= report_form
+            else f"moving the adapters removes the collapse at {report_form - moved} of {report_form} levels"
+        )
+        lines.append(
+            "With the 1×1 adapters on the student's side the loss's target is the raw teacher; that student's own "
+            f"maps are collapsed at {collapsed(own)} (positions average {similarity[own].mean():.3f}), its maps "
+            f"through the adapters at {collapsed(adapted)}: {outcome}."
+        )
+    else:
+        lines.append(
+            "The student-side form (Feature, adapters on the student) has no checkpoint here to measure: "
+            f"{target_of('feature_student')} trains it, then this chapter measures it."
+        )
+    if runs is not None and "feature_student" in set(runs["run"]):
+        paired = paired_comparison(runs).set_index("run")  # Holm over every row, as chapter 7's table
+        parts = [
+            f"{display_name(m)} {_ci(paired.loc[m])} ({paired.loc[m, 'verdict']})"
+            for m in ("feature", "feature_student")
+            if m in paired.index
+        ]
+        sentence = "Against no KD, paired by seed: " + "; ".join(parts) + "."
+        if "feature" in set(runs["run"]):
+            r = paired_comparison(runs[runs["run"].isin(["feature", "feature_student"])], baseline="feature").iloc[0]
+            sentence += f" The student-side form against the report's: {_ci(r)} ({r['verdict']})."
+        lines.append(sentence)
+    return lines
+
+
+def placement_md(tables: Path, runs: pd.DataFrame) -> str:
+    """Chapter 7's closing item on feature KD's adapters, from chapter 3's table
+    (``feature_position_similarity.csv`` under ``tables``) and the runs: the collapse and the
+    placement's verdicts (:func:`collapse_findings`), or why they are absent."""
+    path = Path(tables) / "feature_position_similarity.csv"
+    if not path.is_file():
+        return "- Feature KD's collapse: chapter 3 has not measured it here yet (`make demo` runs chapter 3)."
+    said = collapse_findings(pd.read_csv(path).set_index("level"), runs)
+    return "- Does feature KD help once its target cannot collapse? Chapter 3's measurement: " + " ".join(said[1:])
+
+
+def _first_seed_students(n: int) -> str:
+    return "each method's first-seed student" if n == 1 else f"mean of {n} students, each method's first seed"
+
+
+def _dependency_findings(rows: pd.DataFrame) -> list[str]:
+    """The teacher-dependency sentences: the no-KD ratio, then each KD student's verdict from
+    the paired interval of its ratio minus the no-KD one (``ratio_minus_none``), or, in a table
+    written before that column existed, from the no-KD ratio's own interval."""
+    ratio = rows["ratio"]
+    kd = ratio.drop(index="none", errors="ignore")
+    if "none" not in ratio.index or not len(kd):
+        return []
+    lines = [
+        f"Where the teacher fails on an object, the no-KD student, which never saw the teacher, fails "
+        f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are hard for "
+        f"every model."
+    ]
+    objects = rows.loc["none"].get("objects", math.nan)
+    drawn = "objects" if math.isnan(objects) else f"{int(objects)} objects"
+    said = {
+        "inside": "no sign, at this number of objects, that distillation passed the teacher's mistakes on",
+        "above": "their failures follow the teacher's more than the no-KD student's do, so distillation passed "
+        "some of its mistakes on",
+        "below": "their failures follow the teacher's less than a student's that never saw it",
+    }
+    columns = ("ratio_minus_none", "ratio_minus_none_ci95_low", "ratio_minus_none_ci95_high")
+    if set(columns) <= set(rows.columns):
+        diff = rows.loc[kd.index, list(columns)].set_axis(["d", "low", "high"], axis=1).dropna()
+        where = {
+            "inside": [m for m in diff.index if diff.loc[m, "low"] <= 0 <= diff.loc[m, "high"]],
+            "above": [m for m in diff.index if diff.loc[m, "low"] > 0],
+            "below": [m for m in diff.index if diff.loc[m, "high"] < 0],
+        }
+        named = {"inside": "covers 0", "above": "lies above 0", "below": "lies below 0"}
+        each = "; ".join(
+            f"{display_name(m)} {diff.loc[m, 'd']:+.2f} [{diff.loc[m, 'low']:+.2f}, {diff.loc[m, 'high']:+.2f}]"
+            for m in diff.index
+        )
+        parts = [
+            f"for {_names(ms)} the interval {named[k]}: "
+            + (said[k].replace("their failures", "its failures") if len(ms) == 1 else said[k])
+            for k, ms in where.items()
+            if ms
+        ]
+        lines.append(
+            f"Each KD student's ratio minus the no-KD student's, with the 95% interval of a paired bootstrap over the "
+            f"same {drawn} (both ratios on each resample, so how hard each object is cancels; one student per "
+            f"method, so the interval covers the objects drawn, not another training run): {each}; "
+            + "; ".join(parts)
+            + "."
+        )
+        return lines
+    low, high = (rows.loc["none"].get(k, math.nan) for k in ("ratio_ci95_low", "ratio_ci95_high"))
+    if math.isnan(low) or math.isnan(high):
+        lines.append(f"The KD students' ratios are {kd.min():.2f} to {kd.max():.2f}.")
+        return lines
+    where = {
+        "inside": [m for m in kd.index if low <= kd[m] <= high],
+        "above": [m for m in kd.index if kd[m] > high],
+        "below": [m for m in kd.index if kd[m] < low],
+    }
+    parts = [
+        f"{_names(ms)} ({', '.join(f'{kd[m]:.2f}' for m in ms)}) {'lies' if len(ms) == 1 else 'lie'} {k} it: {said[k]}"
+        for k, ms in where.items()
+        if ms
+    ]
+    lines.append(
+        f"Resampling the {drawn} (bootstrap, 95%) puts the no-KD ratio between {low:.2f} and {high:.2f}; "
+        + "; ".join(parts)
+        + "."
+    )
     return lines
 
 

@@ -204,13 +204,17 @@ WORDS = {
     "ratio_ci95_low": "ratio, 95% CI from",
     "ratio_ci95_high": "ratio, 95% CI to",
     "same_kernels": "same CPU kernels",
+    "ratio_minus_none": "ratio minus No KD's",
+    "ratio_minus_none_ci95_low": "minus No KD's, 95% CI from",
+    "ratio_minus_none_ci95_high": "minus No KD's, 95% CI to",
 }
 
 
 def for_reader(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """Any of kdlib's tables as a chapter shows it: run names (as columns, index entries or the
     values of a ``run``/``vs``/``method`` column) by their display names, snake_case column names
-    in words (``WORDS``), floats to ``digits`` decimals. The table itself is left as it is."""
+    in words (``WORDS``), floats to ``digits`` decimals, yes/no columns as "yes"/"no". The table
+    itself is left as it is."""
     runs = set(methods.run_names())
 
     def name(x):
@@ -226,6 +230,8 @@ def for_reader(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
         if column in table:
             out[word(column)] = table[column].map(name).to_numpy()
     out = out.round(digits)
+    for column in table.columns[table.dtypes == bool]:  # a raw True/False reads as code, not an answer
+        out[word(column)] = table[column].map({True: "yes", False: "no"}).to_numpy()
     for column in P_VALUES & set(table.columns):  # "< 0.0001", not a p-value of 0.0
         out[word(column)] = table[column].map(lambda p: p_value(p, digits)).to_numpy()
     return out

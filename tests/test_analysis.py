@@ -67,6 +67,26 @@ def test_the_dependency_ratio_interval_is_the_percentile_bootstrap_over_objects(
     assert all(math.isnan(v) for v in failures.dependency_ratio_interval(student, np.ones(40)))
 
 
+def test_the_dependency_difference_is_a_paired_bootstrap_over_the_same_objects():
+    rng = np.random.default_rng(11)
+    teacher, student, baseline = (rng.uniform(0, 1, 60) for _ in range(3))
+    baseline[:4] = np.nan  # an object without all three IoUs is left out of every ratio
+    diff, low, high = failures.dependency_ratio_difference(student, baseline, teacher, n_boot=200, seed=3)
+    # by hand: the 56 objects left, one seeded draw of indices shared by both students' ratios
+    s, b, t = student[4:], baseline[4:], teacher[4:]
+    whole = failures.teacher_dependency(s, t)["ratio"] - failures.teacher_dependency(b, t)["ratio"]
+    assert diff == pytest.approx(whole)
+    draws = np.random.default_rng(3).integers(0, 56, size=(200, 56))
+    diffs = [
+        failures.teacher_dependency(s[i], t[i])["ratio"] - failures.teacher_dependency(b[i], t[i])["ratio"]
+        for i in draws
+    ]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    assert (low, high) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
+    # a student against itself differs by exactly 0 on every resample: the pairing cancels the objects
+    assert failures.dependency_ratio_difference(s, s, t) == (0.0, 0.0, 0.0)
+
+
 def test_the_failure_tables_give_each_dependency_ratio_its_interval():
     target = np.zeros((2, 10, 10), np.uint8)
     target[0, :5, :5], target[0, 5:, 5:], target[1, :4, :4], target[1, 6:, 6:] = 1, 2, 3, 4
@@ -79,6 +99,15 @@ def test_the_failure_tables_give_each_dependency_ratio_its_interval():
     ious = failures.object_ious(objects, student, target), failures.object_ious(objects, teacher, target)
     assert (row["ratio_ci95_low"], row["ratio_ci95_high"]) == failures.dependency_ratio_interval(*ious)
     assert row["ratio"] == pytest.approx(1 / (1 / 3))  # fails 1 of 1 where the teacher fails, 1 of 3 elsewhere
+    assert "ratio_minus_none" not in tables["teacher_dependency"]  # the no-KD student is not compared with itself
+    kd = target.copy()
+    kd[0, :5, :5], kd[0, 5:, 5:], kd[1, :4, :4] = 0, 0, 0  # fails 1 of 1 where the teacher fails, 2 of 3 elsewhere
+    tables = failures.failure_tables(objects, target, {"teacher": teacher, "none": student, "response": kd})
+    row = tables["teacher_dependency"].set_index("method").loc["response"]
+    kd_ious = failures.object_ious(objects, kd, target)
+    expected = failures.dependency_ratio_difference(kd_ious, ious[0], ious[1])
+    assert tuple(row[["ratio_minus_none", "ratio_minus_none_ci95_low", "ratio_minus_none_ci95_high"]]) == expected
+    assert expected[0] == pytest.approx(1 / (2 / 3) - 3)
 
 
 def test_a_bucket_table_for_reading_gives_the_median_area_in_percent():

@@ -448,7 +448,7 @@ def test_the_html_report_refuses_a_missing_image(tmp_path):
 
 def test_make_methods_and_make_sweep_train_in_kdlib_then_show_their_chapters(tmp_path, monkeypatch):
     """`python -m kdlib methods` / `sweep` train their rows by kdlib's one function for them
-    (the rule of which rows train lives there), then run chapter 8 or 9 and chapter 7 with no
+    (the rule of which rows train lives there), then run chapters 3 and 8, or 9, and chapter 7 with no
     switch injected: the chapters only show. The Makefile's targets are these commands."""
     from kdlib import cli, experiment, notebooks, sweep
 
@@ -465,7 +465,8 @@ def test_make_methods_and_make_sweep_train_in_kdlib_then_show_their_chapters(tmp
     monkeypatch.setattr(sweep, "sweep_table", lambda swept=None, **kw: trained.append(("sweep", kw)))
     argv = ["--data-root", str(tmp_path / "shapes"), "--profile", "smoke"]
     assert cli.main(["methods", *argv]) == 0
-    assert [name for name, _, _ in calls] == ["08_beyond_the_report.ipynb", "07_results.ipynb"]
+    # chapter 3 too: it measures the student-side feature KD that make methods trains
+    assert [name for name, _, _ in calls] == ["03_train_feature.ipynb", "08_beyond_the_report.ipynb", "07_results.ipynb"]
     assert trained[0][0] == "methods" and trained[0][1]["profile"] == "smoke"
     assert trained[0][1]["committed_dir"] == notebooks.ROOT / "report" / "runs"
     assert all("train_extra" not in params and "run_sweep" not in params for _, params, _ in calls)
