@@ -16,9 +16,9 @@ ratios:
 - ``kd_overhead_ratio[method]`` = KD step ÷ (teacher forward + plain student step): what a KD
   step costs beyond the two computations it cannot avoid;
 - ``input_pipeline_ratio[method]`` = end-to-end ÷ compute-only images/s, for the methods timed
-  through the DataLoader (on a CPU the plain step and the cached variant; the other methods'
-  end-to-end rates are their compute-only steps plus the plain step's input time, listed under
-  ``end_to_end_derived``);
+  through the DataLoader (``loader_timed``: without loader workers the plain step and the cached
+  variant; the other methods' end-to-end rates are their compute-only steps plus the plain
+  step's input time, listed under ``end_to_end_derived``);
 - ``cached_kd_epoch_ratio`` = a response-KD epoch with the teacher-output cache ÷ a no-KD
   epoch, both through the real DataLoader over the same images.
 
@@ -64,26 +64,19 @@ from .train import build_adapters, environment, kd_parameters, setup_runtime, tr
 # enough for the cached/plain epoch ratio to mean anything); `latency` calls at batch 1 (student,
 # teacher); `batch`, unless --batch-size says otherwise. A CPU pays seconds per FCN-ResNet50 batch
 # at 224 px, so there the report setting times batches of 4 (its ratios are per step), which buys
-# the rounds that an interval needs within make bench's 8 minutes. `loader`: the methods whose
-# steps are also timed through the DataLoader. With the CPU's default of no loader workers the
-# input pipeline runs between steps, the same for every method but the cached one, so it is timed
-# on the plain step (where it weighs most) and the cached variant, and each other method's end to
-# end rate is its compute-only step plus the plain step's input time of the same round (an
-# AVX2 host spent a third of the report setting's time on those loader steps of eleven methods).
-# On a GPU the loader's workers overlap the step, so every method is timed through it.
-PLAIN, ALL = ("none", "response_cached"), None
+# the rounds that an interval needs within make bench's 8 minutes.
 SETTINGS = {
     "report": {
         "image_size": 224,
         "teacher": "fcn_resnet50",
-        "cpu": {"rounds": 6, "steps": 1, "passes": 1, "images": 32, "latency": (30, 10), "batch": 4, "loader": PLAIN},
-        "cuda": {"rounds": 20, "steps": 10, "passes": 4, "images": None, "latency": (100, 50), "batch": 16, "loader": ALL},
+        "cpu": {"rounds": 6, "steps": 1, "passes": 1, "images": 32, "latency": (30, 10), "batch": 4},
+        "cuda": {"rounds": 20, "steps": 10, "passes": 4, "images": None, "latency": (100, 50), "batch": 16},
     },
     "shapes": {
         "image_size": 64,
         "teacher": "lraspp_resnet18",
-        "cpu": {"rounds": 9, "steps": 6, "passes": 8, "images": None, "latency": (50, 50), "batch": 16, "loader": PLAIN},
-        "cuda": {"rounds": 30, "steps": 20, "passes": 16, "images": None, "latency": (100, 100), "batch": 16, "loader": ALL},
+        "cpu": {"rounds": 9, "steps": 6, "passes": 8, "images": None, "latency": (50, 50), "batch": 16},
+        "cuda": {"rounds": 30, "steps": 20, "passes": 16, "images": None, "latency": (100, 100), "batch": 16},
     },
 }
 TARGETS = {
@@ -106,6 +99,11 @@ LEVEL = 0.95  # confidence of every interval bench.json gives
 # 75 % and 0.73, with a second torch process 28 % and 0.50 (docs/speed.md).
 STEADY_SPREAD, STEADY_CPU_SHARE = 0.35, 0.85
 VOC_TRAIN, VOC_VAL = 1464, 1449  # images per epoch in the report (train + val passes)
+# Without loader workers (a CPU's default on 2 cores) loading and the step take turns, and the
+# input time is the same for every method but the cached one: only these two are timed through
+# the DataLoader, the others' end-to-end rates derived (end_to_end_rate; docs/speed.md says what
+# that saves). With workers the loading overlaps the step, and every method is timed through it.
+LOADER_TIMED = ("none", "response_cached")
 
 
 def _sync(device: torch.device) -> None:
@@ -240,9 +238,17 @@ def compare(a: dict, b: dict, tolerance: float = 0.05) -> list[dict]:
     (the larger over the smaller, minus one), whether that is within ``tolerance``, and whether
     each one's interval holds the other's median."""
     theirs = dict(_medians(b))
+    derived = {  # end-to-end rates computed from other figures, not measured: nothing of their own to compare
+        (setting, m)
+        for report in (a, b)
+        for setting, r in report.get("settings", {}).items()
+        for m in r.get("end_to_end_derived", ())
+    }
     rows = []
     for path, x in _medians(a):
         if path not in theirs:
+            continue
+        if path[2:4] == ("spread", "end_to_end_images_per_s") and (path[1], path[4]) in derived:
             continue
         y = theirs[path]
         low, high = sorted((x["median"], y["median"]))
@@ -353,6 +359,7 @@ def bench_setting(
     base = dataclasses.replace(base, amp=dev.type == "cuda", progress="none")
     workers = base.resolved().workers if workers is None else workers
     base = dataclasses.replace(base, workers=workers)
+    knobs["loader_timed"] = LOADER_TIMED if workers == 0 else None  # None: every method
     log(f"[bench {setting}] {size}² px, batch {batch_size}, {spec['teacher']} teacher, {dev}, workers {workers}")
     student = build_model("student").to(dev, memory_format=torch.channels_last)
     teacher = _teacher(setting, teacher_weights).to(dev, memory_format=torch.channels_last)
@@ -396,6 +403,7 @@ def bench_setting(
     result["kd_overhead_ratio"] = {m: r["median"] for m, r in rounds["overhead"].items()}
     result["input_pipeline_ratio"] = {m: r["median"] for m, r in rounds["pipeline"].items()}
     result["end_to_end_derived"] = rounds["derived"]  # compute-only step + the plain step's input time
+    result["loader_timed"] = "every method" if knobs["loader_timed"] is None else list(knobs["loader_timed"])
     result["cached_kd_epoch_ratio"] = rounds["epoch_ratio"]["median"]
     result["spread"] = {
         "kd_overhead_ratio": rounds["overhead"],
@@ -476,7 +484,7 @@ def _training_rounds(
 ):
     """The training figures, in rounds. Each round: the teacher's forward with and without
     features on a batch in memory; for every method, ``steps`` training steps on that batch
-    (compute only) and then, for the methods of the knobs' ``loader``, ``steps`` through the
+    (compute only) and then, for the methods of the knobs' ``loader_timed`` (all when None), ``steps`` through the
     real DataLoader (the trainer's own wiring, Table 2 augmentation, the default workers; the
     others' end-to-end rate adds the plain step's input time of the round to their compute-only
     step); then an epoch of ``passes`` over the split
@@ -492,7 +500,8 @@ def _training_rounds(
     result["cache"] = {"bytes_per_image": card["bytes_per_image"], "build_seconds": card["seconds"]}
     cached_logits = upsample_logits(teacher.native_logits(x).float(), x.shape[-2:]).half().float()
     timed = [*methods.names(), "response_cached"]
-    assert timed[0] == "none"  # its input time, timed first in each round, serves the derived rates
+    if timed[0] != "none":
+        raise RuntimeError("bench: the plain step must be timed first in a round: the derived rates read its input time")
     runs = {}
     for method in timed:
         trained = "response" if method == "response_cached" else method
@@ -570,7 +579,7 @@ def _training_rounds(
             else:
                 step = in_memory(method)
             times[method].append(step)
-            if knobs["loader"] is ALL or method in knobs["loader"]:
+            if knobs["loader_timed"] is None or method in knobs["loader_timed"]:
                 seen, seconds = through_loader(method, round_, k)
                 rates[method].append(seen / seconds)
                 pipeline[method].append(seen / seconds / (len(x) / step))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .conventions import VOID
+from .conventions import NUM_CLASSES, VOID
 from .methods import names
 
 SIZE_BUCKETS = ((0.0, 0.01, "small (<1%)"), (0.01, 0.05, "medium (1-5%)"), (0.05, 1.01, "large (>5%)"))
@@ -26,6 +26,9 @@ FAIL_IOU = 0.5  # an object is "failed" when its IoU is below this
 # A feature map is "collapsed" at a level when two positions of an image point the same way on
 # average (position_similarity) above this: fixed before feature_student's runs (docs/regime.md)
 COLLAPSED_SIMILARITY = 0.99
+# The confidence of the teacher-dependency verdicts taken together: each KD student's interval
+# is at 1 - (1 - FAMILY_LEVEL) / students (Bonferroni), since the findings name any one of them
+FAMILY_LEVEL = 0.95
 
 
 def _bucket(value: float, buckets) -> str:
@@ -166,21 +169,31 @@ def dependency_ratio_interval(
     student and teacher IoU together), drawn by ``numpy.random.default_rng(seed)`` as one
     ``n_boot``×objects array of indices; resamples without a ratio (the teacher fails on none
     or on every object, or the student never fails where the teacher succeeds) are left out.
-    How far the ratio moves with the objects drawn: another student's ratio on the same objects
-    that lies inside it is not told apart from this one's."""
+    How far the ratio moves with the objects drawn."""
     ok = ~(np.isnan(student_ious) | np.isnan(teacher_ious))
     s_fail, t_fail = student_ious[ok] < fail_iou, teacher_ious[ok] < fail_iou
     if not len(s_fail):
         return math.nan, math.nan
     idx = np.random.default_rng(seed).integers(0, len(s_fail), size=(n_boot, len(s_fail)))
-    s, t = s_fail[idx], t_fail[idx]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = ((s & t).sum(1) / t.sum(1)) / ((s & ~t).sum(1) / (~t).sum(1))
+    ratio = _resampled_ratios(s_fail, t_fail, idx)
     ratio = ratio[np.isfinite(ratio)]
     if not len(ratio):
         return math.nan, math.nan
     low, high = np.quantile(ratio, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def _resampled_ratios(student_fails: np.ndarray, teacher_fails: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """:func:`teacher_dependency`'s ratio on each row of resampled object indices ``idx``
+    (inf or nan where a resample leaves it undefined)."""
+    s, t = student_fails[idx], teacher_fails[idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((s & t).sum(1) / t.sum(1)) / ((s & ~t).sum(1) / (~t).sum(1))
+
+
+# A bootstrap interval is given only when at most this share of its resamples has the statistic
+# defined nowhere: leaving out more would leave out the largest ratios and narrow it unfairly
+MAX_UNDEFINED_RESAMPLES = 0.05
 
 
 def dependency_ratio_difference(
@@ -196,9 +209,10 @@ def dependency_ratio_difference(
     on the same objects, with its paired percentile bootstrap interval (``level``): each of the
     ``n_boot`` resamples (``numpy.random.default_rng(seed)``, one ``n_boot``×objects array of
     indices) draws objects with their three IoUs together and takes both ratios on that draw, so
-    what the objects share (how hard each is for any model) cancels from the difference, which
-    two separate intervals cannot do. Objects without all three IoUs are left out first, and
-    resamples where either ratio is undefined. Returns (difference, low, high); an interval
+    the luck of which objects were drawn (more hard ones, fewer) moves both ratios alike and does
+    not widen the interval, as two separate intervals would. Objects without all three IoUs are
+    left out first. Returns (difference, low, high); the interval is NaN when more than
+    :data:`MAX_UNDEFINED_RESAMPLES` of the resamples leave either ratio undefined. An interval
     above 0 says the student follows the teacher's failures more than the baseline does."""
     ok = ~(np.isnan(student_ious) | np.isnan(baseline_ious) | np.isnan(teacher_ious))
     s_fail, b_fail, t_fail = (v[ok] < fail_iou for v in (student_ious, baseline_ious, teacher_ious))
@@ -208,19 +222,12 @@ def dependency_ratio_difference(
         baseline_ious[ok], teacher_ious[ok], fail_iou
     )["ratio"]
     idx = np.random.default_rng(seed).integers(0, len(t_fail), size=(n_boot, len(t_fail)))
-    t = t_fail[idx]
-
-    def ratios(fail: np.ndarray) -> np.ndarray:
-        f = fail[idx]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return ((f & t).sum(1) / t.sum(1)) / ((f & ~t).sum(1) / (~t).sum(1))
-
     with np.errstate(invalid="ignore"):  # inf - inf where neither student fails where the teacher succeeds
-        diffs = ratios(s_fail) - ratios(b_fail)
-    diffs = diffs[np.isfinite(diffs)]
-    if not len(diffs) or math.isnan(difference):
+        diffs = _resampled_ratios(s_fail, t_fail, idx) - _resampled_ratios(b_fail, t_fail, idx)
+    defined = np.isfinite(diffs)
+    if math.isnan(difference) or 1 - defined.mean() > MAX_UNDEFINED_RESAMPLES:
         return difference, math.nan, math.nan
-    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    low, high = np.quantile(diffs[defined], [(1 - level) / 2, (1 + level) / 2])
     return float(difference), float(low), float(high)
 
 
@@ -230,6 +237,20 @@ def area_in_percent(table: pd.DataFrame) -> pd.DataFrame:
     findings state it), under a column name that says so. The table itself is left as it is."""
     area = (100 * table["median_area"]).round(1)
     return table.assign(median_area=area).rename(columns={"median_area": "median area (% of image)"})
+
+
+def split_miou(pred: np.ndarray, target: np.ndarray) -> float:
+    """The mIoU of predictions over a whole split, by the trainer's metric
+    (:class:`kdlib.metrics.SegmentationMetrics`: pixels pooled per class over every image, then
+    the mean over the classes present in prediction or ground truth), so that it matches the
+    runs' ``best val mIoU`` beside :func:`per_image_miou`."""
+    import torch
+
+    from .metrics import SegmentationMetrics
+
+    metric = SegmentationMetrics(NUM_CLASSES)
+    metric.update(torch.as_tensor(pred).long(), torch.as_tensor(target).long())
+    return metric.compute()["miou"]
 
 
 def per_image_miou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -322,7 +343,9 @@ def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> d
     """Object IoU by size / illumination / occlusion bucket for every model, and teacher
     dependency for every student method, with the bootstrap interval of its ratio over objects
     (:func:`dependency_ratio_interval`) and, for each KD student, its ratio minus the no-KD
-    student's with the paired interval of that difference (:func:`dependency_ratio_difference`)."""
+    student's with the paired interval of that difference (:func:`dependency_ratio_difference`)
+    at the Bonferroni level that keeps the KD students' verdicts at :data:`FAMILY_LEVEL`
+    together (``ratio_minus_none_level``)."""
     ious = {name: object_ious(objects, p, targets) for name, p in preds.items()}
     tables = {}
     for by in ("size", "light", "occlusion"):
@@ -332,13 +355,20 @@ def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> d
             )
     if "teacher" in ious:
         rows = []
+        kd = [m for m in ious if m not in ("teacher", "none")]
+        family = 1 - (1 - FAMILY_LEVEL) / max(len(kd), 1)  # Bonferroni: one claim per KD student
         for m in [m for m in ious if m != "teacher"]:
             low, high = dependency_ratio_interval(ious[m], ious["teacher"])
             row = {"method": m, **teacher_dependency(ious[m], ious["teacher"])}
             row.update(ratio_ci95_low=low, ratio_ci95_high=high)
             if "none" in ious and m != "none":
-                diff, d_low, d_high = dependency_ratio_difference(ious[m], ious["none"], ious["teacher"])
-                row.update(ratio_minus_none=diff, ratio_minus_none_ci95_low=d_low, ratio_minus_none_ci95_high=d_high)
+                diff, d_low, d_high = dependency_ratio_difference(
+                    ious[m], ious["none"], ious["teacher"], level=family
+                )
+                row.update(
+                    ratio_minus_none=diff, ratio_minus_none_low=d_low, ratio_minus_none_high=d_high,
+                    ratio_minus_none_level=family,
+                )  # fmt: skip
             rows.append(row)
         tables["teacher_dependency"] = pd.DataFrame(rows)
     return tables

@@ -168,21 +168,9 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     tables["teacher_confused_pairs"] = failures.most_confused_pairs(
         confusion_from_predictions(preds["teacher"], targets), names, k=8
     )
-    return {"scores": scores, "split_miou": _split_miou(preds, targets), "tables": tables, "figures": shown}
+    split = {name: failures.split_miou(p, targets) for name, p in preds.items()}
+    return {"scores": scores, "split_miou": split, "tables": tables, "figures": shown}
 
-
-def _split_miou(preds: dict, targets) -> dict:
-    """Each model's mIoU over the whole split from its predictions, by the trainer's metric."""
-    import torch
-
-    from .metrics import SegmentationMetrics
-
-    out = {}
-    for name, p in preds.items():
-        metric = SegmentationMetrics()
-        metric.update(torch.as_tensor(p).long(), torch.as_tensor(targets).long())
-        out[name] = metric.compute()["miou"]
-    return out
 
 
 def per_class(runs_dir, committed_dir, dataset: str, teacher: dict | None, figures_dir):

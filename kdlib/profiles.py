@@ -136,30 +136,45 @@ def run_config(
     return dataclasses.replace(cfg, **overrides)
 
 
-# The settings a chapter shows when it says what a profile trains with (chapter 2)
-SHOWN_SETTINGS = (
-    "epochs", "train_repeats", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
-    "early_stop", "augment",
-)  # fmt: skip
+# The settings a chapter shows when it says what a profile trains with (chapter 2), in words
+SHOWN_SETTINGS = {
+    "epochs": "epochs",
+    "train_repeats": "passes over the training images per epoch",
+    "batch_size": "batch size",
+    "lr": "learning rate (Adam)",
+    "weight_decay": "weight decay",
+    "lr_schedule": "learning-rate schedule",
+    "lr_factor": "plateau: factor",
+    "lr_patience": "plateau: epochs without a better val mIoU",
+    "early_stop": "early stopping after epochs without a better val mIoU",
+    "augment": "augmentation",
+}
 
 
-def settings_table(dataset: str, data_root, names=("full", "demo")):
-    """The training settings each profile in ``names`` gives a run (as :func:`run_config`
-    resolves them, so the table cannot drift from what trains), with its seeds and the runs it
-    trains side by side, one column per profile, and the training split's size in ``data_root``."""
+def settings_table(dataset: str, data_root, profile: str = "demo", epochs=None):
+    """The training settings the report's Table 1 (``full``) and ``profile`` give a run, as
+    :func:`run_config` resolves them (``epochs`` overriding the profile's, as a chapter's
+    parameter does), so the table cannot drift from what trains; with each profile's seeds and
+    runs side by side, and the training split's size in ``data_root``. A setting that cannot act
+    (the plateau's, on a cosine schedule; early stopping no shorter than the run) shows "—"."""
     import pandas as pd
 
     from .data import split_sizes
 
     columns = {}
-    for name in names:
-        cfg = run_config("none", 0, dataset=dataset, data_root=data_root, runs_dir="runs", profile=name)
+    for name in dict.fromkeys(("full", profile)):
+        cfg = run_config(
+            "none", 0, dataset=dataset, data_root=data_root, runs_dir="runs", profile=name,
+            epochs=epochs if name == profile else None,
+        )  # fmt: skip
         settings = profile_settings(name)
         column = {k: getattr(cfg, k) for k in SHOWN_SETTINGS}
-        if cfg.lr_schedule != "plateau":  # the plateau's factor and patience play no part
+        if cfg.lr_schedule != "plateau":
             column.update(lr_factor="—", lr_patience="—")
+        if cfg.early_stop >= cfg.epochs:
+            column.update(early_stop="—")
         column.update(seeds=len(settings["seeds"]), runs_side_by_side=settings.get("jobs", 1))
-        columns[name] = column
+        columns[f"{name} (Table 1)" if name == "full" else name] = column
     table = pd.DataFrame(columns).astype(str)
     try:
         images = split_sizes(data_root).get("train")
@@ -167,4 +182,5 @@ def settings_table(dataset: str, data_root, names=("full", "demo")):
         images = None
     if images:
         table.loc["training images (this data root)"] = str(images)
-    return table
+    words = SHOWN_SETTINGS | {"seeds": "seeds", "runs_side_by_side": "runs side by side"}
+    return table.rename(index=words)

@@ -104,28 +104,29 @@ def _weights(run) -> str:
 
 def gap_closed(runs: pd.DataFrame, teacher: dict | None) -> pd.DataFrame:
     """Share of the no-KD student's gap to the teacher that each method closes, in percent
-    (100: the teacher's score; 0: no KD's; below 0: worse than no KD), with the 95% interval of
-    that share: the paired difference's interval (:func:`kdlib.stats.paired_comparison`) over
-    the gap, the teacher's score being one fixed evaluation. A share whose interval covers 0 is
-    no evidence of closing or of widening the gap."""
+    (100: the teacher's score; 0: no KD's; below 0: worse than no KD): the paired difference to
+    no KD (:func:`kdlib.stats.paired_comparison`, over the seeds both share) over the gap from no
+    KD's mean to the teacher, with the paired difference's 95% interval over the same gap. The
+    gap's own uncertainty (no KD's mean over its seeds; the teacher is one evaluation) is left
+    out: it scales the share a little, it does not move its sign. A share whose interval covers
+    0 is no evidence of closing or of widening the gap."""
     summary = summary_table(runs)
-    if teacher is None or "none" not in summary.index:
+    paired = paired_comparison(runs)
+    if teacher is None or "none" not in summary.index or paired.empty:
         return pd.DataFrame()
-    base, top = summary.loc["none", "miou_mean"], teacher["miou"]
-    gap = top - base if top != base else math.nan
-    paired = paired_comparison(runs).set_index("run")
+    gap = teacher["miou"] - summary.loc["none", "miou_mean"]
+    if gap == 0:
+        return pd.DataFrame()
     rows = []
-    for m, r in summary.iterrows():
-        if m == "none":
-            continue
-        low, high = (paired.loc[m, k] if m in paired.index else math.nan for k in ("ci95_low", "ci95_high"))
+    for _, r in paired.iterrows():
+        low, high = sorted((100 * r["ci95_low"] / gap, 100 * r["ci95_high"] / gap))
         rows.append(
             {
-                "method": display_name(m),
-                "mIoU": r["miou_mean"],
-                "share of the gap closed (%)": 100 * (r["miou_mean"] - base) / gap,
-                "share, 95% CI from (%)": 100 * low / gap,
-                "share, 95% CI to (%)": 100 * high / gap,
+                "method": display_name(r["run"]),
+                "mIoU": summary.loc[r["run"], "miou_mean"],
+                "share of the gap closed (%)": 100 * r["mean_diff"] / gap,
+                "share, 95% CI from (%)": low,
+                "share, 95% CI to (%)": high,
             }
         )
     return pd.DataFrame(rows)
@@ -485,13 +486,13 @@ def _shipped_outside_grid(method: str, cells: pd.DataFrame, paired: pd.DataFrame
     defaults = methods.method_of(method).defaults
     t, b = defaults["temperature"], defaults["beta"]
     in_grid = ((cells["T"] == t) & (cells["beta"] == b)).any()
-    row = paired[paired["run"] == method] if "run" in paired else paired
+    row = paired[paired["run"] == method] if "run" in paired else paired.iloc[0:0]
     if in_grid or row.empty:
         return ""
     r = row.iloc[0]
     return (
         f"; the results table's row (T = {t:g}, β = {b:g}, outside the grid's T {_values(cells['T'])} × β "
-        f"{_values(cells['beta'])}) gains {r['mean_diff']:+.4f} on its {int(r['seeds'])} seeds"
+        f"{_values(cells['beta'])}) differs from no KD by {_ci(r)} on its {int(r['seeds'])} seeds ({r['verdict']})"
     )
 
 
@@ -1022,7 +1023,7 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
                     f": the {hard} objects are also the smaller ones, so this table does not tell {label} apart "
                     "from size."
                     if area_hard < area_easy
-                    else f": the {hard} objects are not the smaller ones, so size does not explain their lower score."
+                    else f": their median size does not explain the {hard} objects' lower score."
                 )
             )
         lines.append(line)
@@ -1050,22 +1051,24 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
 
 def collapse_findings(similarity: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[str]:
     """What chapter 3's position-similarity table (:func:`kdlib.figures.feature_similarity`,
-    indexed by level) shows: how much more alike the trained projections make the teacher's
-    positions, the levels where each map is collapsed (mean position cosine above
-    :data:`kdlib.failures.COLLAPSED_SIMILARITY`), whether moving the adapters to the student's
-    side (``feature_student``) removes the collapse and, given ``runs``, both forms' paired
-    differences to no KD and to each other."""
+    indexed by level) shows: what the trained projections do to the teacher's position cosine
+    at each level, the levels where each map is collapsed (mean position cosine above
+    :data:`kdlib.failures.COLLAPSED_SIMILARITY`), what moving the adapters to the student's side
+    (``feature_student``) does to the report form's collapsed levels (docs/regime.md's rule)
+    and, given ``runs``, both forms' paired differences to no KD and to each other."""
     from .failures import COLLAPSED_SIMILARITY
 
-    def collapsed(column: str) -> str:
-        levels = [str(level) for level, v in similarity[column].items() if v > COLLAPSED_SIMILARITY]
-        return _names(levels) if levels else "no level"
+    def levels_of(column: str) -> list[str]:
+        return [str(level) for level, v in similarity[column].items() if v > COLLAPSED_SIMILARITY]
 
-    gap = similarity["teacher, projected"] - similarity["teacher (raw)"]
+    def collapsed(column: str) -> str:
+        return _names(levels_of(column)) if levels_of(column) else "no level"
+
+    change = similarity["teacher, projected"] - similarity["teacher (raw)"]
     lines = [
-        "Through the trained projections the teacher's positions are more alike than in its raw maps at "
-        f"{int((gap > 0).sum())} of {len(similarity)} levels, by {gap.min():+.3f} to {gap.max():+.3f} in mean "
-        f"cosine (the projected teacher's: {similarity['teacher, projected'].min():.3f} to "
+        "The trained projections change the teacher's mean position cosine by "
+        + ", ".join(f"{d:+.3f} at {level}" for level, d in change.items())
+        + f" (the projected teacher's: {similarity['teacher, projected'].min():.3f} to "
         f"{similarity['teacher, projected'].max():.3f}).",
         f"Collapsed (mean position cosine above {COLLAPSED_SIMILARITY:g}): the raw teacher at "
         f"{collapsed('teacher (raw)')}, the projected teacher at {collapsed('teacher, projected')}, the "
@@ -1080,19 +1083,12 @@ def collapse_findings(similarity: pd.DataFrame, runs: pd.DataFrame | None = None
         )
     own, adapted = "student-side adapters: student", "student-side adapters: student, adapted"
     if own in similarity:
-        report_form = int((similarity["feature-KD student"] > COLLAPSED_SIMILARITY).sum())
-        moved = int((similarity[own] > COLLAPSED_SIMILARITY).sum())
-        outcome = (
-            "moving the adapters removes the collapse"
-            if moved == 0 and report_form > 0
-            else "moving the adapters leaves the collapse as it was"
-            if moved >= report_form
-            else f"moving the adapters removes the collapse at {report_form - moved} of {report_form} levels"
-        )
         lines.append(
             "With the 1×1 adapters on the student's side the loss's target is the raw teacher; that student's own "
             f"maps are collapsed at {collapsed(own)} (positions average {similarity[own].mean():.3f}), its maps "
-            f"through the adapters at {collapsed(adapted)}: {outcome}."
+            f"through the adapters at {collapsed(adapted)}: "
+            + _placement_outcome(levels_of("feature-KD student"), levels_of(own))
+            + "."
         )
     else:
         lines.append(
@@ -1100,18 +1096,59 @@ def collapse_findings(similarity: pd.DataFrame, runs: pd.DataFrame | None = None
             f"{target_of('feature_student')} trains it, then this chapter measures it."
         )
     if runs is not None and "feature_student" in set(runs["run"]):
-        paired = paired_comparison(runs).set_index("run")  # Holm over every row, as chapter 7's table
-        parts = [
-            f"{display_name(m)} {_ci(paired.loc[m])} ({paired.loc[m, 'verdict']})"
-            for m in ("feature", "feature_student")
-            if m in paired.index
-        ]
-        sentence = "Against no KD, paired by seed: " + "; ".join(parts) + "."
-        if "feature" in set(runs["run"]):
-            r = paired_comparison(runs[runs["run"].isin(["feature", "feature_student"])], baseline="feature").iloc[0]
-            sentence += f" The student-side form against the report's: {_ci(r)} ({r['verdict']})."
-        lines.append(sentence)
+        lines.append(_placement_verdicts(runs))
     return lines
+
+
+def _placement_outcome(report_form: list[str], moved: list[str]) -> str:
+    """What moving the adapters did to the report form's collapsed levels, compared as sets."""
+    added = [level for level in moved if level not in report_form]
+    kept = [level for level in report_form if level in moved]
+    if added:
+        return f"moving the adapters adds collapse at {_names(added)}"
+    if not report_form:
+        return "the report form's student was collapsed at no level, so there was no collapse to remove"
+    if not kept:
+        return "moving the adapters removes the collapse"
+    if len(kept) == len(report_form):
+        return "moving the adapters leaves the collapse as it was"
+    return f"moving the adapters removes the collapse at {len(report_form) - len(kept)} of {len(report_form)} levels"
+
+
+def _placement_verdicts(runs: pd.DataFrame) -> str:
+    """Both feature-KD forms against no KD (Holm over the whole table, as chapter 7's), the
+    student-side form against the report's, and what that says about the moved adapters."""
+    paired = paired_comparison(runs).set_index("run")  # Holm over every row, as chapter 7's table
+
+    def said(m: str) -> str:
+        r = paired.loc[m]
+        crossed = "; paired across CPU kernels" if "same_kernels" in r and not r["same_kernels"] else ""
+        return f"{display_name(m)} {_ci(r)} ({r['verdict']}{crossed})"
+
+    shown = [m for m in ("feature", "feature_student") if m in paired.index]
+    sentence = "Against no KD, paired by seed (Holm over the results table): " + "; ".join(map(said, shown)) + "."
+    if "feature" in set(runs["run"]):
+        r = paired_comparison(runs[runs["run"].isin(["feature", "feature_student"])], baseline="feature").iloc[0]
+        sentence += f" The student-side form against the report's (one comparison): {_ci(r)} ({r['verdict']})."
+    if "feature_student" not in paired.index:
+        return sentence
+    moved = paired.loc["feature_student"]
+    report_form_beats = "feature" in paired.index and (
+        paired.loc["feature", "verdict"] == LARGER and paired.loc["feature", "mean_diff"] > 0
+    )
+    if moved["verdict"] == LARGER:
+        result = "beats no KD" if moved["mean_diff"] > 0 else "does worse than no KD"
+    elif moved["verdict"] == NOT_AFTER_HOLM:
+        result = "differs from no KD by more than seed noise alone, but not once the table's rows are corrected for"
+    elif math.isnan(moved["detectable"]):
+        result = "has too few paired seeds for a verdict against no KD"
+    else:
+        still = "" if report_form_beats else "still "
+        result = (
+            f"{still}does not differ from no KD by a difference these seeds resolve "
+            f"(detectable ±{moved['detectable']:.4f})"
+        )
+    return sentence + f" So with the adapters moved, feature KD {result}."
 
 
 def placement_md(tables: Path, runs: pd.DataFrame) -> str:
@@ -1131,8 +1168,9 @@ def _first_seed_students(n: int) -> str:
 
 def _dependency_findings(rows: pd.DataFrame) -> list[str]:
     """The teacher-dependency sentences: the no-KD ratio, then each KD student's verdict from
-    the paired interval of its ratio minus the no-KD one (``ratio_minus_none``), or, in a table
-    written before that column existed, from the no-KD ratio's own interval."""
+    the paired interval of its ratio minus the no-KD one (``ratio_minus_none``, at the
+    Bonferroni level of :func:`kdlib.failures.failure_tables`). The students are each method's
+    first seed, so a verdict is about that run, not the method over seeds."""
     ratio = rows["ratio"]
     kd = ratio.drop(index="none", errors="ignore")
     if "none" not in ratio.index or not len(kd):
@@ -1142,60 +1180,48 @@ def _dependency_findings(rows: pd.DataFrame) -> list[str]:
         f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are hard for "
         f"every model."
     ]
+    columns = ["ratio_minus_none", "ratio_minus_none_low", "ratio_minus_none_high"]
+    if not set(columns) <= set(rows.columns):
+        return lines + [f"The KD students' ratios are {kd.min():.2f} to {kd.max():.2f}."]
+    diff = rows.loc[kd.index, columns].set_axis(["d", "low", "high"], axis=1)
+    undefined = [m for m in diff.index if diff.loc[m].isna().any()]
+    diff = diff.drop(index=undefined)
+    level = rows.loc[kd.index, "ratio_minus_none_level"].iloc[0] if "ratio_minus_none_level" in rows else math.nan
     objects = rows.loc["none"].get("objects", math.nan)
     drawn = "objects" if math.isnan(objects) else f"{int(objects)} objects"
     said = {
         "inside": "no sign, at this number of objects, that distillation passed the teacher's mistakes on",
-        "above": "their failures follow the teacher's more than the no-KD student's do, so distillation passed "
-        "some of its mistakes on",
-        "below": "their failures follow the teacher's less than a student's that never saw it",
+        "above": "{its} failures follow the teacher's more than the no-KD student's do: this run inherited some of "
+        "the teacher's mistakes",
+        "below": "{its} failures follow the teacher's less than those of a student that never saw it",
     }
-    columns = ("ratio_minus_none", "ratio_minus_none_ci95_low", "ratio_minus_none_ci95_high")
-    if set(columns) <= set(rows.columns):
-        diff = rows.loc[kd.index, list(columns)].set_axis(["d", "low", "high"], axis=1).dropna()
-        where = {
-            "inside": [m for m in diff.index if diff.loc[m, "low"] <= 0 <= diff.loc[m, "high"]],
-            "above": [m for m in diff.index if diff.loc[m, "low"] > 0],
-            "below": [m for m in diff.index if diff.loc[m, "high"] < 0],
-        }
-        named = {"inside": "covers 0", "above": "lies above 0", "below": "lies below 0"}
-        each = "; ".join(
-            f"{display_name(m)} {diff.loc[m, 'd']:+.2f} [{diff.loc[m, 'low']:+.2f}, {diff.loc[m, 'high']:+.2f}]"
-            for m in diff.index
-        )
-        parts = [
-            f"for {_names(ms)} the interval {named[k]}: "
-            + (said[k].replace("their failures", "its failures") if len(ms) == 1 else said[k])
-            for k, ms in where.items()
-            if ms
-        ]
-        lines.append(
-            f"Each KD student's ratio minus the no-KD student's, with the 95% interval of a paired bootstrap over the "
-            f"same {drawn} (both ratios on each resample, so how hard each object is cancels; one student per "
-            f"method, so the interval covers the objects drawn, not another training run): {each}; "
-            + "; ".join(parts)
-            + "."
-        )
-        return lines
-    low, high = (rows.loc["none"].get(k, math.nan) for k in ("ratio_ci95_low", "ratio_ci95_high"))
-    if math.isnan(low) or math.isnan(high):
-        lines.append(f"The KD students' ratios are {kd.min():.2f} to {kd.max():.2f}.")
-        return lines
     where = {
-        "inside": [m for m in kd.index if low <= kd[m] <= high],
-        "above": [m for m in kd.index if kd[m] > high],
-        "below": [m for m in kd.index if kd[m] < low],
+        "inside": [m for m in diff.index if diff.loc[m, "low"] <= 0 <= diff.loc[m, "high"]],
+        "above": [m for m in diff.index if diff.loc[m, "low"] > 0],
+        "below": [m for m in diff.index if diff.loc[m, "high"] < 0],
     }
+    named = {"inside": "covers 0", "above": "lies above 0", "below": "lies below 0"}
+    each = "; ".join(
+        f"{display_name(m)} {diff.loc[m, 'd']:+.2f} [{diff.loc[m, 'low']:+.2f}, {diff.loc[m, 'high']:+.2f}]"
+        for m in diff.index
+    )
     parts = [
-        f"{_names(ms)} ({', '.join(f'{kd[m]:.2f}' for m in ms)}) {'lies' if len(ms) == 1 else 'lie'} {k} it: {said[k]}"
+        f"for {_names(ms)} the interval {named[k]}: " + said[k].format(its="its" if len(ms) == 1 else "their")
         for k, ms in where.items()
         if ms
     ]
-    lines.append(
-        f"Resampling the {drawn} (bootstrap, 95%) puts the no-KD ratio between {low:.2f} and {high:.2f}; "
-        + "; ".join(parts)
-        + "."
-    )
+    at = "" if math.isnan(level) else f" at {level:.1%} each (Bonferroni over {len(kd)} students: 95% together)"
+    if len(diff):
+        lines.append(
+            f"Each KD student's ratio minus the no-KD student's (each method's first-seed run), with a paired bootstrap "
+            f"interval over the same {drawn}{at}: both ratios are taken on each resample, so the luck of the objects "
+            f"drawn moves them alike: {each}; " + "; ".join(parts) + "."
+        )
+    if undefined:
+        lines.append(
+            f"No interval for {_names(undefined)}: too many resamples leave its ratio undefined (it never, or always, "
+            "fails where the teacher succeeds)."
+        )
     return lines
 
 

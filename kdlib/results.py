@@ -205,8 +205,9 @@ WORDS = {
     "ratio_ci95_high": "ratio, 95% CI to",
     "same_kernels": "same CPU kernels",
     "ratio_minus_none": "ratio minus No KD's",
-    "ratio_minus_none_ci95_low": "minus No KD's, 95% CI from",
-    "ratio_minus_none_ci95_high": "minus No KD's, 95% CI to",
+    "ratio_minus_none_low": "minus No KD's, interval from",
+    "ratio_minus_none_high": "minus No KD's, interval to",
+    "ratio_minus_none_level": "its level (Bonferroni)",
 }
 
 

@@ -85,6 +85,10 @@ def test_the_dependency_difference_is_a_paired_bootstrap_over_the_same_objects()
     assert (low, high) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
     # a student against itself differs by exactly 0 on every resample: the pairing cancels the objects
     assert failures.dependency_ratio_difference(s, s, t) == (0.0, 0.0, 0.0)
+    # a student that fails nowhere the teacher succeeds has no ratio on most resamples: no interval, not a narrow one
+    never = np.where(t < 0.5, 0.0, 1.0)  # fails exactly where the teacher fails
+    diff, low, high = failures.dependency_ratio_difference(never, b, t)
+    assert math.isnan(diff) and math.isnan(low) and math.isnan(high)
 
 
 def test_the_failure_tables_give_each_dependency_ratio_its_interval():
@@ -106,7 +110,8 @@ def test_the_failure_tables_give_each_dependency_ratio_its_interval():
     row = tables["teacher_dependency"].set_index("method").loc["response"]
     kd_ious = failures.object_ious(objects, kd, target)
     expected = failures.dependency_ratio_difference(kd_ious, ious[0], ious[1])
-    assert tuple(row[["ratio_minus_none", "ratio_minus_none_ci95_low", "ratio_minus_none_ci95_high"]]) == expected
+    # (four objects leave most resamples without a ratio: no interval, NaN on both sides)
+    np.testing.assert_equal(tuple(row[["ratio_minus_none", "ratio_minus_none_low", "ratio_minus_none_high"]]), expected)
     assert expected[0] == pytest.approx(1 / (2 / 3) - 3)
 
 
@@ -358,3 +363,18 @@ def test_a_bucket_gives_the_median_area_of_its_objects_not_the_mean():
     table = failures.iou_by_bucket(objects, {"m": np.array([0.1, 0.2, 0.9, 0.0])}, "size")
     assert table.loc["large (>5%)", "median_area"] == pytest.approx(0.07)  # the mean would be 0.1433
     assert table.loc["large (>5%)", "m"] == pytest.approx(0.4) and table.loc["small (<1%)", "objects"] == 1
+
+
+def test_the_split_miou_pools_pixels_per_class_unlike_the_per_image_mean():
+    target = np.zeros((2, 4, 4), np.uint8)
+    target[0, :2, :2] = 1  # image 0: 4 pixels of class 1, 12 of background
+    target[1, 0, 0] = 2  # image 1: 1 pixel of class 2, 15 of background
+    target[1, 3, 3] = 255  # void, left out
+    pred = target.copy()
+    pred[1, 0, 0] = 0  # the one pixel of class 2 missed: predicted background
+    pred[1, 3, 3] = 2  # a void pixel predicted as class 2 counts for nothing
+    # by hand, pooled over both images: background 26 right of a union of 27 (26 in the truth, the missed
+    # pixel predicted as it too), class 1 4 of 4, class 2 0 of 1: (26/27 + 1 + 0) / 3
+    assert failures.split_miou(pred, target) == pytest.approx((26 / 27 + 1 + 0) / 3, rel=1e-6)
+    # per image: image 0 (1 + 1) / 2, image 1 (14/15 + 0) / 2
+    assert failures.per_image_miou(pred, target).tolist() == pytest.approx([1.0, 14 / 30])

@@ -45,8 +45,8 @@ def test_bench_writes_every_ratio(tiny_shapes, tiny_teacher, tmp_path, capsys):
     assert set(report["kd_overhead_ratio"]["shapes"]) == kd
     # sanity, not speed (make bench measures that): two rounds on a busy machine can double one step
     assert all(0.3 < v < 5 for v in report["kd_overhead_ratio"]["shapes"].values())
-    # on a CPU the loader is timed for the plain step and the cached variant; the rest are derived
-    assert set(report["input_pipeline_ratio"]["shapes"]) == {"none", "response_cached"}
+    # without loader workers the loader is timed for the plain step and the cached variant; the rest derived
+    assert set(report["input_pipeline_ratio"]["shapes"]) == {"none", "response_cached"} == set(r["loader_timed"])
     assert set(r["end_to_end_derived"]) == kd
     assert 0.2 < report["cached_kd_epoch_ratio"]["shapes"] < 5
     assert r["cache"]["bytes_per_image"] == 21 * 16 * 16 * 2
@@ -215,3 +215,10 @@ def test_two_bench_reports_compare_median_by_median(tmp_path, capsys):
     (tmp_path / "b.json").write_text(json.dumps(b))
     assert main(["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     assert capsys.readouterr().out.strip() == text
+    # a derived end-to-end rate (computed from other figures) is not compared as if measured
+    rate = {"feature": fig(1.0, 2.0, 3.0), "none": fig(1.0, 2.0, 3.0)}
+    a["settings"]["s"] |= {"spread": {"end_to_end_images_per_s": rate}, "end_to_end_derived": ["feature"]}
+    b["settings"]["s"] |= {"spread": {"end_to_end_images_per_s": rate}}
+    assert {r["figure"] for r in compare(a, b)} == {
+        "settings.s.x", "settings.s.y", "settings.s.spread.end_to_end_images_per_s.none"
+    }  # fmt: skip

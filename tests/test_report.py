@@ -115,6 +115,11 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     # t 3.182446) give 0.105 ± 0.009187, over the same gap
     low, high = (100 * (0.105 + k * 3.182446 * 0.0057735 / 2) / 0.5975 for k in (-1, 1))
     assert (response["share, 95% CI from (%)"], response["share, 95% CI to (%)"]) == pytest.approx((low, high), abs=1e-3)
+    # the share is the paired difference over the seeds both share: a method with seeds 0-1 only
+    part = pd.DataFrame([r for r in _runs_rows() if r["run"] == "none" or (r["run"] == "response" and r["seed"] < 2)])
+    share = report.gap_closed(part, {"miou": 0.8}).set_index("method").loc["Response", "share of the gap closed (%)"]
+    assert share == pytest.approx(100 * 0.105 / 0.5975)  # (0.10 + 0.11) / 2 on seeds 0-1, not 0.315 - 0.2025
+    assert report.gap_closed(part[part["run"] == "none"], {"miou": 0.8}).empty  # no method: no table, no error
     assert "16 of 16 runs have" in text  # every synthetic curve levels off half way
     assert (tmp_path / "report" / "runs" / "both" / "seed3" / "history.csv").is_file()
 
@@ -256,7 +261,7 @@ def test_the_sweep_headline_pairs_each_cell_with_no_kd(tmp_path):
     said = next(x for x in report.headline_md(runs, paired, None, tmp_path, []) if "sweep's best" in x)
     assert said.endswith(
         "so optimistic); the results table's row (T = 4, β = 0.3, outside the grid's T {1, 4} × β {0.7}) "
-        "gains +0.0800 on its 3 seeds."
+        "differs from no KD by +0.0800 mIoU (95% CI +0.0800 to +0.0800) on its 3 seeds (larger than seed noise)."
     )
 
 
@@ -382,47 +387,40 @@ def test_the_failure_findings_read_their_tables():
     )
     larger = {**tables, "occlusion": occlusion.assign(median_area=[0.05, 0.034])}
     assert report.failure_findings(larger, ["none", "both"])[1].endswith(
-        "the none (<5%) ones 5.0%: the none (<5%) objects are not the smaller ones, so size does not explain "
-        "their lower score."
+        "the none (<5%) ones 5.0%: their median size does not explain the none (<5%) objects' lower score."
     )
     lines = lines[:1] + lines[2:]
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
     assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3]
-    # each KD ratio against the no-KD student's interval [1.1, 1.4] (its own interval plays no part):
-    # Feature 1.2 and CWD 1.4 (the bound itself) inside, Response 1.5 above, Feature & Response 1.0 below
-    assert lines[4] == (
-        "Resampling the 50 objects (bootstrap, 95%) puts the no-KD ratio between 1.10 and 1.40; "
-        "Feature and Channel-wise (CWD) (1.20, 1.40) lie inside it: no sign, at this number of objects, that "
-        "distillation passed the teacher's mistakes on; Response (1.50) lies above it: their failures follow the "
-        "teacher's more than the no-KD student's do, so distillation passed some of its mistakes on; "
-        "Feature & Response (1.00) lies below it: their failures follow the teacher's less than a student's that "
-        "never saw it."
-    )
-    # with the paired difference (failure_tables writes it) the verdict follows its interval, not the
-    # no-KD ratio's: Feature's ratio 1.2 lay inside [1.1, 1.4], but its difference's interval lies below 0
+    # without the paired difference (a table written before it existed) no rule is applied: only the range
+    assert lines[4] == "The KD students' ratios are 1.00 to 1.50."
+    # the verdict follows the paired interval of each difference: Feature's ratio 1.2 lies inside the no-KD
+    # ratio's own interval [1.1, 1.4], but the interval of its difference lies below 0
+    level = 1 - 0.05 / 4
     paired = dependency.assign(
         ratio_minus_none=[math.nan, -0.1, 0.2, -0.3, 0.1],
-        ratio_minus_none_ci95_low=[math.nan, -0.15, -0.05, -0.5, 0.02],
-        ratio_minus_none_ci95_high=[math.nan, -0.02, 0.4, 0.1, 0.2],
+        ratio_minus_none_low=[math.nan, -0.15, -0.05, -0.5, 0.02],
+        ratio_minus_none_high=[math.nan, -0.02, 0.4, 0.1, 0.2],
+        ratio_minus_none_level=[math.nan] + [level] * 4,
     )
     lines = report.failure_findings({"teacher_dependency": paired}, ["none", "both"])
     assert lines[-1] == (
-        "Each KD student's ratio minus the no-KD student's, with the 95% interval of a paired bootstrap over the "
-        "same 50 objects (both ratios on each resample, so how hard each object is cancels; one student per method, "
-        "so the interval covers the objects drawn, not another training run): Feature -0.10 "
+        "Each KD student's ratio minus the no-KD student's (each method's first-seed run), with a paired bootstrap "
+        "interval over the same 50 objects at 98.8% each (Bonferroni over 4 students: 95% together): both ratios "
+        "are taken on each resample, so the luck of the objects drawn moves them alike: Feature -0.10 "
         "[-0.15, -0.02]; Response +0.20 [-0.05, +0.40]; Feature & Response -0.30 [-0.50, +0.10]; Channel-wise (CWD) "
         "+0.10 [+0.02, +0.20]; for Response and Feature & Response the interval covers 0: no sign, at this number "
         "of objects, that distillation passed the teacher's mistakes on; for Channel-wise (CWD) the interval lies "
-        "above 0: its failures follow the teacher's more than the no-KD student's do, so distillation passed some "
-        "of its mistakes on; for Feature the interval lies below 0: its failures follow the teacher's less than a "
-        "student's that never saw it."
+        "above 0: its failures follow the teacher's more than the no-KD student's do: this run inherited some of "
+        "the teacher's mistakes; for Feature the interval lies below 0: its failures follow the teacher's less than "
+        "those of a student that never saw it."
     )
-    # without the interval (a table written before it existed) no rule is applied, only the range is stated
-    old = dependency.drop(columns=["ratio_ci95_low", "ratio_ci95_high"])
-    lines = report.failure_findings({"teacher_dependency": old}, ["none", "both"])
-    assert lines[-1] == "The KD students' ratios are 1.00 to 1.50."
+    # a student whose interval is undefined is named, not silently dropped
+    paired.loc[1, ["ratio_minus_none_low", "ratio_minus_none_high"]] = math.nan
+    lines = report.failure_findings({"teacher_dependency": paired}, ["none", "both"])
+    assert "Feature -0.10" not in lines[-2] and lines[-1].startswith("No interval for Feature: too many resamples")
 
 
 def test_the_findings_put_each_row_in_the_group_its_tests_give(tmp_path):
@@ -506,8 +504,10 @@ def test_the_collapse_findings_read_each_column_against_the_threshold():
     )
     lines = report.collapse_findings(similarity)
     # projected minus raw: +0.3, +0.495, +0.3, +0.1
-    assert lines[0].startswith("Through the trained projections the teacher's positions are more alike than in its raw "
-                               "maps at 4 of 4 levels, by +0.100 to +0.495")
+    assert lines[0] == (
+        "The trained projections change the teacher's mean position cosine by +0.300 at layer1, +0.495 at layer2, "
+        "+0.300 at layer3, +0.100 at layer4 (the projected teacher's: 0.900 to 1.000)."
+    )
     assert lines[1] == (
         "Collapsed (mean position cosine above 0.99): the raw teacher at no level, the projected teacher at layer2, "
         "layer3 and layer4, the feature-KD student at layer2, layer3 and layer4, the no-KD student at no level."
@@ -521,6 +521,13 @@ def test_the_collapse_findings_read_each_column_against_the_threshold():
     )
     no_collapse = similarity.assign(**{"student-side adapters: student": [0.7, 0.65, 0.9, 0.5]})
     assert report.collapse_findings(no_collapse)[3].endswith("moving the adapters removes the collapse.")
+    # levels compared as sets: a collapse the report form did not have is added, not "as it was"
+    elsewhere = similarity.assign(**{"student-side adapters: student": [0.995, 0.995, 0.999, 0.999]})
+    assert report.collapse_findings(elsewhere)[3].endswith("moving the adapters adds collapse at layer1.")
+    same = similarity.assign(**{"student-side adapters: student": [0.7, 0.995, 0.999, 0.999]})
+    assert report.collapse_findings(same)[3].endswith("moving the adapters leaves the collapse as it was.")
+    neither = no_collapse.assign(**{"feature-KD student": [0.8, 0.9, 0.9, 0.9]})
+    assert report.collapse_findings(neither)[3].endswith("so there was no collapse to remove.")
     without = similarity.drop(columns=["student-side adapters: student", "student-side adapters: student, adapted"])
     assert "make methods trains it" in report.collapse_findings(without)[-1]
     # with runs: both forms against no KD, and the student-side form against the report's
@@ -533,7 +540,15 @@ def test_the_collapse_findings_read_each_column_against_the_threshold():
     last = report.collapse_findings(similarity, runs)[-1]
     # feature_student - none: 0.050, 0.051, 0.052, 0.053 (mean 0.0515); against feature: 0.050, 0.052, 0.052, 0.054
     assert "Feature, adapters on the student +0.0515 mIoU" in last
-    assert "The student-side form against the report's: +0.0520 mIoU" in last
+    assert "The student-side form against the report's (one comparison): +0.0520 mIoU" in last
+    assert last.endswith("So with the adapters moved, feature KD beats no KD.")
+    flat = runs.assign(miou=[m - 0.05 - 0.001 * s if r == "feature_student" else m
+                             for r, s, m in zip(runs["run"], runs["seed"], runs["miou"])])
+    flat.loc[flat["run"] == "feature_student", "miou"] += [0.01, -0.01, 0.0, 0.002]
+    last = report.collapse_findings(similarity, flat)[-1]
+    assert "So with the adapters moved, feature KD still does not differ from no KD by a difference these seeds" in last
+    worse = runs.assign(miou=[m - 0.1 if r == "feature_student" else m for r, m in zip(runs["run"], runs["miou"])])
+    assert report.collapse_findings(similarity, worse)[-1].endswith("feature KD does worse than no KD.")
 
 
 def test_chapter_7_closes_on_the_placement_measured_in_chapter_3_or_says_it_is_missing(tmp_path):
@@ -555,14 +570,22 @@ def test_chapter_7_closes_on_the_placement_measured_in_chapter_3_or_says_it_is_m
 def test_the_settings_table_gives_table_1_and_the_demo_as_a_run_gets_them(tmp_path):
     from kdlib import profiles
 
-    table = profiles.settings_table("shapes", tmp_path / "nothing-here")
-    # the report's Table 1 (Adam 1e-3, weight decay 1e-4, batch 16, plateau x0.2 after 10, early stop 30)
-    assert table["full"][["lr", "weight_decay", "batch_size", "lr_schedule", "lr_factor", "lr_patience"]].tolist() == [
-        "0.001", "0.0001", "16", "plateau", "0.2", "10"
-    ]
-    assert table.loc["early_stop", "full"] == "30" and table.loc["epochs", "full"] == "300"
-    # the demo: 20 epochs of lr 1e-2 on a cosine schedule, each image 8 times an epoch, six seeds two at a time
-    demo = table["demo"]
-    assert (demo["epochs"], demo["lr"], demo["lr_schedule"], demo["train_repeats"]) == ("20", "0.01", "cosine", "8")
-    assert (demo["lr_factor"], demo["seeds"], demo["runs_side_by_side"]) == ("—", "6", "2")
+    table = profiles.settings_table("shapes", tmp_path / "nothing-here", "demo")
+    full, demo = table["full (Table 1)"], table["demo"]
+    # the report's Table 1: Adam 1e-3, weight decay 1e-4, batch 16, plateau x0.2 after 10, early stop 30, 300 epochs
+    rows = ["learning rate (Adam)", "weight decay", "batch size", "learning-rate schedule", "plateau: factor"]
+    assert full[rows].tolist() == ["0.001", "0.0001", "16", "plateau", "0.2"]
+    assert full["plateau: epochs without a better val mIoU"] == "10" and full["epochs"] == "300"
+    assert full["early stopping after epochs without a better val mIoU"] == "30"
+    # the demo: 20 epochs of lr 1e-2 on a cosine schedule, each image 8 times an epoch, six seeds two at a time;
+    # neither the plateau nor early stopping after 30 epochs can act in 20
+    assert (demo["epochs"], demo["learning rate (Adam)"], demo["passes over the training images per epoch"]) == (
+        "20", "0.01", "8"
+    )
+    assert demo["plateau: factor"] == demo["early stopping after epochs without a better val mIoU"] == "—"
+    assert (demo["seeds"], demo["runs side by side"]) == ("6", "2")
     assert "training images (this data root)" not in table.index  # no data there: nothing claimed
+    # a chapter's epochs override reaches its column, and the full profile alone is one column
+    assert profiles.settings_table("shapes", tmp_path, "demo", epochs=40)["demo"]["early stopping after epochs "
+                                                                                 "without a better val mIoU"] == "30"
+    assert list(profiles.settings_table("shapes", tmp_path, "full").columns) == ["full (Table 1)"]
