@@ -145,8 +145,8 @@ SHOWN_SETTINGS = {
     "weight_decay": "weight decay",
     "lr_schedule": "learning-rate schedule",
     "lr_factor": "plateau: factor",
-    "lr_patience": "plateau: epochs without a better val mIoU",
-    "early_stop": "early stopping after epochs without a better val mIoU",
+    "lr_patience": "plateau: patience (epochs)",
+    "early_stop": "early stopping: patience (epochs)",
     "augment": "augmentation",
 }
 

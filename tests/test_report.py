@@ -575,17 +575,17 @@ def test_the_settings_table_gives_table_1_and_the_demo_as_a_run_gets_them(tmp_pa
     # the report's Table 1: Adam 1e-3, weight decay 1e-4, batch 16, plateau x0.2 after 10, early stop 30, 300 epochs
     rows = ["learning rate (Adam)", "weight decay", "batch size", "learning-rate schedule", "plateau: factor"]
     assert full[rows].tolist() == ["0.001", "0.0001", "16", "plateau", "0.2"]
-    assert full["plateau: epochs without a better val mIoU"] == "10" and full["epochs"] == "300"
-    assert full["early stopping after epochs without a better val mIoU"] == "30"
+    assert full["plateau: patience (epochs)"] == "10" and full["epochs"] == "300"
+    assert full["early stopping: patience (epochs)"] == "30"
     # the demo: 20 epochs of lr 1e-2 on a cosine schedule, each image 8 times an epoch, six seeds two at a time;
     # neither the plateau nor early stopping after 30 epochs can act in 20
     assert (demo["epochs"], demo["learning rate (Adam)"], demo["passes over the training images per epoch"]) == (
         "20", "0.01", "8"
     )
-    assert demo["plateau: factor"] == demo["early stopping after epochs without a better val mIoU"] == "—"
+    assert demo["plateau: factor"] == demo["early stopping: patience (epochs)"] == "—"
     assert (demo["seeds"], demo["runs side by side"]) == ("6", "2")
     assert "training images (this data root)" not in table.index  # no data there: nothing claimed
     # a chapter's epochs override reaches its column, and the full profile alone is one column
-    assert profiles.settings_table("shapes", tmp_path, "demo", epochs=40)["demo"]["early stopping after epochs "
-                                                                                 "without a better val mIoU"] == "30"
+    longer = profiles.settings_table("shapes", tmp_path, "demo", epochs=40)["demo"]
+    assert longer["early stopping: patience (epochs)"] == "30"
     assert list(profiles.settings_table("shapes", tmp_path, "full").columns) == ["full (Table 1)"]
