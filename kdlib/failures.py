@@ -163,19 +163,20 @@ def dependency_ratio_interval(
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval (``level``, default 95 %) of :func:`teacher_dependency`'s
-    ratio over objects: ``n_boot`` resamples of the objects with replacement (an object keeps its
-    student and teacher IoU together), drawn by ``numpy.random.default_rng(seed)`` as one
-    ``n_boot``×objects array of indices; resamples without a ratio (the teacher fails on none
-    or on every object, or the student never fails where the teacher succeeds) are left out.
-    How far the ratio moves with the objects drawn."""
+    ratio: ``n_boot`` resamples (:func:`resample_weights`: of the objects, or, given ``groups``,
+    e.g. each object's image, of the groups with all their objects), an object keeping its
+    student and teacher IoU together; resamples without a ratio (the teacher fails on none or on
+    every object, or the student never fails where the teacher succeeds) are left out. How far
+    the ratio moves with the objects drawn."""
     ok = ~(np.isnan(student_ious) | np.isnan(teacher_ious))
     s_fail, t_fail = student_ious[ok] < fail_iou, teacher_ious[ok] < fail_iou
     if not len(s_fail):
         return math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, len(s_fail), size=(n_boot, len(s_fail)))
-    ratio = _resampled_ratios(s_fail, t_fail, idx)
+    weights = resample_weights(len(s_fail), n_boot, seed, None if groups is None else groups[ok])
+    ratio = _resampled_ratios(s_fail, t_fail, weights)
     ratio = ratio[np.isfinite(ratio)]
     if not len(ratio):
         return math.nan, math.nan
@@ -183,12 +184,31 @@ def dependency_ratio_interval(
     return float(low), float(high)
 
 
-def _resampled_ratios(student_fails: np.ndarray, teacher_fails: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """:func:`teacher_dependency`'s ratio on each row of resampled object indices ``idx``
-    (inf or nan where a resample leaves it undefined)."""
-    s, t = student_fails[idx], teacher_fails[idx]
+def resample_weights(n: int, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """How many times each of ``n`` objects is drawn in each of ``n_boot`` bootstrap resamples
+    (``n_boot``×``n``), from ``numpy.random.default_rng(seed)``: without ``groups``, ``n`` objects
+    drawn with replacement (one ``n_boot``×``n`` array of indices); with ``groups`` (a label per
+    object), as many groups drawn with replacement as there are, each bringing all its objects,
+    so that objects that share an image (and its lighting, clutter and scale) are not counted
+    as independent evidence."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n_boot)[:, None]
+    if groups is None:
+        weights = np.zeros((n_boot, n))
+        np.add.at(weights, (rows, rng.integers(0, n, size=(n_boot, n))), 1)
+        return weights
+    labels, of_object = np.unique(groups, return_inverse=True)
+    drawn = np.zeros((n_boot, len(labels)))
+    np.add.at(drawn, (rows, rng.integers(0, len(labels), size=(n_boot, len(labels)))), 1)
+    return drawn[:, of_object]
+
+
+def _resampled_ratios(student_fails: np.ndarray, teacher_fails: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`teacher_dependency`'s ratio in each resample (a row of ``weights``: how many times
+    each object is drawn); inf or nan where a resample leaves it undefined."""
+    s, t = student_fails.astype(float), teacher_fails.astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ((s & t).sum(1) / t.sum(1)) / ((s & ~t).sum(1) / (~t).sum(1))
+        return ((weights @ (s * t)) / (weights @ t)) / ((weights @ (s * (1 - t))) / (weights @ (1 - t)))
 
 
 # A bootstrap interval is given only when at most this share of its resamples has the statistic
@@ -204,11 +224,12 @@ def dependency_ratio_difference(
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """A student's :func:`teacher_dependency` ratio minus a baseline student's (the no-KD one)
     on the same objects, with its paired percentile bootstrap interval (``level``): each of the
-    ``n_boot`` resamples (``numpy.random.default_rng(seed)``, one ``n_boot``×objects array of
-    indices) draws objects with their three IoUs together and takes both ratios on that draw, so
+    ``n_boot`` resamples (:func:`resample_weights`; of whole ``groups``, e.g. images, when
+    given) draws objects with their three IoUs together and takes both ratios on that draw, so
     the luck of which objects were drawn (more hard ones, fewer) moves both ratios alike and does
     not widen the interval, as two separate intervals would. Objects without all three IoUs are
     left out first. Returns (difference, low, high); the interval is NaN when more than
@@ -221,9 +242,9 @@ def dependency_ratio_difference(
     difference = teacher_dependency(student_ious[ok], teacher_ious[ok], fail_iou)["ratio"] - teacher_dependency(
         baseline_ious[ok], teacher_ious[ok], fail_iou
     )["ratio"]
-    idx = np.random.default_rng(seed).integers(0, len(t_fail), size=(n_boot, len(t_fail)))
+    weights = resample_weights(len(t_fail), n_boot, seed, None if groups is None else groups[ok])
     with np.errstate(invalid="ignore"):  # inf - inf where neither student fails where the teacher succeeds
-        diffs = _resampled_ratios(s_fail, t_fail, idx) - _resampled_ratios(b_fail, t_fail, idx)
+        diffs = _resampled_ratios(s_fail, t_fail, weights) - _resampled_ratios(b_fail, t_fail, weights)
     defined = np.isfinite(diffs)
     if math.isnan(difference) or 1 - defined.mean() > MAX_UNDEFINED_RESAMPLES:
         return difference, math.nan, math.nan
@@ -357,13 +378,14 @@ def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> d
         rows = []
         kd = [m for m in ious if m not in ("teacher", "none")]
         family = 1 - (1 - FAMILY_LEVEL) / max(len(kd), 1)  # Bonferroni: one claim per KD student
+        images = objects["image"].to_numpy()  # an image's objects are resampled together
         for m in [m for m in ious if m != "teacher"]:
-            low, high = dependency_ratio_interval(ious[m], ious["teacher"])
-            row = {"method": m, **teacher_dependency(ious[m], ious["teacher"])}
+            low, high = dependency_ratio_interval(ious[m], ious["teacher"], groups=images)
+            row = {"method": m, **teacher_dependency(ious[m], ious["teacher"]), "images": len(np.unique(images))}
             row.update(ratio_ci95_low=low, ratio_ci95_high=high)
             if "none" in ious and m != "none":
                 diff, d_low, d_high = dependency_ratio_difference(
-                    ious[m], ious["none"], ious["teacher"], level=family
+                    ious[m], ious["none"], ious["teacher"], level=family, groups=images
                 )
                 row.update(
                     ratio_minus_none=diff, ratio_minus_none_low=d_low, ratio_minus_none_high=d_high,

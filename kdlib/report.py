@@ -1177,8 +1177,8 @@ def _dependency_findings(rows: pd.DataFrame) -> list[str]:
         return []
     lines = [
         f"Where the teacher fails on an object, the no-KD student, which never saw the teacher, fails "
-        f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are hard for "
-        f"every model."
+        f"{ratio['none']:.2f} times as often as where it succeeds: objects hard for the teacher are harder for a "
+        f"student that learnt from the labels alone too."
     ]
     columns = ["ratio_minus_none", "ratio_minus_none_low", "ratio_minus_none_high"]
     if not set(columns) <= set(rows.columns):
@@ -1187,12 +1187,15 @@ def _dependency_findings(rows: pd.DataFrame) -> list[str]:
     undefined = [m for m in diff.index if diff.loc[m].isna().any()]
     diff = diff.drop(index=undefined)
     level = rows.loc[kd.index, "ratio_minus_none_level"].iloc[0] if "ratio_minus_none_level" in rows else math.nan
-    objects = rows.loc["none"].get("objects", math.nan)
+    objects, images = (rows.loc["none"].get(k, math.nan) for k in ("objects", "images"))
     drawn = "objects" if math.isnan(objects) else f"{int(objects)} objects"
+    if not math.isnan(images):
+        drawn += f" (resampling their {int(images)} images, each with all its objects)"
     said = {
-        "inside": "no sign, at this number of objects, that distillation passed the teacher's mistakes on",
-        "above": "{its} failures follow the teacher's more than the no-KD student's do: this run inherited some of "
-        "the teacher's mistakes",
+        "inside": "no sign, at this number of objects, that {its} failures follow the teacher's more than a "
+        "student's that never saw it",
+        "above": "{its} failures follow the teacher's more than the no-KD run's do, a pattern consistent with taking "
+        "on some of the teacher's mistakes",
         "below": "{its} failures follow the teacher's less than those of a student that never saw it",
     }
     where = {

@@ -91,6 +91,28 @@ def test_the_dependency_difference_is_a_paired_bootstrap_over_the_same_objects()
     assert math.isnan(diff) and math.isnan(low) and math.isnan(high)
 
 
+def test_resampling_by_image_draws_whole_images_with_all_their_objects():
+    rng = np.random.default_rng(2)
+    teacher, student, baseline = (rng.uniform(0, 1, 30) for _ in range(3))
+    images = np.repeat(np.arange(10), 3)[::-1]  # 10 images of 3 objects each, labels in any order
+    diff, low, high = failures.dependency_ratio_difference(student, baseline, teacher, n_boot=150, seed=4, groups=images)
+    # by hand: the same seeded draw of 10 image indices (into the sorted labels) per resample, and each
+    # resample's objects those of the images drawn, with repeats
+    labels = np.unique(images)
+    diffs = []
+    for draw in np.random.default_rng(4).integers(0, 10, size=(150, 10)):
+        idx = np.concatenate([np.flatnonzero(images == labels[g]) for g in draw])
+        d = (failures.teacher_dependency(student[idx], teacher[idx])["ratio"]
+             - failures.teacher_dependency(baseline[idx], teacher[idx])["ratio"])  # fmt: skip
+        diffs.append(d)
+    diffs = np.array(diffs)
+    assert np.isfinite(diffs).mean() >= 0.95  # the interval is given
+    assert (low, high) == pytest.approx(tuple(np.percentile(diffs[np.isfinite(diffs)], [2.5, 97.5])))
+    # one object per image: resampling images is resampling objects
+    one = failures.dependency_ratio_interval(student, teacher, n_boot=100, seed=1, groups=np.arange(30))
+    assert one == pytest.approx(failures.dependency_ratio_interval(student, teacher, n_boot=100, seed=1))
+
+
 def test_the_failure_tables_give_each_dependency_ratio_its_interval():
     target = np.zeros((2, 10, 10), np.uint8)
     target[0, :5, :5], target[0, 5:, 5:], target[1, :4, :4], target[1, 6:, 6:] = 1, 2, 3, 4
@@ -101,7 +123,9 @@ def test_the_failure_tables_give_each_dependency_ratio_its_interval():
     tables = failures.failure_tables(objects, target, {"teacher": teacher, "none": student})
     row = tables["teacher_dependency"].iloc[0]
     ious = failures.object_ious(objects, student, target), failures.object_ious(objects, teacher, target)
-    assert (row["ratio_ci95_low"], row["ratio_ci95_high"]) == failures.dependency_ratio_interval(*ious)
+    images = objects["image"].to_numpy()  # the table resamples whole images
+    assert (row["ratio_ci95_low"], row["ratio_ci95_high"]) == failures.dependency_ratio_interval(*ious, groups=images)
+    assert row["images"] == 2
     assert row["ratio"] == pytest.approx(1 / (1 / 3))  # fails 1 of 1 where the teacher fails, 1 of 3 elsewhere
     assert "ratio_minus_none" not in tables["teacher_dependency"]  # the no-KD student is not compared with itself
     kd = target.copy()
@@ -109,7 +133,7 @@ def test_the_failure_tables_give_each_dependency_ratio_its_interval():
     tables = failures.failure_tables(objects, target, {"teacher": teacher, "none": student, "response": kd})
     row = tables["teacher_dependency"].set_index("method").loc["response"]
     kd_ious = failures.object_ious(objects, kd, target)
-    expected = failures.dependency_ratio_difference(kd_ious, ious[0], ious[1])
+    expected = failures.dependency_ratio_difference(kd_ious, ious[0], ious[1], groups=images)
     # (four objects leave most resamples without a ratio: no interval, NaN on both sides)
     np.testing.assert_equal(tuple(row[["ratio_minus_none", "ratio_minus_none_low", "ratio_minus_none_high"]]), expected)
     assert expected[0] == pytest.approx(1 / (2 / 3) - 3)

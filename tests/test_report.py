@@ -394,6 +394,7 @@ def test_the_failure_findings_read_their_tables():
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
     assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3]
+    assert lines[3].endswith("harder for a student that learnt from the labels alone too.")
     # without the paired difference (a table written before it existed) no rule is applied: only the range
     assert lines[4] == "The KD students' ratios are 1.00 to 1.50."
     # the verdict follows the paired interval of each difference: Feature's ratio 1.2 lies inside the no-KD
@@ -412,10 +413,10 @@ def test_the_failure_findings_read_their_tables():
         "are taken on each resample, so the luck of the objects drawn moves them alike: Feature -0.10 "
         "[-0.15, -0.02]; Response +0.20 [-0.05, +0.40]; Feature & Response -0.30 [-0.50, +0.10]; Channel-wise (CWD) "
         "+0.10 [+0.02, +0.20]; for Response and Feature & Response the interval covers 0: no sign, at this number "
-        "of objects, that distillation passed the teacher's mistakes on; for Channel-wise (CWD) the interval lies "
-        "above 0: its failures follow the teacher's more than the no-KD student's do: this run inherited some of "
-        "the teacher's mistakes; for Feature the interval lies below 0: its failures follow the teacher's less than "
-        "those of a student that never saw it."
+        "of objects, that their failures follow the teacher's more than a student's that never saw it; for "
+        "Channel-wise (CWD) the interval lies above 0: its failures follow the teacher's more than the no-KD run's "
+        "do, a pattern consistent with taking on some of the teacher's mistakes; for Feature the interval lies "
+        "below 0: its failures follow the teacher's less than those of a student that never saw it."
     )
     # a student whose interval is undefined is named, not silently dropped
     paired.loc[1, ["ratio_minus_none_low", "ratio_minus_none_high"]] = math.nan
