@@ -501,7 +501,9 @@ def _training_rounds(
     cached_logits = upsample_logits(teacher.native_logits(x).float(), x.shape[-2:]).half().float()
     timed = [*methods.names(), "response_cached"]
     if timed[0] != "none":
-        raise RuntimeError("bench: the plain step must be timed first in a round: the derived rates read its input time")
+        raise RuntimeError(
+            "bench: the plain step must be timed first in a round: the derived rates read its input time"
+        )
     runs = {}
     for method in timed:
         trained = "response" if method == "response_cached" else method

@@ -239,9 +239,10 @@ def dependency_ratio_difference(
     s_fail, b_fail, t_fail = (v[ok] < fail_iou for v in (student_ious, baseline_ious, teacher_ious))
     if not len(t_fail):
         return math.nan, math.nan, math.nan
-    difference = teacher_dependency(student_ious[ok], teacher_ious[ok], fail_iou)["ratio"] - teacher_dependency(
-        baseline_ious[ok], teacher_ious[ok], fail_iou
-    )["ratio"]
+    difference = (
+        teacher_dependency(student_ious[ok], teacher_ious[ok], fail_iou)["ratio"]
+        - teacher_dependency(baseline_ious[ok], teacher_ious[ok], fail_iou)["ratio"]
+    )
     weights = resample_weights(len(t_fail), n_boot, seed, None if groups is None else groups[ok])
     with np.errstate(invalid="ignore"):  # inf - inf where neither student fails where the teacher succeeds
         diffs = _resampled_ratios(s_fail, t_fail, weights) - _resampled_ratios(b_fail, t_fail, weights)

@@ -112,7 +112,9 @@ def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None
         if student_side.is_file():
             student = load_model(student_side)
             adapters = methods.get("feature_student").adapters(student.feature_channels, teacher.teacher_channels)
-            load_weights(adapters, load_checkpoint(student_side)["adapters"], student_side, "feature_student's adapters")
+            load_weights(
+                adapters, load_checkpoint(student_side)["adapters"], student_side, "feature_student's adapters"
+            )
             own = student(x)["features"]
             maps["student-side adapters: student"] = own
             maps["student-side adapters: student, adapted"] = adapters.eval()(own)
@@ -170,7 +172,6 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     )
     split = {name: failures.split_miou(p, targets) for name, p in preds.items()}
     return {"scores": scores, "split_miou": split, "tables": tables, "figures": shown}
-
 
 
 def per_class(runs_dir, committed_dir, dataset: str, teacher: dict | None, figures_dir):

@@ -231,7 +231,7 @@ def for_reader(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
         if column in table:
             out[word(column)] = table[column].map(name).to_numpy()
     out = out.round(digits)
-    for column in table.columns[table.dtypes == bool]:  # a raw True/False reads as code, not an answer
+    for column in table.select_dtypes(include="bool").columns:  # a raw True/False reads as code, not an answer
         out[word(column)] = table[column].map({True: "yes", False: "no"}).to_numpy()
     for column in P_VALUES & set(table.columns):  # "< 0.0001", not a p-value of 0.0
         out[word(column)] = table[column].map(lambda p: p_value(p, digits)).to_numpy()

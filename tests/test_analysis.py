@@ -95,7 +95,9 @@ def test_resampling_by_image_draws_whole_images_with_all_their_objects():
     rng = np.random.default_rng(2)
     teacher, student, baseline = (rng.uniform(0, 1, 30) for _ in range(3))
     images = np.repeat(np.arange(10), 3)[::-1]  # 10 images of 3 objects each, labels in any order
-    diff, low, high = failures.dependency_ratio_difference(student, baseline, teacher, n_boot=150, seed=4, groups=images)
+    diff, low, high = failures.dependency_ratio_difference(
+        student, baseline, teacher, n_boot=150, seed=4, groups=images
+    )
     # by hand: the same seeded draw of 10 image indices (into the sorted labels) per resample, and each
     # resample's objects those of the images drawn, with repeats
     labels = np.unique(images)

@@ -466,7 +466,11 @@ def test_make_methods_and_make_sweep_train_in_kdlib_then_show_their_chapters(tmp
     argv = ["--data-root", str(tmp_path / "shapes"), "--profile", "smoke"]
     assert cli.main(["methods", *argv]) == 0
     # chapter 3 too: it measures the student-side feature KD that make methods trains
-    assert [name for name, _, _ in calls] == ["03_train_feature.ipynb", "08_beyond_the_report.ipynb", "07_results.ipynb"]
+    assert [name for name, _, _ in calls] == [
+        "03_train_feature.ipynb",
+        "08_beyond_the_report.ipynb",
+        "07_results.ipynb",
+    ]
     assert trained[0][0] == "methods" and trained[0][1]["profile"] == "smoke"
     assert trained[0][1]["committed_dir"] == notebooks.ROOT / "report" / "runs"
     assert all("train_extra" not in params and "run_sweep" not in params for _, params, _ in calls)

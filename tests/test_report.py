@@ -114,7 +114,9 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     # its interval: the paired differences 0.10, 0.11, 0.11, 0.10 (sd 0.005774, 3 degrees of freedom,
     # t 3.182446) give 0.105 ± 0.009187, over the same gap
     low, high = (100 * (0.105 + k * 3.182446 * 0.0057735 / 2) / 0.5975 for k in (-1, 1))
-    assert (response["share, 95% CI from (%)"], response["share, 95% CI to (%)"]) == pytest.approx((low, high), abs=1e-3)
+    assert (response["share, 95% CI from (%)"], response["share, 95% CI to (%)"]) == pytest.approx(
+        (low, high), abs=1e-3
+    )
     # the share is the paired difference over the seeds both share: a method with seeds 0-1 only
     part = pd.DataFrame([r for r in _runs_rows() if r["run"] == "none" or (r["run"] == "response" and r["seed"] < 2)])
     share = report.gap_closed(part, {"miou": 0.8}).set_index("method").loc["Response", "share of the gap closed (%)"]
@@ -249,8 +251,11 @@ def test_the_sweep_headline_pairs_each_cell_with_no_kd(tmp_path):
     assert "| response | best: T=1, β=0.7 |" in "\n".join(lines)
     # response's own row (Table 1: T 4, β 0.3) lies inside this grid: the findings add nothing
     runs = pd.DataFrame(
-        [{"run": r, "seed": s, "miou": m + (0.08 if r == "response" else 0)} for r in ("none", "response")
-         for s, m in enumerate([0.2, 0.3, 0.25])]
+        [
+            {"run": r, "seed": s, "miou": m + (0.08 if r == "response" else 0)}
+            for r in ("none", "response")
+            for s, m in enumerate([0.2, 0.3, 0.25])
+        ]
     ).assign(epochs=20, seconds=1.0)
     paired = report.paired_comparison(runs)
     said = next(x for x in report.headline_md(runs, paired, None, tmp_path, []) if "sweep's best" in x)
@@ -543,8 +548,12 @@ def test_the_collapse_findings_read_each_column_against_the_threshold():
     assert "Feature, adapters on the student +0.0515 mIoU" in last
     assert "The student-side form against the report's (one comparison): +0.0520 mIoU" in last
     assert last.endswith("So with the adapters moved, feature KD beats no KD.")
-    flat = runs.assign(miou=[m - 0.05 - 0.001 * s if r == "feature_student" else m
-                             for r, s, m in zip(runs["run"], runs["seed"], runs["miou"])])
+    flat = runs.assign(
+        miou=[
+            m - 0.05 - 0.001 * s if r == "feature_student" else m
+            for r, s, m in zip(runs["run"], runs["seed"], runs["miou"])
+        ]
+    )
     flat.loc[flat["run"] == "feature_student", "miou"] += [0.01, -0.01, 0.0, 0.002]
     last = report.collapse_findings(similarity, flat)[-1]
     assert "So with the adapters moved, feature KD still does not differ from no KD by a difference these seeds" in last
@@ -581,7 +590,9 @@ def test_the_settings_table_gives_table_1_and_the_demo_as_a_run_gets_them(tmp_pa
     # the demo: 20 epochs of lr 1e-2 on a cosine schedule, each image 8 times an epoch, six seeds two at a time;
     # neither the plateau nor early stopping after 30 epochs can act in 20
     assert (demo["epochs"], demo["learning rate (Adam)"], demo["passes over the training images per epoch"]) == (
-        "20", "0.01", "8"
+        "20",
+        "0.01",
+        "8",
     )
     assert demo["plateau: factor"] == demo["early stopping: patience (epochs)"] == "—"
     assert (demo["seeds"], demo["runs side by side"]) == ("6", "2")
