@@ -138,8 +138,12 @@ def qualitative_grid(images, columns: dict, class_names, row_labels=None, scores
     for c, name in enumerate(names, 1):
         axes[0, c].set_title(name, fontsize=9)
     class_legend(fig, class_names, present=present, ncol=4)
-    if title:  # masks are in the VOC palette: a colour names a class, not the object's own colour
-        fig.suptitle(title + "\nmasks: one colour per class (VOC palette, legend below), white = void", fontsize=9)
+    if title:  # the VOC palette keeps look-alike classes (one colour family on shapes) apart on the page
+        fig.suptitle(
+            title + "\nmasks: one colour per class (VOC palette, legend below; a mask's colour names its class, "
+            "not the object's own colour), white = void",
+            fontsize=9,
+        )
     fig.subplots_adjust(bottom=0.08 + 0.025 * (len(present) // 4 + 1), top=0.9, wspace=0.05, hspace=0.35)
     return fig
 
