@@ -515,7 +515,8 @@ def test_the_collapse_findings_read_each_column_against_the_threshold():
         "+0.300 at layer3, +0.100 at layer4 (the projected teacher's: 0.900 to 1.000)."
     )
     assert lines[1] == (
-        "Collapsed (mean position cosine above 0.99): the raw teacher at no level, the projected teacher at layer2, "
+        "On the first seed's checkpoints and a few validation images (chapter 3's table, one measurement without an "
+        "interval), collapsed (mean position cosine above 0.99): the raw teacher at no level, the projected teacher at layer2, "
         "layer3 and layer4, the feature-KD student at layer2, layer3 and layer4, the no-KD student at no level."
     )
     # (0.88 + 0.992 + 0.999 + 0.999) / 4 = 0.9675; (0.7 + 0.6 + 0.85 + 0.4) / 4 = 0.6375
@@ -573,7 +574,9 @@ def test_chapter_7_closes_on_the_placement_measured_in_chapter_3_or_says_it_is_m
     )
     table.to_csv(tmp_path / "feature_position_similarity.csv", index=False)
     said = report.placement_md(tmp_path, pd.DataFrame({"run": ["none"], "seed": [0], "miou": [0.2]}))
-    assert said.startswith("- Does feature KD help once its target cannot collapse? Chapter 3's measurement: Collapsed")
+    assert said.startswith(
+        "- Does feature KD help once its target cannot collapse? Chapter 3's measurement: On the first seed's"
+    )
     assert "the projected teacher at layer2, the feature-KD student at layer2." in said
 
 
@@ -601,3 +604,20 @@ def test_the_settings_table_gives_table_1_and_the_demo_as_a_run_gets_them(tmp_pa
     longer = profiles.settings_table("shapes", tmp_path, "demo", epochs=40)["demo"]
     assert longer["early stopping: patience (epochs)"] == "30"
     assert list(profiles.settings_table("shapes", tmp_path, "full").columns) == ["full (Table 1)"]
+
+
+def test_chapter_8s_ending_puts_each_row_in_its_verdicts_group():
+    base = [0.20, 0.18, 0.19, 0.21, 0.17, 0.22]
+    gains = {
+        "cwd": [0.05, 0.06, 0.055, 0.048, 0.062, 0.051],  # beats no KD after Holm
+        "response_t2": [-0.004, -0.001, -0.006, 0.0, -0.005, -0.002],  # p 0.027 alone, not after Holm
+        "feature": [0.01, -0.01, 0.0, 0.02, -0.02, 0.0],  # not resolved
+    }
+    rows = [{"run": "none", "seed": s, "miou": b} for s, b in enumerate(base)]
+    rows += [{"run": n, "seed": s, "miou": b + g} for n, gs in gains.items() for s, (b, g) in enumerate(zip(base, gs))]
+    lines = report.rows_findings(pd.DataFrame(rows).assign(epochs=20, seconds=1.0))
+    assert lines[0].startswith("Channel-wise (CWD) beat no KD by more than seed noise, after Holm over all the rows")
+    assert lines[1].startswith(
+        "Response ×T² (Hinton's form) differ from no KD by more than seed noise alone, but not once all the rows"
+    )
+    assert lines[2].startswith("Feature differ from no KD by less than these seeds resolve")
