@@ -124,6 +124,13 @@ def test_the_budget_trend_is_the_paired_change_of_each_gain(tmp_path):
         assert at4["seeds"] == 3 and at4["gain_change"] == pytest.approx(-np.mean(gains[:3]))
     assert trend.loc[("x2", "cwd"), "trend"] == "grows" and trend.loc[("x4", "cwd"), "trend"] == "shrinks"
     assert trend.loc[("x2", "response"), "trend"] == "holds"
+    # the findings give every longer budget its own line, not only the longest: CWD grows at 2x, shrinks at 4x
+    from kdlib import report
+
+    _, said, _ = report.conditions_sections(runs, tmp_path / "figures", tmp_path / "report")
+    at2 = next(x for x in said if x.startswith("- At 2× the demo's steps (Section 6, seeds 0, 1, 2, 3, 4, 5)"))
+    at4 = next(x for x in said if x.startswith("- At 4× the demo's steps (Section 6, seeds 0, 1, 2)"))
+    assert "grew" in at2.split("Channel-wise (CWD)")[1] and "shrank" in at4.split("Channel-wise (CWD)")[1]
 
 
 def test_each_kd_method_meets_no_kd_trained_at_least_as_long(tmp_path):
