@@ -648,7 +648,7 @@ def run_bench(
 
 
 # The pipeline cell of a method not timed through the loader (SETTINGS' `loader`)
-DERIVED = "end to end derived: step + the plain step's input time"
+DERIVED = "derived: step + plain step's input"
 
 
 def _meets(key: str, value: float) -> str:

@@ -61,7 +61,7 @@ def test_bench_writes_every_ratio(tiny_shapes, tiny_teacher, tmp_path, capsys):
             assert s["lo"] <= s["median"] <= s["hi"] and verdict(key, s) in printed
     page = out.with_suffix(".md").read_text()
     assert page.startswith("# make bench") and all(f"| {m} |" in page for m in methods)
-    assert "end to end derived" in page
+    assert "derived: step + plain step's input" in page
 
 
 def test_a_derived_end_to_end_rate_adds_the_plain_steps_input_time():
