@@ -171,8 +171,7 @@ def dependency_ratio_interval(
     student and teacher IoU together; resamples without a ratio (the teacher fails on none or on
     every object, or the student never fails where the teacher succeeds) are left out. How far
     the ratio moves with the objects drawn."""
-    ok = ~(np.isnan(student_ious) | np.isnan(teacher_ious))
-    s_fail, t_fail = student_ious[ok] < fail_iou, teacher_ious[ok] < fail_iou
+    ok, (s_fail, t_fail) = _failed_where_scored(fail_iou, student_ious, teacher_ious)
     if not len(s_fail):
         return math.nan, math.nan
     weights = resample_weights(len(s_fail), n_boot, seed, None if groups is None else groups[ok])
@@ -182,6 +181,13 @@ def dependency_ratio_interval(
         return math.nan, math.nan
     low, high = np.quantile(ratio, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def _failed_where_scored(fail_iou: float, *ious: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The objects every model has an IoU for, and on those, whether each model failed (IoU
+    below ``fail_iou``), one boolean array per model of ``ious``."""
+    ok = ~np.logical_or.reduce([np.isnan(v) for v in ious])
+    return ok, [v[ok] < fail_iou for v in ious]
 
 
 def resample_weights(n: int, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -235,8 +241,7 @@ def dependency_ratio_difference(
     left out first. Returns (difference, low, high); the interval is NaN when more than
     :data:`MAX_UNDEFINED_RESAMPLES` of the resamples leave either ratio undefined. An interval
     above 0 says the student follows the teacher's failures more than the baseline does."""
-    ok = ~(np.isnan(student_ious) | np.isnan(baseline_ious) | np.isnan(teacher_ious))
-    s_fail, b_fail, t_fail = (v[ok] < fail_iou for v in (student_ious, baseline_ious, teacher_ious))
+    ok, (s_fail, b_fail, t_fail) = _failed_where_scored(fail_iou, student_ious, baseline_ious, teacher_ious)
     if not len(t_fail):
         return math.nan, math.nan, math.nan
     difference = (
