@@ -366,6 +366,21 @@ def position_similarity(features) -> list[float]:
     return values
 
 
+def similarity_to_mean(features) -> list:
+    """Per feature level (each N×C×h×w): an N×h×w map of the cosine between each position's
+    vector and the image's mean direction (the mean of its unit vectors). Where the map keeps
+    the image's layout, positions differ (objects from background); a map near 1 everywhere is
+    the collapse :func:`position_similarity` measures, drawn."""
+    import torch.nn.functional as F
+
+    maps = []
+    for f in features:
+        v = F.normalize(f.detach().float(), dim=1)  # N×C×h×w unit vectors
+        mean = F.normalize(v.mean((2, 3), keepdim=True), dim=1)
+        maps.append((v * mean).sum(1))
+    return maps
+
+
 def failure_tables(objects: pd.DataFrame, targets: np.ndarray, preds: dict) -> dict:
     """Object IoU by size / illumination / occlusion bucket for every model, and teacher
     dependency for every student method, with the bootstrap interval of its ratio over objects

@@ -75,19 +75,22 @@ def loss_curves(runs: pd.DataFrame, name: str, figures_dir):
     return _save(plots.loss_curves(load_history(first["folder"]), title), figures_dir, f"loss_{name}.png")
 
 
-def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None) -> pd.DataFrame:
+def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None, figures_dir=None) -> pd.DataFrame:
     """``feature_position_similarity.csv`` (chapter 3): per level, the mean cosine between two
     positions of the same image (:func:`kdlib.failures.position_similarity`) on the first 8
     validation images, for the raw teacher, the teacher through the feature-KD run's trained
     projections, that run's student, (when they exist) the no-KD student of the same seed and
     the student trained with the adapters on its own side (``feature_student``, same seed):
     its own maps and its maps through its trained adapters, what the loss compares with the raw
-    teacher."""
+    teacher. With ``figures_dir``, also ``feature_position_maps.png``: each of those maps (the
+    adapted one left out) for the first image, every position's cosine with the image's mean
+    direction (:func:`kdlib.failures.similarity_to_mean`), so that a collapse shows as a map
+    of ones where the raw teacher keeps the image's layout."""
     import torch
 
     from .checkpoints import load_checkpoint, load_model, load_weights
     from .evaluate import sample_batch
-    from .failures import position_similarity
+    from .failures import position_similarity, similarity_to_mean
     from .models import TeacherWrapper
     from .results import collect_runs, run_dir
     from .teacher import load_teacher
@@ -120,6 +123,17 @@ def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None
             maps["student-side adapters: student, adapted"] = adapters.eval()(own)
     table = pd.DataFrame({k: position_similarity(f) for k, f in maps.items()}, index=list(teacher.feature_layers))
     table = table.round(3).rename_axis("level").reset_index()
+    if figures_dir is not None:
+        drawn = {k: similarity_to_mean(f) for k, f in maps.items() if not k.endswith("adapted")}
+        fig = plots.cosine_maps(
+            [[level[0] for level in levels] for levels in drawn.values()],
+            list(teacher.feature_layers),
+            image=x[0],
+            rows=[name.replace(": ", ":\n") for name in drawn],
+            label="cos(position, the image's mean direction)",
+            suptitle="Does each map still say where things are? (first val image; 1 everywhere: collapsed)",
+        )
+        _save(fig, figures_dir, "feature_position_maps.png")
     return _write(table, tables_dir, "feature_position_similarity.csv")
 
 

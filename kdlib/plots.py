@@ -279,22 +279,30 @@ def soft_targets(distributions: dict, class_names, marked=(), title: str = ""):
     return fig
 
 
-def cosine_maps(maps, titles, image=None, suptitle: str = ""):
-    """Per-pixel cosine similarity maps (values in [-1, 1], one per feature level), after the
-    input ``image`` when given."""
-    panels = len(maps) + (image is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 2.9), squeeze=False)
-    axes = list(axes[0])
-    if image is not None:
-        axes.pop(0).imshow(to_rgb(image), interpolation="nearest")
-        fig.axes[0].set_title("image", fontsize=9)
-    for ax, cos, title in zip(axes, maps, titles):
-        shown = ax.imshow(np.asarray(cos), vmin=-1, vmax=1, cmap="RdBu", interpolation="nearest")
-        ax.set_title(title, fontsize=9)
+def cosine_maps(maps, titles, image=None, suptitle: str = "", label: str = "cos(teacher, student)", rows=None):
+    """Cosine maps (values in [-1, 1], one per feature level) on one colour scale, after the
+    input ``image`` when given. ``maps`` is one row of maps, or, with ``rows`` (a name per row),
+    a list of such rows, each name written at the left of its row; ``titles`` name the columns."""
+    grid = [list(maps)] if rows is None else [list(r) for r in maps]
+    names = [None] * len(grid) if rows is None else list(rows)
+    offset = image is not None
+    cols = max(len(r) for r in grid) + offset
+    fig, axes = plt.subplots(len(grid), cols, figsize=(2.6 * cols, 0.4 + 2.5 * len(grid)), squeeze=False)
+    for i, (row, name) in enumerate(zip(grid, names)):
+        if offset:
+            axes[i][0].imshow(to_rgb(image), interpolation="nearest")
+            axes[i][0].set_title("image" if i == 0 else "", fontsize=9)
+        for j, cos in enumerate(row):
+            ax = axes[i][j + offset]
+            shown = ax.imshow(np.asarray(cos), vmin=-1, vmax=1, cmap="RdBu", interpolation="nearest")
+            if i == 0:
+                ax.set_title(titles[j], fontsize=9)
+        if name:
+            axes[i][0].set_ylabel(name, fontsize=8)
     for ax in fig.axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(shown, ax=fig.axes, shrink=0.8, label="cos(teacher, student)")
+    fig.colorbar(shown, ax=fig.axes, shrink=0.8, label=label)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig

@@ -40,6 +40,10 @@ FIGURES = {  # file name in figures/ -> caption
     "qualitative_response.png": "Response KD: successes and failures (Figure 8).",
     "qualitative_feature.png": "Feature KD: successes and failures (Figure 9).",
     "qualitative_both.png": "Feature & response KD: successes and failures (Figure 10).",
+    "feature_position_maps.png": (
+        "Each map's cosine between every position and the image's mean direction, first val image (chapter 3): "
+        "a map of ones is collapsed."
+    ),
     "failure_buckets.png": "Object IoU by size, illumination and occlusion.",
     "per_class_iou.png": "Per-class IoU of the teacher and each method.",
     "budget_curves.png": "Best val mIoU against training steps on the demo's draw: no KD (black) and each method (Section 6).",
@@ -378,7 +382,7 @@ def build_all(dataset: str, root, runs_dir, figures_dir, report_dir, device: str
     for name in (n for n in methods.names("report") if n in set(here["run"])):
         figures.loss_curves(here, name, figures_dir)
     if "feature" in set(here["run"]):
-        figures.feature_similarity(dataset, root, runs_dir, tables, image_size)
+        figures.feature_similarity(dataset, root, runs_dir, tables, image_size, figures_dir)
     figures.failure_analysis(dataset, root, runs_dir, figures_dir, tables, image_size, device)
     figures.per_class(runs_dir, committed, dataset, teacher, figures_dir)
     if (tables / "sweep.csv").is_file():
@@ -660,6 +664,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
             " ".join(collapse_findings(pd.read_csv(similarity).set_index("level"), runs)),
             "",
         ]
+        md += _figure_md(figures_dir, report_dir, ["feature_position_maps.png"])
     student = display_name([m for m in methods.names("report") if m in set(runs["run"])][-1])
     for name, caption in (
         ("iou_by_size.csv", "Mean object IoU by object size (share of the image)"),

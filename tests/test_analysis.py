@@ -290,6 +290,20 @@ def test_position_similarity_tells_a_collapsed_map_from_a_spatial_one():
     assert same == pytest.approx(1.0, abs=1e-5) and abs(spread) < 0.2 and math.isnan(single)
 
 
+def test_similarity_to_mean_draws_a_collapse_as_ones_and_keeps_a_layout():
+    import torch
+
+    # 2 channels, a 1×4 map: three positions along e1, one along e2 (lengths do not matter).
+    # Mean of unit vectors (3/4, 1/4), unit: (3, 1)/sqrt(10); cosines 3/sqrt(10) and 1/sqrt(10).
+    layout = torch.tensor([[[[2.0, 1.0, 5.0, 0.0]], [[0.0, 0.0, 0.0, 3.0]]]])
+    collapsed = torch.tensor([[[[1.0, 2.0, 0.5, 4.0]], [[1.0, 2.0, 0.5, 4.0]]]])
+    kept, flat = failures.similarity_to_mean([layout, collapsed])
+    assert kept.shape == (1, 1, 4)
+    expected = [3 / math.sqrt(10)] * 3 + [1 / math.sqrt(10)]
+    assert kept.flatten().tolist() == pytest.approx(expected)
+    assert flat.flatten().tolist() == pytest.approx([1.0] * 4)
+
+
 def test_p_values_by_hand_and_holms_correction():
     # Holm: sorted p times (m - rank), kept non-decreasing: 0.01*3, max(0.03*2, 0.03), max(0.04*1, 0.06)
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])

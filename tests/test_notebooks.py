@@ -110,6 +110,7 @@ FIGURES = {  # figsize x dpi 100 of each figure's function
     "qualitative_response.png": (1190, 800),
     "qualitative_both.png": (1190, 800),
     "failure_buckets.png": (1260, 320),
+    "feature_position_maps.png": (1300, 1290),  # 5 rows (teachers, 3 students) x (image + 4 levels): 2.6 x 2.5 in
 }
 # the per-class map: a row for the teacher and each committed run name, 1.1 in each + 4.2; 21 classes, 0.32 in + 2.2
 ROWS = 1 + len({p.parent.parent.name for p in (ROOT / "report" / "runs").glob("*/seed*/metrics.json")})
@@ -508,6 +509,7 @@ def test_make_report_builds_every_figure_and_table_without_a_notebook(tmp_path, 
     ), column_titles
     made = {p.name for p in figs.glob("*.png")}
     assert made >= {"architecture.png", "data_augmentation.png", "per_class_iou.png", "failure_buckets.png"}
+    assert "feature_position_maps.png" in made
     assert made >= {f"loss_{m}.png" for m in ("none", "feature", "response", "both")}
     assert made >= {f"qualitative_{m}.png" for m in ("none", "feature", "response", "both")}
     tables = {p.name for p in (report / "tables").glob("*.csv")}

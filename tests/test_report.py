@@ -181,6 +181,15 @@ def test_figures_have_their_panels_and_save_to_the_same_bytes(tmp_path):
             1,
         ),
         "cosine": (plots.cosine_maps([torch.zeros(4, 4), torch.ones(2, 2)], ["a", "b"], image=torch.zeros(3, 8, 8)), 3),
+        "cosine rows": (  # two rows of (image, two levels)
+            plots.cosine_maps(
+                [[torch.zeros(4, 4), torch.ones(2, 2)], [torch.ones(4, 4), torch.zeros(2, 2)]],
+                ["a", "b"],
+                image=torch.zeros(3, 8, 8),
+                rows=["x", "y"],
+            ),
+            6,
+        ),
         "sweep": (
             plots.sweep_heatmap(
                 {"a": np.array([[0.2, 0.3], [0.1, 0.25]]), "b": np.array([[0.2, np.nan], [0.3, 0.1]])},
