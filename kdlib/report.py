@@ -668,7 +668,11 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     student = display_name([m for m in methods.names("report") if m in set(runs["run"])][-1])
     for name, caption in (
         ("iou_by_size.csv", "Mean object IoU by object size (share of the image)"),
-        ("iou_by_light.csv", "Mean object IoU by illumination"),
+        (
+            "iou_by_light.csv",
+            "Mean object IoU by illumination (the lighting gain on the object's pixels, averaged: 1 leaves its "
+            "colours as drawn, 0.5 halves them)",
+        ),
         ("iou_by_occlusion.csv", "Mean object IoU by occluded fraction"),
         ("confused_pairs.csv", f"Most confused class pairs ({student}, the first seed's run)"),
         ("teacher_dependency.csv", "Teacher dependency: P(student fails) where the teacher fails vs succeeds"),
