@@ -147,11 +147,24 @@ def _paired(runs: pd.DataFrame) -> pd.DataFrame:
     return table.assign(verdict=[verdict(r) for _, r in table.iterrows()])
 
 
-def _runs_of(folder, committed) -> pd.DataFrame:
+def this_machine_replaces(mine: pd.DataFrame, theirs: pd.DataFrame) -> bool:
+    """Whether this machine's finished runs of one condition (``mine``) take the place of the
+    committed ones (``theirs``): all together or not at all, when every method of
+    :data:`METHODS` has at least as many seeds here. A part cut off half way, or no KD retrained
+    alone, replaces nothing, so that every pairing within a condition stays between runs of one
+    machine (CPU kernels move a run: docs/reliability.md)."""
+    if mine.empty:
+        return False
+    return all((mine["run"] == n).sum() >= (theirs["run"] == n).sum() for n in METHODS)
+
+
+def _runs_of(folder, committed, whole: bool = False) -> pd.DataFrame:
     """The finished runs of :data:`METHODS` under ``folder`` completed by the committed ones (the
-    same layout under ``committed``): per run name, this machine's when they are at least as many
-    seeds as the committed ones, else the committed, which are used only when trained in the same
-    regime as this machine's (:func:`kdlib.results.same_regime`). ``source`` says which."""
+    same layout under ``committed``), which are used only when trained in the same regime as
+    this machine's (:func:`kdlib.results.same_regime`). With ``whole`` (a condition's own
+    folder) one source for all the methods, by :func:`this_machine_replaces`; otherwise (the
+    demo's runs, as the results table reads them) per run name, this machine's when they are at
+    least as many seeds as the committed ones. ``source`` says which."""
     from .results import regime, same_regime
 
     here = collect_runs(folder, METHODS).assign(source="this machine")
@@ -159,6 +172,8 @@ def _runs_of(folder, committed) -> pd.DataFrame:
     if not here.empty and not there.empty:
         ours = regime(here["folder"].iloc[0])
         there = there[[same_regime(regime(f), ours) for f in there["folder"]]]
+    if whole:
+        return (here if this_machine_replaces(here, there) or there.empty else there).reset_index(drop=True)
     keep = [
         here[here["run"] == n] if (here["run"] == n).sum() >= (there["run"] == n).sum() else there[there["run"] == n]
         for n in METHODS
@@ -172,7 +187,7 @@ def draw_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
     out = {0: _runs_of(runs_dir, committed_dir)}
     for draw in DRAWS:
         committed = None if committed_dir is None else draw_runs_dir(committed_dir, draw)
-        out[draw] = _runs_of(draw_runs_dir(runs_dir, draw), committed)
+        out[draw] = _runs_of(draw_runs_dir(runs_dir, draw), committed, whole=True)
     return out
 
 
@@ -181,7 +196,7 @@ def budget_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
     out = {1: _runs_of(runs_dir, committed_dir)}
     for factor in BUDGETS:
         committed = None if committed_dir is None else budget_runs_dir(committed_dir, factor)
-        out[factor] = _runs_of(budget_runs_dir(runs_dir, factor), committed)
+        out[factor] = _runs_of(budget_runs_dir(runs_dir, factor), committed, whole=True)
     return out
 
 
@@ -203,6 +218,7 @@ def per_condition(tables: dict[int, pd.DataFrame], label: str) -> pd.DataFrame:
                     "detectable": r["detectable"],
                     "p_holm": r["p_holm"],
                     "verdict": r["verdict"],
+                    "same_kernels": bool(r.get("same_kernels", True)),
                 }
             )
     return pd.DataFrame(rows)

@@ -747,20 +747,20 @@ def _trace(run: Path, dst: Path) -> None:
 
 def _trace_conditions(runs_dir: Path, committed: Path) -> None:
     """The runs of `make draws` and `make budget` under ``report/runs/draws/``, ``budget/``: each
-    row of each condition takes this machine's finished runs when they are at least as many as
-    the committed ones (a part cut off half way replaces nothing), and each draw its teacher's
-    score."""
+    condition takes this machine's finished runs as a whole when
+    :func:`kdlib.conditions.this_machine_replaces` says so (a part cut off half way replaces
+    nothing), and each draw its teacher's score."""
     from . import conditions as c
 
     folders = [c.draw_runs_dir(runs_dir, d) for d in c.DRAWS] + [c.budget_runs_dir(runs_dir, f) for f in c.BUDGETS]
     for here in folders:
         there = committed / here.relative_to(runs_dir)
         mine, theirs = collect_runs(here, c.METHODS), collect_runs(there, c.METHODS)
-        for name in set(mine["run"]):
-            if (mine["run"] == name).sum() >= (theirs["run"] == name).sum():
+        if c.this_machine_replaces(mine, theirs):
+            for name in set(mine["run"]) | set(theirs["run"]):
                 shutil.rmtree(there / name, ignore_errors=True)
-                for run in mine[mine["run"] == name]["folder"]:
-                    _trace(Path(run), there / name / Path(run).name)
+            for _, run in mine.iterrows():
+                _trace(Path(run["folder"]), there / run["run"] / Path(run["folder"]).name)
         if (here / "teacher_eval.json").is_file():
             there.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(here / "teacher_eval.json", there / "teacher_eval.json")
@@ -805,7 +805,8 @@ def _diff_cell(r) -> str:
         return str(r.get("verdict", "—"))
     if pd.isna(r.get("detectable")):  # one paired seed: a difference, no interval
         return f"{r['mean_diff']:+.4f} ({_plural(int(r['seeds']), 'seed')}): {r['verdict']}"
-    return f"{r['mean_diff']:+.4f} ± {r['detectable']:.4f} ({int(r['seeds'])} seeds): {r['verdict']}"
+    crossed = "; paired across CPU kernels" if not r.get("same_kernels", True) else ""
+    return f"{r['mean_diff']:+.4f} ± {r['detectable']:.4f} ({int(r['seeds'])} seeds{crossed}): {r['verdict']}"
 
 
 def _names(runs) -> str:

@@ -215,6 +215,49 @@ def test_the_report_commits_the_conditions_runs_without_losing_more_seeds(tmp_pa
     assert json.loads((conditions.draw_runs_dir(committed, 1) / "teacher_eval.json").read_text()) == {"miou": 0.9}
 
 
+def test_a_condition_is_read_and_committed_from_one_machine_as_a_whole(tmp_path):
+    """No KD retrained alone on this machine neither enters the condition's verdicts nor replaces
+    the committed no-KD runs: its pairings would cross machines. Once every method is here, this
+    machine's runs replace all the committed ones."""
+    from kdlib.report import _trace_conditions
+
+    runs, committed = tmp_path / "runs", tmp_path / "report" / "runs"
+    x2 = conditions.budget_runs_dir
+    write_condition(x2(committed, 2), draw_mious())  # every method, six seeds
+    here_none = [b + 0.05 for b in BASE]
+    write_condition(x2(runs, 2), {"none": here_none})
+    read = conditions.budget_runs(runs, committed)[2]
+    assert set(read["source"]) == {"committed"} and len(read) == 6 * len(METHODS)
+    assert read[read["run"] == "none"].sort_values("seed")["miou"].tolist() == pytest.approx(BASE)
+    _trace_conditions(runs, committed)
+    seed0 = x2(committed, 2) / "none" / "seed0" / "metrics.json"
+    assert json.loads(seed0.read_text())["best_miou"] == pytest.approx(BASE[0])
+
+    write_condition(x2(runs, 2), draw_mious(scale=2) | {"none": here_none})  # now every method
+    read = conditions.budget_runs(runs, committed)[2]
+    assert set(read["source"]) == {"this machine"} and len(read) == 6 * len(METHODS)
+    _trace_conditions(runs, committed)
+    assert json.loads(seed0.read_text())["best_miou"] == pytest.approx(here_none[0])
+    cwd0 = json.loads((x2(committed, 2) / "cwd" / "seed0" / "metrics.json").read_text())["best_miou"]
+    assert cwd0 == pytest.approx(BASE[0] + 2 * GAINS["cwd"][0])
+
+
+def test_a_pairing_across_cpu_kernels_is_said_in_its_cell(tmp_path):
+    from kdlib.report import _diff_cell
+
+    runs = tmp_path / "runs"
+    write_condition(runs, draw_mious())
+    for seed in range(6):  # cwd from another host: its runs' arithmetic differs from no KD's
+        folder = runs / "cwd" / f"seed{seed}"
+        config = json.loads((folder / "config.json").read_text())
+        config["environment"]["platform"] = "Linux-other-host"
+        (folder / "config.json").write_text(json.dumps(config))
+    table = conditions.per_condition({1: conditions.budget_runs(runs)[1]}, "budget").set_index("run")
+    assert not table.loc["cwd", "same_kernels"] and table.loc["dist", "same_kernels"]
+    assert "paired across CPU kernels" in _diff_cell(table.loc["cwd"])
+    assert "across" not in _diff_cell(table.loc["dist"])
+
+
 def test_another_draw_is_another_benchmark(tmp_path):
     a = shapes.generate(tmp_path / "a", teacher_train=2, train=4, val=2, size=64, seed=1, progress=False)
     b = shapes.generate(tmp_path / "b", teacher_train=2, train=4, val=2, size=64, seed=0, progress=False)
