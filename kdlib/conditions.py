@@ -242,6 +242,65 @@ def across_draws(table: pd.DataFrame) -> pd.DataFrame:
     return out.reindex([m for m in METHODS if m in out.index])
 
 
+SHORT = {BEATS: "beats", WORSE: "worse", UNRESOLVED: "not resolved"}  # a verdict in one word or two
+
+
+def verdicts_everywhere(
+    draws: pd.DataFrame, budgets: pd.DataFrame, trend: pd.DataFrame, compute: pd.DataFrame
+) -> pd.DataFrame:
+    """Per KD method, its verdict under every condition docs/regime.md planned, each cell its
+    paired difference ± the detectable one: the demo's (draw 0 at 1x), each other draw, each
+    longer budget (with its gain's trend from 1x, :func:`budget_trend`), and against no KD given
+    the same compute (:func:`matched_compute`). ``holds`` reads them by the rules fixed there: a
+    verdict that differs on another draw, a gain that grows or shrinks at a longer budget (a
+    verdict that only loses its resolution there, with fewer seeds, is no change) and a
+    matched-compute verdict other than the demo's are each a departure; "yes" when none, "yes
+    so far" while a condition is not measured yet, else "no: " and the departures. ``draws``
+    and ``budgets`` are :func:`per_condition` tables."""
+
+    def found(table: pd.DataFrame, **where):
+        if table.empty or any(k not in table for k in where):
+            return None
+        hit = table[np.logical_and.reduce([table[k] == v for k, v in where.items()])]
+        return hit.iloc[0] if not hit.empty and hit.iloc[0]["verdict"] in SHORT else None
+
+    def text(r) -> str:
+        return "not measured" if r is None else f"{r['mean_diff']:+.3f} ± {r['detectable']:.3f} {SHORT[r['verdict']]}"
+
+    rows = []
+    for name in METHODS[1:]:
+        demo = found(budgets, budget=1, run=name)
+        row, departures, unmeasured = {"run": name, "the demo (1×)": text(demo)}, [], 0
+        for d in DRAWS:
+            r = found(draws, draw=d, run=name)
+            row[f"draw {d}"] = text(r)
+            unmeasured += r is None
+            if r is not None and demo is not None and r["verdict"] != demo["verdict"]:
+                departures.append(f"{SHORT[r['verdict']]} on draw {d}")
+        for f in BUDGETS:
+            r = found(budgets, budget=f, run=name)
+            t = trend[(trend["budget"] == f"x{f}") & (trend["run"] == name)] if "budget" in trend else trend
+            moved = t.iloc[0]["trend"] if not t.empty and t.iloc[0]["trend"] in ("grows", "holds", "shrinks") else None
+            said = {"grows": "gain grew", "shrinks": "gain shrank", "holds": "no resolved change in gain"}
+            row[f"{f}× steps"] = text(r) + (f"; {said[moved]}" if r is not None and moved else "")
+            unmeasured += r is None or moved is None
+            if moved in ("grows", "shrinks"):
+                departures.append(f"gain {'grew' if moved == 'grows' else 'shrank'} at {f}×")
+        r = found(compute, run=name)
+        row["no KD given the same compute"] = text(r)
+        unmeasured += r is None
+        if r is not None and demo is not None and r["verdict"] != demo["verdict"]:
+            departures.append(f"{SHORT[r['verdict']]} against the same compute")
+        if demo is None:
+            row["holds"] = "the demo's verdict not measured"
+        elif departures:
+            row["holds"] = "no: " + ", ".join(departures)
+        else:
+            row["holds"] = "yes so far" if unmeasured else "yes"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Per KD method and longer budget: the change of its paired gain over no KD from 1x to that
     budget on the seeds both budgets have, its 95 % interval, and grows / holds / shrinks."""

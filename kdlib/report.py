@@ -412,10 +412,13 @@ def _crossed_kernels(paired: pd.DataFrame) -> list[str]:
     ]
 
 
-def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, tables: Path, conditions) -> list[str]:
-    """The findings in a few sentences, each computed from the tables below it: which rows beat
-    no KD and by how much, what unlabeled images add, the sweep's best cell, whether the verdicts
-    hold under other conditions."""
+def headline_md(
+    runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, tables: Path, conditions, overview=()
+) -> list[str]:
+    """The findings in a few sentences, each computed from the tables below it: after the
+    teacher and no KD, ``overview`` (whether each verdict holds under other draws, budgets and
+    the same compute: :func:`overview_md`), then which rows beat no KD at the demo's budget and
+    by how much, what unlabeled images add, the sweep's best cell, and ``conditions``' sentences."""
     summary = summary_table(runs)
     lines = ["## Findings", ""]
     if teacher is not None and "none" in summary.index:
@@ -423,6 +426,8 @@ def headline_md(runs: pd.DataFrame, paired: pd.DataFrame, teacher: dict | None, 
             f"- The teacher scores {teacher['miou']:.4f} val mIoU, the student without KD "
             f"{summary.loc['none', 'miou_mean']:.4f} (mean of {int(summary.loc['none', 'seeds'])} seeds)."
         )
+    if overview:
+        lines += ["", *overview]
     rows = paired  # the unlabeled rows too: a reader looks here for everything that beats no KD
     if not rows.empty:
         better = rows[(rows["verdict"] == LARGER) & (rows["mean_diff"] > 0)]
@@ -571,7 +576,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
     _trace_conditions(runs_dir, report_dir / "runs")
     seeds = sorted(runs["seed"].unique().tolist())
     paired = paired_comparison(runs)
-    section6, said, missing = conditions_sections(runs_dir, figures_dir, report_dir)
+    section6, overview, said, missing = conditions_sections(runs_dir, figures_dir, report_dir)
     threads = config["environment"]["cpu_threads"]
     md = [
         "# Comparison of Knowledge Distillation Methods for Semantic Segmentation — reproduction",
@@ -580,7 +585,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
         f"`{runs_dir.name}/`; every number below is read from a `metrics.json`, `config.json`, "
         "`history.csv` or a table written from them.*",
         "",
-        *headline_md(runs, paired, teacher, tables, said),
+        *headline_md(runs, paired, teacher, tables, said, overview),
         "## Section 1. Model",
         "",
         f"The student has {config['student_parameters']:,} parameters (the report: 3.7M).",
@@ -814,10 +819,11 @@ def _names(runs) -> str:
     return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else (names[0] if names else "no method")
 
 
-def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], list[str], list[str]]:
+def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], list[str], list[str], list[str]]:
     """Section 6: the verdicts of :mod:`kdlib.conditions` per draw, per budget and at matched
     compute, each with its detectable difference, and which hold; a sentence says why a part is
     absent. Writes the tables under ``report/tables/``. Returns the section's lines, the
+    headline's table of every verdict under every condition (:func:`overview_md`), the
     headline's sentences and the open questions of the parts not trained yet."""
     from . import conditions as c
 
@@ -833,16 +839,52 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
         "0.05. Each cell: mean difference ± the smallest difference the seeds can detect.",
         "",
     ]
-    said, missing = [], []
-    lines += _draws_md(c, runs_dir, committed, tables, said, missing)
+    said, missing, found = [], [], {}
+    lines += _draws_md(c, runs_dir, committed, tables, said, missing, found)
     budgets = c.budget_runs(runs_dir, committed)
-    lines += _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing)
+    lines += _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, found)
     if not all(budgets[f].empty for f in c.BUDGETS):
-        lines += _compute_md(c, budgets, tables, said)
-    return lines, said, missing
+        lines += _compute_md(c, budgets, tables, said, found)
+    return lines, overview_md(c, found, tables), said, missing
 
 
-def _draws_md(c, runs_dir, committed, tables, said, missing) -> list[str]:
+def overview_md(c, found: dict, tables: Path) -> list[str]:
+    """The headline's table: every KD method's verdict under every condition
+    (:func:`kdlib.conditions.verdicts_everywhere`) and, computed from it, which hold."""
+    if not found:
+        return []
+    empty = pd.DataFrame()
+    wide = c.verdicts_everywhere(*(found.get(k, empty) for k in ("draws", "budgets", "trend", "compute")))
+    wide.to_csv(tables / "verdicts_everywhere.csv", index=False)
+    holds = wide[wide["holds"] == "yes"]["run"]
+    so_far = wide[wide["holds"] == "yes so far"]["run"]
+    changes = wide[wide["holds"].str.startswith("no")]
+    said = f"Holds under every condition: {_names(holds)}." + (
+        f" Holds where measured so far: {_names(so_far)}." if len(so_far) else ""
+    )
+    if len(changes):
+        said += (
+            " Changes: "
+            + "; ".join(f"{display_name(r['run'])} ({r['holds'].removeprefix('no: ')})" for _, r in changes.iterrows())
+            + "."
+        )
+    return [
+        "**Does each verdict hold?** Each KD method against no KD on the same seeds under every condition of "
+        "Section 6, by the rules docs/regime.md fixed before the runs: a verdict needs the 95% interval on one "
+        "side of 0 and Holm's p below 0.05 over the five methods of a condition (so the demo's column can "
+        "differ from the results table's, corrected over all its rows); at a longer budget what counts is "
+        "whether the gain over no KD grows, holds or shrinks from 1× (a verdict that loses its resolution with "
+        "fewer seeds is no change); against the same compute, whether the verdict is the demo's. Each cell: "
+        "mean difference ± the smallest difference the seeds can detect, and the verdict.",
+        "",
+        _md_table(wide.assign(run=[display_name(n) for n in wide["run"]]).rename(columns={"run": "method"})),
+        "",
+        said,
+        "",
+    ]
+
+
+def _draws_md(c, runs_dir, committed, tables, said, missing, found) -> list[str]:
     """Section 6's draws: the verdict of each method on each draw, and whether it holds."""
     lines = []
     draws = c.draw_runs(runs_dir, committed)
@@ -850,7 +892,7 @@ def _draws_md(c, runs_dir, committed, tables, said, missing) -> list[str]:
         lines += ["*Other draws of the benchmark*: not trained on this machine or committed yet (`make draws`).", ""]
         missing.append("Whether the verdicts hold on other draws of the training images (`make draws`).")
     else:
-        table = c.per_condition(draws, "draw")
+        table = found["draws"] = c.per_condition(draws, "draw")
         table.round(6).to_csv(tables / "conditions_draws.csv", index=False)
         scores = []  # the shipped teacher on each draw's val split: draw 0's is the report's own
         for d in (0, *c.DRAWS):
@@ -890,7 +932,7 @@ def _draws_md(c, runs_dir, committed, tables, said, missing) -> list[str]:
     return lines
 
 
-def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> list[str]:
+def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, found) -> list[str]:
     """Section 6's budgets: each method's paired difference at each budget and its trend."""
     lines = []
     if all(budgets[f].empty for f in c.BUDGETS):
@@ -900,9 +942,9 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing) -> l
             "beats training no KD for the same compute (`make budget`)."
         )
     else:
-        table = c.per_condition(budgets, "budget")
+        table = found["budgets"] = c.per_condition(budgets, "budget")
         table.round(6).to_csv(tables / "conditions_budgets.csv", index=False)
-        trend = c.budget_trend(budgets)
+        trend = found["trend"] = c.budget_trend(budgets)
         trend.round(6).to_csv(tables / "budget_trend.csv", index=False)
         none = {f: t[t["run"] == "none"] for f, t in budgets.items()}
         rows = []
@@ -971,10 +1013,10 @@ def _budget_phrase(table: pd.DataFrame, trend, factor: int) -> str:
     return f"{display_name(trend['run'])} {where} ({moved})"
 
 
-def _compute_md(c, budgets, tables, said) -> list[str]:
+def _compute_md(c, budgets, tables, said, found) -> list[str]:
     """Section 6's matched compute: each KD method beside no KD trained at least as long."""
     lines = []
-    compute = c.matched_compute(budgets)
+    compute = found["compute"] = c.matched_compute(budgets)
     if not compute.empty:
         compute.round(6).to_csv(tables / "matched_compute.csv", index=False)
         shown = pd.DataFrame(
@@ -1252,8 +1294,8 @@ def _dependency_findings(rows: pd.DataFrame) -> list[str]:
 def findings_md(runs: pd.DataFrame, teacher: dict | None, runs_dir, figures_dir, report_dir) -> str:
     """The report's findings (:func:`headline_md`) as one Markdown text, for chapter 7 to open on."""
     paired = paired_comparison(runs)
-    _, said, _ = conditions_sections(runs_dir, figures_dir, report_dir)
-    return "\n".join(headline_md(runs, paired, teacher, Path(report_dir) / "tables", said))
+    _, overview, said, _ = conditions_sections(runs_dir, figures_dir, report_dir)
+    return "\n".join(headline_md(runs, paired, teacher, Path(report_dir) / "tables", said, overview))
 
 
 def sweep_findings(table: pd.DataFrame) -> list[str]:
@@ -1322,5 +1364,5 @@ def rows_findings(runs: pd.DataFrame) -> list[str]:
 def open_questions(runs: pd.DataFrame, runs_dir, figures_dir, report_dir) -> str:
     """The report's open questions (:func:`open_questions_md`) as one Markdown text, for chapter 7."""
     config = json.loads((Path(runs["folder"].iloc[0]) / "config.json").read_text())
-    _, _, missing = conditions_sections(runs_dir, figures_dir, report_dir)
+    _, _, _, missing = conditions_sections(runs_dir, figures_dir, report_dir)
     return "\n".join(open_questions_md(runs, paired_comparison(runs), config, missing))

@@ -127,10 +127,61 @@ def test_the_budget_trend_is_the_paired_change_of_each_gain(tmp_path):
     # the findings give every longer budget its own line, not only the longest: CWD grows at 2x, shrinks at 4x
     from kdlib import report
 
-    _, said, _ = report.conditions_sections(runs, tmp_path / "figures", tmp_path / "report")
+    _, overview, said, _ = report.conditions_sections(runs, tmp_path / "figures", tmp_path / "report")
+    assert any(line.startswith("**Does each verdict hold?**") for line in overview)
     at2 = next(x for x in said if x.startswith("- At 2× the demo's steps (Section 6, seeds 0, 1, 2, 3, 4, 5)"))
     at4 = next(x for x in said if x.startswith("- At 4× the demo's steps (Section 6, seeds 0, 1, 2)"))
     assert "grew" in at2.split("Channel-wise (CWD)")[1] and "shrank" in at4.split("Channel-wise (CWD)")[1]
+
+
+def test_one_table_says_whether_each_verdict_holds_under_every_condition():
+    B, W, U = conditions.BEATS, conditions.WORSE, conditions.UNRESOLVED
+
+    def rows(column, cells):  # (key, run, mean, detectable, verdict)
+        return pd.DataFrame(
+            [{column: k, "run": n, "mean_diff": m, "detectable": d, "verdict": v} for k, n, m, d, v in cells]
+        )
+
+    budgets = rows("budget", [
+        (1, "cwd", 0.05, 0.01, B), (1, "dist", 0.04, 0.02, B), (1, "response", -0.001, 0.01, U),
+        (2, "cwd", 0.04, 0.01, B), (2, "dist", 0.03, 0.02, B), (2, "response", 0.0, 0.01, U),
+        (4, "cwd", 0.03, 0.02, B), (4, "dist", 0.01, 0.02, U), (4, "response", 0.0, 0.02, U),
+        (4, "feature", -0.02, 0.01, W), (1, "both", 0.0, 0.01, U),
+    ])  # fmt: skip
+    draws = rows("draw", [
+        (1, "cwd", 0.03, 0.01, B), (2, "cwd", 0.02, 0.01, B), (1, "dist", 0.02, 0.01, B),
+        (2, "dist", -0.02, 0.01, W), (1, "response", 0.0, 0.01, U), (2, "response", 0.0, 0.01, U),
+    ])  # fmt: skip
+    compute = pd.DataFrame(
+        [
+            {"run": "cwd", "mean_diff": 0.01, "detectable": 0.005, "verdict": B},
+            {"run": "dist", "mean_diff": 0.0, "detectable": 0.01, "verdict": U},
+            {
+                "run": "response",
+                "mean_diff": math.nan,
+                "detectable": math.nan,
+                "verdict": "no budget of no KD reaches it",
+            },
+        ]
+    )
+    trend = pd.DataFrame(
+        [{"budget": f"x{f}", "run": n, "trend": "holds"} for f in (2, 4) for n in ("cwd", "dist", "response")]
+    )
+    trend.loc[(trend["budget"] == "x2") & (trend["run"] == "dist"), "trend"] = "shrinks"
+    trend.loc[(trend["budget"] == "x4") & (trend["run"] == "response"), "trend"] = "grows"
+    wide = conditions.verdicts_everywhere(draws, budgets, trend, compute).set_index("run")
+    assert wide.loc["cwd", "holds"] == "yes"
+    # dist: worse on draw 2, its gain shrank at 2x, not resolved against the same compute; its 4x
+    # verdict (not resolved) is no departure, its gain there held
+    assert wide.loc["dist", "holds"] == "no: worse on draw 2, gain shrank at 2×, not resolved against the same compute"
+    assert wide.loc["response", "holds"] == "no: gain grew at 4×"  # its matched-compute row is no verdict
+    assert wide.loc["both", "holds"] == "yes so far"  # only the demo's verdict measured
+    assert wide.loc["feature", "holds"] == "the demo's verdict not measured"
+    assert wide.loc["feature", "the demo (1×)"] == "not measured"
+    assert wide.loc["cwd", "the demo (1×)"] == "+0.050 ± 0.010 beats"
+    assert wide.loc["dist", "draw 2"] == "-0.020 ± 0.010 worse"
+    assert wide.loc["dist", "4× steps"] == "+0.010 ± 0.020 not resolved; no resolved change in gain"
+    assert wide.loc["dist", "no KD given the same compute"] == "+0.000 ± 0.010 not resolved"
 
 
 def test_each_kd_method_meets_no_kd_trained_at_least_as_long(tmp_path):
