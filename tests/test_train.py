@@ -366,7 +366,14 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method, extra",
-    [("both", []), ("pairwise", []), ("cwd", []), ("dist", ["--unlabeled-split", "teacher_train"]), ("cirkd", [])],
+    [
+        ("both", []),
+        ("pairwise", []),
+        ("cwd", []),
+        ("dist", ["--unlabeled-split", "teacher_train"]),
+        ("cirkd", []),
+        ("feature_student", []),
+    ],
 )
 def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path, method, extra):
     out = tmp_path / "ddp"
@@ -590,7 +597,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["feature", "cirkd"])  # the teacher's projections; the student's adapters
+@pytest.mark.parametrize("method", ["feature", "cirkd", "feature_student"])  # the teacher's projections; adapters
 def test_ddp_averages_the_projections_gradients_like_the_students(tiny_teacher, tmp_path, method):
     """The projections and adapters live outside the DDP-wrapped student, so the trainer
     all-reduces their gradients itself: two ranks with different batches must end up with the
