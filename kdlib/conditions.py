@@ -265,7 +265,10 @@ def verdicts_everywhere(
         return hit.iloc[0] if not hit.empty and hit.iloc[0]["verdict"] in SHORT else None
 
     def text(r) -> str:
-        return "not measured" if r is None else f"{r['mean_diff']:+.3f} ± {r['detectable']:.3f} {SHORT[r['verdict']]}"
+        if r is None:
+            return "not measured"
+        mean = f"{r['mean_diff']:+.4f}".replace("-0.0000", "+0.0000")  # no negative zero
+        return f"{mean} ±{r['detectable']:.4f} {SHORT[r['verdict']]}"
 
     rows = []
     for name in METHODS[1:]:

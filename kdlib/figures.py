@@ -82,10 +82,10 @@ def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None
     projections, that run's student, (when they exist) the no-KD student of the same seed and
     the student trained with the adapters on its own side (``feature_student``, same seed):
     its own maps and its maps through its trained adapters, what the loss compares with the raw
-    teacher. With ``figures_dir``, also ``feature_position_maps.png``: each of those maps (the
-    adapted one left out) for the first image, every position's cosine with the image's mean
-    direction (:func:`kdlib.failures.similarity_to_mean`), so that a collapse shows as a map
-    of ones where the raw teacher keeps the image's layout."""
+    teacher. With ``figures_dir``, also ``feature_position_maps.png``: each of those maps for the
+    first image, every position's cosine with the image's mean direction
+    (:func:`kdlib.failures.similarity_to_mean`), so that a collapse shows as a map of ones
+    where the raw teacher keeps the image's layout."""
     import torch
 
     from .checkpoints import load_checkpoint, load_model, load_weights
@@ -124,14 +124,15 @@ def feature_similarity(dataset: str, root, runs_dir, tables_dir, image_size=None
     table = pd.DataFrame({k: position_similarity(f) for k, f in maps.items()}, index=list(teacher.feature_layers))
     table = table.round(3).rename_axis("level").reset_index()
     if figures_dir is not None:
-        drawn = {k: similarity_to_mean(f) for k, f in maps.items() if not k.endswith("adapted")}
+        drawn = {k: similarity_to_mean(f) for k, f in maps.items()}
         fig = plots.cosine_maps(
             [[level[0] for level in levels] for levels in drawn.values()],
-            list(teacher.feature_layers),
+            [f"{name} ({m.shape[-2]}×{m.shape[-1]})" for name, m in zip(teacher.feature_layers, maps["teacher (raw)"])],
             image=x[0],
-            rows=[name.replace(": ", ":\n") for name in drawn],
+            rows=[name.replace(": ", ":\n").replace(", adapted", ",\nadapted") for name in drawn],
             label="cos(position, the image's mean direction)",
             suptitle="Does each map still say where things are? (first val image; 1 everywhere: collapsed)",
+            low=0,
         )
         _save(fig, figures_dir, "feature_position_maps.png")
     return _write(table, tables_dir, "feature_position_similarity.csv")
@@ -210,7 +211,10 @@ def sweep_map(table: pd.DataFrame, figures_dir):
         .to_numpy()
         for m, g in cells.groupby("method", sort=False)
     }
-    title = f"mean val mIoU over seeds {sorted(cells['seed'].unique().tolist())}"
+    title = (
+        f"each cell: mean val mIoU over seeds {', '.join(map(str, sorted(cells['seed'].unique())))} and, below, "
+        f"its difference to no KD on those seeds ({none:.3f}); outlined: the report's cell"
+    )
     return _save(
         plots.sweep_heatmap(means, temps, betas, none, marked=report_cell(), title=title), figures_dir, "sweep.png"
     )

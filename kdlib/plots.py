@@ -279,10 +279,14 @@ def soft_targets(distributions: dict, class_names, marked=(), title: str = ""):
     return fig
 
 
-def cosine_maps(maps, titles, image=None, suptitle: str = "", label: str = "cos(teacher, student)", rows=None):
-    """Cosine maps (values in [-1, 1], one per feature level) on one colour scale, after the
-    input ``image`` when given. ``maps`` is one row of maps, or, with ``rows`` (a name per row),
-    a list of such rows, each name written at the left of its row; ``titles`` name the columns."""
+def cosine_maps(
+    maps, titles, image=None, suptitle: str = "", label: str = "cos(teacher, student)", rows=None, low: float = -1
+):
+    """Cosine maps (one per feature level) on one colour scale from ``low`` to 1 (below ``low``
+    drawn as ``low``; diverging red-blue over [-1, 1], sequential otherwise, so that a scale
+    narrowed to where the values lie still reads), after the input ``image`` when given.
+    ``maps`` is one row of maps, or, with ``rows`` (a name per row), a list of such rows, each
+    name written at the left of its row; ``titles`` name the columns."""
     grid = [list(maps)] if rows is None else [list(r) for r in maps]
     names = [None] * len(grid) if rows is None else list(rows)
     offset = image is not None
@@ -294,7 +298,8 @@ def cosine_maps(maps, titles, image=None, suptitle: str = "", label: str = "cos(
             axes[i][0].set_title("image" if i == 0 else "", fontsize=9)
         for j, cos in enumerate(row):
             ax = axes[i][j + offset]
-            shown = ax.imshow(np.asarray(cos), vmin=-1, vmax=1, cmap="RdBu", interpolation="nearest")
+            cmap = "RdBu" if low == -1 else "viridis"
+            shown = ax.imshow(np.asarray(cos), vmin=low, vmax=1, cmap=cmap, interpolation="nearest")
             if i == 0:
                 ax.set_title(titles[j], fontsize=9)
         if name:
@@ -302,7 +307,7 @@ def cosine_maps(maps, titles, image=None, suptitle: str = "", label: str = "cos(
     for ax in fig.axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(shown, ax=fig.axes, shrink=0.8, label=label)
+    fig.colorbar(shown, ax=fig.axes, shrink=0.8, label=label, extend="neither" if low == -1 else "min")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
@@ -336,7 +341,7 @@ def sweep_heatmap(means, temperatures, betas, baseline: float, title: str = "", 
         ax.set_title(method)
     fig.colorbar(image, ax=axes[0].tolist(), label=f"mean val mIoU (white: no KD, {baseline:.4f})")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -355,7 +360,11 @@ def budget_curves(points, steps_per_factor: int, title: str = ""):
                     label=methods.display_name(name), **style)  # fmt: skip
     ax.set_xscale("log", base=2)
     factors = sorted(points["budget"].unique())
-    ax.set_xticks([f * steps_per_factor for f in factors], [f"{f * steps_per_factor:,}\n({f}×)" for f in factors])
+    seeds = points.groupby("budget")["seed"].nunique() if "seed" in points else None
+    ax.set_xticks(
+        [f * steps_per_factor for f in factors],
+        [f"{f * steps_per_factor:,}\n({f}×" + (f", {seeds[f]} seeds)" if seeds is not None else ")") for f in factors],
+    )
     ax.set_xlabel("training steps (the demo's budget ×)")
     ax.set_ylabel("best val mIoU (mean ± s.e. over seeds)")
     ax.legend(fontsize=8)

@@ -178,10 +178,10 @@ def test_one_table_says_whether_each_verdict_holds_under_every_condition():
     assert wide.loc["both", "holds"] == "yes so far"  # only the demo's verdict measured
     assert wide.loc["feature", "holds"] == "the demo's verdict not measured"
     assert wide.loc["feature", "the demo (1×)"] == "not measured"
-    assert wide.loc["cwd", "the demo (1×)"] == "+0.050 ± 0.010 beats"
-    assert wide.loc["dist", "draw 2"] == "-0.020 ± 0.010 worse"
-    assert wide.loc["dist", "4× steps"] == "+0.010 ± 0.020 not resolved; no resolved change in gain"
-    assert wide.loc["dist", "no KD given the same compute"] == "+0.000 ± 0.010 not resolved"
+    assert wide.loc["cwd", "the demo (1×)"] == "+0.0500 ±0.0100 beats"
+    assert wide.loc["dist", "draw 2"] == "-0.0200 ±0.0100 worse"
+    assert wide.loc["dist", "4× steps"] == "+0.0100 ±0.0200 not resolved; no resolved change in gain"
+    assert wide.loc["dist", "no KD given the same compute"] == "+0.0000 ±0.0100 not resolved"
 
 
 def test_each_kd_method_meets_no_kd_trained_at_least_as_long(tmp_path):

@@ -110,7 +110,7 @@ FIGURES = {  # figsize x dpi 100 of each figure's function
     "qualitative_response.png": (1190, 800),
     "qualitative_both.png": (1190, 800),
     "failure_buckets.png": (1260, 320),
-    "feature_position_maps.png": (1300, 1290),  # 5 rows (teachers, 3 students) x (image + 4 levels): 2.6 x 2.5 in
+    "feature_position_maps.png": (1300, 1540),  # 6 rows (2 teachers, 4 student maps) x (image + 4 levels), 2.6 x 2.5 in
 }
 # the per-class map: a row for the teacher and each committed run name, 1.1 in each + 4.2; 21 classes, 0.32 in + 2.2
 ROWS = 1 + len({p.parent.parent.name for p in (ROOT / "report" / "runs").glob("*/seed*/metrics.json")})
