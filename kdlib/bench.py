@@ -22,6 +22,10 @@ ratios:
 - ``cached_kd_epoch_ratio`` = a response-KD epoch with the teacher-output cache ÷ a no-KD
   epoch, both through the real DataLoader over the same images.
 
+``per_probe`` gives every step's time (and the teacher forward's) in units of the fixed matmul's
+median time over the same round: on a machine whose speed drifts from minute to minute (a
+shared host's does), the drift cancels out of it, while the milliseconds move with it.
+
 Every figure is the median of repeated measurements after a warm-up, with its interquartile
 range and a 95 % interval for the median (``median_interval``) under ``spread``. Ratios are
 taken per round; a KD step is timed right next to the teacher forward and plain step it is
@@ -163,6 +167,7 @@ class SteadinessProbe:
         self.device, self.calls = device, calls
         self.a, self.b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
         self()  # warm-up
+        self.start, self.history = time.perf_counter(), []  # (seconds since the start, ms) of every call
 
     def __call__(self) -> tuple[float, float | None]:
         _sync(self.device)
@@ -173,7 +178,19 @@ class SteadinessProbe:
         _sync(self.device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         share = None if self.device.type == "cuda" else cpu / (wall * torch.get_num_threads())
+        if hasattr(self, "history"):
+            self.history.append((time.perf_counter() - self.start, 1000 * wall))
         return wall, share
+
+    def series(self) -> list[list[float]]:
+        """Every timed call as [seconds since the probe's start, ms]: how the machine's speed moved
+        through the run (bench.json keeps it, so that two runs' drifts can be compared)."""
+        return [[round(t, 2), round(ms, 3)] for t, ms in self.history]
+
+    def since(self, mark: int) -> float:
+        """The median time (seconds) of the calls after the ``mark``-th: the machine's speed over
+        a stretch of the run, what :func:`_training_rounds` divides that stretch's times by."""
+        return statistics.median(ms for _, ms in self.history[mark:]) / 1000
 
 
 def steadiness(samples: list[tuple[float, float | None]]) -> dict:
@@ -385,7 +402,7 @@ def bench_setting(
     rounds = _training_rounds(
         base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result, probe, probes
     )
-    result["steadiness"] = steadiness(probes)
+    result["steadiness"] = steadiness(probes) | {"series": probe.series()}
     result["seconds"] = round(time.perf_counter() - started, 1)
     if result["steadiness"]["warning"]:
         log(f"[bench {setting}] WARNING: {result['steadiness']['warning']}")
@@ -396,6 +413,7 @@ def bench_setting(
         "logits_and_features": _ms(rounds["teacher_s"][True]),
     }
     result["train_step_ms"] = {m: _ms(t) for m, t in step_s.items()}
+    result["per_probe"] = rounds["per_probe"]
     result["train_images_per_s"] = {
         m: {"compute_only": batch_size / step_s[m]["median"], "end_to_end": rounds["images_per_s"][m]["median"]}
         for m in step_s
@@ -560,7 +578,9 @@ def _training_rounds(
     derived = set()  # methods whose end-to-end rate is derived, not timed through the loader
     kd = set(methods.kd_names())
     ratios = {m: [] for m in kd}
+    per_probe = {name: [] for name in times}
     for round_ in range(1, knobs["rounds"] + 1):
+        mark = len(probe.history)
         probes.append(probe())
         times["teacher"].append(teacher_forward(False))
         times["teacher_features"].append(teacher_forward(True))
@@ -592,6 +612,9 @@ def _training_rounds(
         plain = through_loader("none", round_, None)[1]
         probes.append(probe())
         epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
+        speed = probe.since(mark)  # this round's probe: a slow spell of the machine slows both alike
+        for name, values in times.items():
+            per_probe[name].append(values[-1] / speed)
     overhead = {m: spread(ratios[m]) for m in methods.kd_names()}
     log(
         f"[bench {setting}] medians: step (ms) "
@@ -608,6 +631,7 @@ def _training_rounds(
         "pipeline": {m: spread(r) for m, r in pipeline.items() if r},
         "derived": sorted(derived),
         "epoch_ratio": spread(epoch_ratio),
+        "per_probe": {name: spread(v) for name, v in per_probe.items()},
     }
 
 
