@@ -341,8 +341,17 @@ def convergence_md(runs: pd.DataFrame) -> list[str]:
     summary["converged"] = summary["converged"].astype(int).astype(str) + " of " + summary["runs"].astype(str)
     for column in ("best_epoch", "epochs"):
         summary[column] = [f"{v:.1f}" for v in summary[column]]
-    lines += [_md_table(summary.drop(columns=["runs"])), ""]
-    return lines
+    summary = summary.drop(columns=["runs"]).rename(
+        columns={
+            "converged": "runs converged",
+            "best_epoch": "best epoch (mean)",
+            "epochs": "epochs (mean)",
+            "last_quarter_gain_max": "largest last-quarter gain",
+            "train_miou": "train mIoU (mean)",
+            "val_miou": "val mIoU (mean)",
+        }
+    )
+    return lines + [_md_table(summary), ""]
 
 
 def per_class_md(runs_dir, dataset: str, k: int = 3, committed_dir=None) -> list[str]:
@@ -1241,7 +1250,7 @@ def _placement_verdicts(runs: pd.DataFrame) -> str:
         still = "" if report_form_beats else "still "
         result = (
             f"{still}does not differ from no KD by a difference these seeds resolve "
-            f"(detectable ±{moved['detectable']:.4f})"
+            f"(detectable ±{moved['detectable']:.4f}: the half-width of the difference's 95% interval)"
         )
     return sentence + f" So with the adapters moved, feature KD {result}."
 
