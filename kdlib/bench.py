@@ -24,7 +24,8 @@ ratios:
 
 ``per_probe`` gives every step's time (and the teacher forward's) in units of the fixed matmul's
 median time over the same round: on a machine whose speed drifts from minute to minute (a
-shared host's does), the drift cancels out of it, while the milliseconds move with it.
+shared host's does), the drift cancels out of it as far as it slows the matmul and the step
+alike, while the milliseconds move with it.
 
 Every figure is the median of repeated measurements after a warm-up, with its interquartile
 range and a 95 % interval for the median (``median_interval``) under ``spread``. Ratios are
@@ -166,7 +167,8 @@ class SteadinessProbe:
     def __init__(self, device: torch.device, size: int = 512, calls: int = 32):
         self.device, self.calls = device, calls
         self.a, self.b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-        self()  # warm-up
+        self.history = None  # the warm-up call below is not part of the run
+        self()
         self.start, self.history = time.perf_counter(), []  # (seconds since the start, ms) of every call
 
     def __call__(self) -> tuple[float, float | None]:
@@ -178,7 +180,7 @@ class SteadinessProbe:
         _sync(self.device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         share = None if self.device.type == "cuda" else cpu / (wall * torch.get_num_threads())
-        if hasattr(self, "history"):
+        if self.history is not None:
             self.history.append((time.perf_counter() - self.start, 1000 * wall))
         return wall, share
 

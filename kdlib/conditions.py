@@ -158,13 +158,12 @@ def this_machine_replaces(mine: pd.DataFrame, theirs: pd.DataFrame) -> bool:
     return all((mine["run"] == n).sum() >= (theirs["run"] == n).sum() for n in METHODS)
 
 
-def _runs_of(folder, committed, whole: bool = False) -> pd.DataFrame:
-    """The finished runs of :data:`METHODS` under ``folder`` completed by the committed ones (the
-    same layout under ``committed``), which are used only when trained in the same regime as
-    this machine's (:func:`kdlib.results.same_regime`). With ``whole`` (a condition's own
-    folder) one source for all the methods, by :func:`this_machine_replaces`; otherwise (the
-    demo's runs, as the results table reads them) per run name, this machine's when they are at
-    least as many seeds as the committed ones. ``source`` says which."""
+def condition_runs(folder, committed) -> pd.DataFrame:
+    """The finished runs of :data:`METHODS` of one condition: this machine's under ``folder`` or
+    the committed ones under ``committed`` (the same layout; only those trained in the same
+    regime as this machine's, :func:`kdlib.results.same_regime`), all from one source as
+    :func:`this_machine_replaces` decides. ``source`` says which. The report reads a condition
+    and commits it (``report._trace_conditions``) by this one decision."""
     from .results import regime, same_regime
 
     here = collect_runs(folder, METHODS).assign(source="this machine")
@@ -172,31 +171,34 @@ def _runs_of(folder, committed, whole: bool = False) -> pd.DataFrame:
     if not here.empty and not there.empty:
         ours = regime(here["folder"].iloc[0])
         there = there[[same_regime(regime(f), ours) for f in there["folder"]]]
-    if whole:
-        return (here if this_machine_replaces(here, there) or there.empty else there).reset_index(drop=True)
-    keep = [
-        here[here["run"] == n] if (here["run"] == n).sum() >= (there["run"] == n).sum() else there[there["run"] == n]
-        for n in METHODS
-    ]
-    return pd.concat(keep, ignore_index=True)
+    return (here if this_machine_replaces(here, there) or there.empty else there).reset_index(drop=True)
+
+
+def _demo_runs(runs_dir, committed_dir) -> pd.DataFrame:
+    """The demo's own runs (draw 0 at 1x) as the results table reads them."""
+    from .results import collect_with_committed
+
+    if committed_dir is None:
+        return collect_runs(runs_dir, METHODS).assign(source="this machine")
+    return collect_with_committed(runs_dir, committed_dir, METHODS)
 
 
 def draw_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
     """Draw -> its finished runs: draw 0 is the demo's own (``runs_dir``), each other draw its
     ``draws/draw<d>`` folder (or the committed one under ``committed_dir``)."""
-    out = {0: _runs_of(runs_dir, committed_dir)}
+    out = {0: _demo_runs(runs_dir, committed_dir)}
     for draw in DRAWS:
         committed = None if committed_dir is None else draw_runs_dir(committed_dir, draw)
-        out[draw] = _runs_of(draw_runs_dir(runs_dir, draw), committed, whole=True)
+        out[draw] = condition_runs(draw_runs_dir(runs_dir, draw), committed)
     return out
 
 
 def budget_runs(runs_dir, committed_dir=None) -> dict[int, pd.DataFrame]:
     """Budget factor -> its finished runs (1: the demo's own)."""
-    out = {1: _runs_of(runs_dir, committed_dir)}
+    out = {1: _demo_runs(runs_dir, committed_dir)}
     for factor in BUDGETS:
         committed = None if committed_dir is None else budget_runs_dir(committed_dir, factor)
-        out[factor] = _runs_of(budget_runs_dir(runs_dir, factor), committed, whole=True)
+        out[factor] = condition_runs(budget_runs_dir(runs_dir, factor), committed)
     return out
 
 
@@ -242,66 +244,89 @@ def across_draws(table: pd.DataFrame) -> pd.DataFrame:
     return out.reindex([m for m in METHODS if m in out.index])
 
 
-SHORT = {BEATS: "beats", WORSE: "worse", UNRESOLVED: "not resolved"}  # a verdict in one word or two
-
-
 def verdicts_everywhere(
     draws: pd.DataFrame, budgets: pd.DataFrame, trend: pd.DataFrame, compute: pd.DataFrame
 ) -> pd.DataFrame:
-    """Per KD method, its verdict under every condition docs/regime.md planned, each cell its
-    paired difference ± the detectable one: the demo's (draw 0 at 1x), each other draw, each
-    longer budget (with its gain's trend from 1x, :func:`budget_trend`), and against no KD given
-    the same compute (:func:`matched_compute`). ``holds`` reads them by the rules fixed there: a
-    verdict that differs on another draw, a gain that grows or shrinks at a longer budget (a
-    verdict that only loses its resolution there, with fewer seeds, is no change) and a
-    matched-compute verdict other than the demo's are each a departure; "yes" when none, "yes
-    so far" while a condition is not measured yet, else "no: " and the departures. ``draws``
-    and ``budgets`` are :func:`per_condition` tables."""
+    """Every KD method's paired comparison with no KD under every condition docs/regime.md
+    planned, one row per (method, condition): the demo's (draw 0 at 1x: the budget table's, else
+    the draws table's), each other draw, each longer budget (with its gain's ``trend`` from 1x,
+    :func:`budget_trend`), and no KD given the same compute (:func:`matched_compute`). Columns:
+    ``run``, ``condition``, ``seeds``, ``mean_diff``, ``detectable``, ``verdict`` (a verdict, or
+    why there is none), ``same_kernels``, ``trend``. ``draws`` and ``budgets`` are
+    :func:`per_condition` tables; :func:`holds` reads the result."""
 
-    def found(table: pd.DataFrame, **where):
+    def hit(table: pd.DataFrame, **where) -> dict:
         if table.empty or any(k not in table for k in where):
-            return None
-        hit = table[np.logical_and.reduce([table[k] == v for k, v in where.items()])]
-        return hit.iloc[0] if not hit.empty and hit.iloc[0]["verdict"] in SHORT else None
-
-    def text(r) -> str:
-        if r is None:
-            return "not measured"
-        mean = f"{r['mean_diff']:+.4f}".replace("-0.0000", "+0.0000")  # no negative zero
-        return f"{mean} ±{r['detectable']:.4f} {SHORT[r['verdict']]}"
+            return {}
+        rows = table[np.logical_and.reduce([table[k] == v for k, v in where.items()])]
+        return rows.iloc[0].to_dict() if len(rows) else {}
 
     rows = []
     for name in METHODS[1:]:
-        demo = found(budgets, budget=1, run=name)
-        row, departures, unmeasured = {"run": name, "the demo (1×)": text(demo)}, [], 0
-        for d in DRAWS:
-            r = found(draws, draw=d, run=name)
-            row[f"draw {d}"] = text(r)
-            unmeasured += r is None
-            if r is not None and demo is not None and r["verdict"] != demo["verdict"]:
-                departures.append(f"{SHORT[r['verdict']]} on draw {d}")
+        cells = [(DEMO, hit(budgets, budget=1, run=name) or hit(draws, draw=0, run=name), None)]
+        cells += [(f"draw {d}", hit(draws, draw=d, run=name), None) for d in DRAWS]
         for f in BUDGETS:
-            r = found(budgets, budget=f, run=name)
-            t = trend[(trend["budget"] == f"x{f}") & (trend["run"] == name)] if "budget" in trend else trend
-            moved = t.iloc[0]["trend"] if not t.empty and t.iloc[0]["trend"] in ("grows", "holds", "shrinks") else None
-            said = {"grows": "gain grew", "shrinks": "gain shrank", "holds": "no resolved change in gain"}
-            row[f"{f}× steps"] = text(r) + (f"; {said[moved]}" if r is not None and moved else "")
-            unmeasured += r is None or moved is None
-            if moved in ("grows", "shrinks"):
-                departures.append(f"gain {'grew' if moved == 'grows' else 'shrank'} at {f}×")
-        r = found(compute, run=name)
-        row["no KD given the same compute"] = text(r)
-        unmeasured += r is None
-        if r is not None and demo is not None and r["verdict"] != demo["verdict"]:
-            departures.append(f"{SHORT[r['verdict']]} against the same compute")
-        if demo is None:
-            row["holds"] = "the demo's verdict not measured"
-        elif departures:
-            row["holds"] = "no: " + ", ".join(departures)
-        else:
-            row["holds"] = "yes so far" if unmeasured else "yes"
-        rows.append(row)
+            moved = hit(trend, budget=f"x{f}", run=name).get("trend")
+            trended = moved if moved in ("grows", "holds", "shrinks") else None
+            cells.append((f"{f}× steps", hit(budgets, budget=f, run=name), trended))
+        cells.append((SAME_COMPUTE, hit(compute, run=name), None))
+        for condition, r, moved in cells:
+            rows.append(
+                {
+                    "run": name,
+                    "condition": condition,
+                    "seeds": r.get("seeds", 0),
+                    "mean_diff": r.get("mean_diff", math.nan),
+                    "detectable": r.get("detectable", math.nan),
+                    "verdict": r.get("verdict", NOT_MEASURED),
+                    "same_kernels": bool(r.get("same_kernels", True)),
+                    "trend": moved,
+                }
+            )
     return pd.DataFrame(rows)
+
+
+NOT_MEASURED = "not measured"
+VERDICTS = (BEATS, WORSE, UNRESOLVED)
+DEMO, SAME_COMPUTE = "the demo", "the same compute"  # the conditions' names beside "draw <d>", "<f>× steps"
+
+
+def holds(everywhere: pd.DataFrame) -> pd.DataFrame:
+    """Per KD method of :func:`verdicts_everywhere`'s table, whether its demo verdict holds,
+    read two ways. ``strict``: the same verdict in every measured condition. ``by_rules``: by the
+    rules docs/regime.md fixed before the runs for each condition, read together afterwards (its
+    section says so): a departure is another verdict on another draw; at a longer budget a gain
+    that grows or shrinks (the budget-trend rule) or a verdict on the other side of no KD, or a
+    resolved one where the demo's was not (one that only loses its resolution there, with fewer
+    seeds, is no departure by itself); against the same compute another verdict. Each is "yes",
+    "yes so far" (a condition not measured yet) or "no: " and the departures; "the demo's
+    verdict not measured" without one."""
+    out = []
+    for name, of in everywhere.groupby("run", sort=False):
+        by = of.set_index("condition")
+        demo = by.loc[DEMO, "verdict"]
+        if demo not in VERDICTS:
+            missing = "the demo's verdict not measured"
+            out.append({"run": name, "strict": missing, "by_rules": missing})
+            continue
+        others = by.drop(index=DEMO)
+        budget = others.index.str.endswith("steps")
+        measured = others[others["verdict"].isin(VERDICTS)]
+        unmeasured = (~others["verdict"].isin(VERDICTS)).sum() + (others["trend"].isna() & budget).sum()
+        strict = [f"{c}: {v}" for c, v in measured["verdict"].items() if v != demo]
+        rules = []
+        for c, r in measured.iterrows():
+            if c.endswith("steps") and r["trend"] in ("grows", "shrinks"):
+                rules.append(f"{c}: gain {'grew' if r['trend'] == 'grows' else 'shrank'}")
+            lost = c.endswith("steps") and demo in (BEATS, WORSE) and r["verdict"] == UNRESOLVED
+            if r["verdict"] != demo and not lost:  # at a longer budget, a lost resolution alone is none
+                rules.append(f"{c}: {r['verdict']}")
+        out.append({"run": name, "strict": _departures(strict, unmeasured), "by_rules": _departures(rules, unmeasured)})
+    return pd.DataFrame(out)
+
+
+def _departures(departures: list[str], unmeasured: int) -> str:
+    return "no: " + "; ".join(departures) if departures else ("yes so far" if unmeasured else "yes")
 
 
 def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:

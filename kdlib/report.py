@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import methods
@@ -763,18 +762,18 @@ def _trace(run: Path, dst: Path) -> None:
 def _trace_conditions(runs_dir: Path, committed: Path) -> None:
     """The runs of `make draws` and `make budget` under ``report/runs/draws/``, ``budget/``: each
     condition takes this machine's finished runs as a whole when
-    :func:`kdlib.conditions.this_machine_replaces` says so (a part cut off half way replaces
-    nothing), and each draw its teacher's score."""
+    :func:`kdlib.conditions.condition_runs` reads them rather than the committed ones (a part cut
+    off half way replaces nothing), and each draw its teacher's score."""
     from . import conditions as c
 
     folders = [c.draw_runs_dir(runs_dir, d) for d in c.DRAWS] + [c.budget_runs_dir(runs_dir, f) for f in c.BUDGETS]
     for here in folders:
         there = committed / here.relative_to(runs_dir)
-        mine, theirs = collect_runs(here, c.METHODS), collect_runs(there, c.METHODS)
-        if c.this_machine_replaces(mine, theirs):
-            for name in set(mine["run"]) | set(theirs["run"]):
+        chosen = c.condition_runs(here, there)  # the decision the report reads the condition by
+        if not chosen.empty and (chosen["source"] == "this machine").all():
+            for name in set(chosen["run"]) | set(collect_runs(there, c.METHODS)["run"]):
                 shutil.rmtree(there / name, ignore_errors=True)
-            for _, run in mine.iterrows():
+            for _, run in chosen.iterrows():
                 _trace(Path(run["folder"]), there / run["run"] / Path(run["folder"]).name)
         if (here / "teacher_eval.json").is_file():
             there.mkdir(parents=True, exist_ok=True)
@@ -814,14 +813,21 @@ def to_html(markdown_text: str, base: Path) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>KD segmentation report</title><style>{style}</style></head><body>{body}</body></html>\n"
 
 
+def _diff_text(mean: float, detectable: float) -> str:
+    """A paired difference and its detectable one, "+0.0701 ± 0.0213" (a mean that rounds to 0
+    shown as +0.0000 whatever its sign; no ± without an interval)."""
+    shown = f"{mean:+.4f}".replace("-0.0000", "+0.0000")
+    return shown if pd.isna(detectable) else f"{shown} ± {detectable:.4f}"
+
+
 def _diff_cell(r) -> str:
     """A paired difference as a table cell: mean ± detectable, seeds, verdict."""
     if pd.isna(r.get("mean_diff")):
         return str(r.get("verdict", "—"))
     if pd.isna(r.get("detectable")):  # one paired seed: a difference, no interval
-        return f"{r['mean_diff']:+.4f} ({_plural(int(r['seeds']), 'seed')}): {r['verdict']}"
+        return f"{_diff_text(r['mean_diff'], math.nan)} ({_plural(int(r['seeds']), 'seed')}): {r['verdict']}"
     crossed = "; paired across CPU kernels" if not r.get("same_kernels", True) else ""
-    return f"{r['mean_diff']:+.4f} ± {r['detectable']:.4f} ({int(r['seeds'])} seeds{crossed}): {r['verdict']}"
+    return f"{_diff_text(r['mean_diff'], r['detectable'])} ({int(r['seeds'])} seeds{crossed}): {r['verdict']}"
 
 
 def _names(runs) -> str:
@@ -860,60 +866,78 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
 
 def overview_md(c, found: dict, tables: Path) -> list[str]:
     """The headline's table: every KD method's verdict under every condition
-    (:func:`kdlib.conditions.verdicts_everywhere`), each column with its seeds, and, computed
-    from it, which verdicts stay unchanged and which conditions no method has been measured in."""
+    (:func:`kdlib.conditions.verdicts_everywhere`), each column with its seeds, whether each
+    verdict holds read strictly and by docs/regime.md's rules (:func:`kdlib.conditions.holds`),
+    and, computed from them, which hold and which conditions no method has been measured in."""
     if not found:
         return []
     empty = pd.DataFrame()
-    draws, budgets, trend, compute = (found.get(k, empty) for k in ("draws", "budgets", "trend", "compute"))
-    wide = c.verdicts_everywhere(draws, budgets, trend, compute)
-    wide.to_csv(tables / "verdicts_everywhere.csv", index=False)
+    long = c.verdicts_everywhere(*(found.get(k, empty) for k in ("draws", "budgets", "trend", "compute")))
+    held = c.holds(long).set_index("run")
+    long.to_csv(tables / "verdicts_everywhere.csv", index=False)
+    conditions = list(dict.fromkeys(long["condition"]))
 
-    def seeds(table, **where) -> str:
-        if table.empty or any(k not in table for k in where) or "seeds" not in table:
-            return ""
-        hit = table[np.logical_and.reduce([table[k] == v for k, v in where.items()])] if where else table
-        n = int(hit["seeds"].max()) if len(hit) and hit["seeds"].notna().any() else 0
-        return f" ({n} seeds)" if n else ""
+    def header(condition: str) -> str:
+        n = sorted({int(k) for k in long[long["condition"] == condition]["seeds"] if k})
+        label = {c.DEMO: "the demo (draw 0, 1×)", c.SAME_COMPUTE: "no KD given the same compute"}.get(
+            condition, condition
+        )
+        return label + (f" ({n[0]} seeds)" if len(n) == 1 else f" ({n[0]}-{n[-1]} seeds)" if n else "")
 
-    columns = {"run": "method", "the demo (1×)": "the demo: draw 0, 1×" + seeds(budgets, budget=1)}
-    columns |= {f"draw {d}": f"draw {d}" + seeds(draws, draw=d) for d in c.DRAWS}
-    columns |= {f"{f}× steps": f"{f}× steps" + seeds(budgets, budget=f) for f in c.BUDGETS}
-    columns |= {"no KD given the same compute": "no KD given the same compute" + seeds(compute)}
-    columns |= {"holds": "verdict unchanged?"}
-    unchanged = wide[wide["holds"] == "yes"]["run"]
-    so_far = wide[wide["holds"] == "yes so far"]["run"]
-    changes = wide[wide["holds"].str.startswith("no")]
-    nowhere = [label for label in columns if label not in ("run", "holds") and (wide[label] == "not measured").all()]
-    said = [f"Unchanged under every condition: {_names(unchanged)}."] if len(unchanged) else []
-    if len(so_far):
-        said.append(f"Unchanged where measured so far: {_names(so_far)}.")
-    if len(changes):
+    short = {c.BEATS: "beats", c.WORSE: "worse", c.UNRESOLVED: "not resolved"}
+
+    def cell(r) -> str:
+        if r["verdict"] not in c.VERDICTS:
+            return r["verdict"]
+        text = f"{_diff_text(r['mean_diff'], r['detectable'])} {short[r['verdict']]}"
+        text += "" if r["same_kernels"] else " (paired across CPU kernels)"
+        return text + (f"; {TREND_SAID[r['trend']]}" if isinstance(r["trend"], str) else "")
+
+    wide = long.assign(cell=[cell(r) for _, r in long.iterrows()]).pivot(
+        index="run", columns="condition", values="cell"
+    )
+    wide = wide.reindex(index=list(held.index), columns=conditions)
+    wide["same verdict everywhere?"] = held["strict"]
+    wide["holds by the rules?"] = held["by_rules"]
+    shown = wide.rename(columns={k: header(k) for k in conditions}).reset_index()
+    shown = shown.assign(run=[display_name(n) for n in shown["run"]]).rename(columns={"run": "method"})
+
+    said = []
+    for column, reading in (("by_rules", "by the rules"), ("strict", "read strictly (the same verdict everywhere)")):
+        yes, so_far = held.index[held[column] == "yes"], held.index[held[column] == "yes so far"]
+        no = held.loc[held[column].str.startswith("no"), column]
         said.append(
-            "Changed: "
-            + "; ".join(f"{display_name(r['run'])} ({r['holds'].removeprefix('no: ')})" for _, r in changes.iterrows())
+            f"Hold {reading}: {_names(yes)}"
+            + (f"; so far, with a condition still to measure: {_names(so_far)}" if len(so_far) else "")
+            + (
+                "; not: " + "; ".join(f"{display_name(n)} ({v.removeprefix('no: ')})" for n, v in no.items())
+                if len(no)
+                else ""
+            )
             + "."
         )
-    for label in nowhere:
-        why = (
-            sorted(set(compute["verdict"])) if label == "no KD given the same compute" and "verdict" in compute else []
-        )
-        said.append(f"Not measured for any method yet: {label}" + (f" ({'; '.join(why)})." if why else "."))
+    for condition in conditions:
+        of = long[long["condition"] == condition]
+        if not of["verdict"].isin(c.VERDICTS).any():
+            why = sorted(set(of["verdict"]) - {c.NOT_MEASURED})
+            said.append(f"No method measured yet: {header(condition)}" + (f" ({'; '.join(why)})." if why else "."))
     return [
         "**Does each verdict hold?** Each KD method against no KD, paired by seed, in the demo's setting "
         "(draw 0 of the benchmark, 1× budget) and under Section 6's conditions: two other draws (other "
         "training and validation images), 2× and 4× the training steps, and no KD trained at least as long in "
         "CPU time. Each cell: the mean difference in mIoU, ± the half-width of its 95% interval (the smallest "
-        "difference these seeds resolve about half the time), and the verdict by docs/regime.md's rule (the "
-        "interval on one side of 0 and Holm's p below 0.05 over the five methods of a condition, so the demo's "
+        "difference these seeds resolve about half the time), and the verdict by docs/regime.md's rule: the "
+        "interval on one side of 0 and Holm's p below 0.05 over the five methods of a condition (so the demo's "
         "column can differ from the results table's, corrected over all its rows).",
         "",
-        "A verdict stays unchanged unless another draw gives another verdict, the gain over no KD grows or "
-        "shrinks at a longer budget (a verdict that only loses its resolution there, with fewer seeds, is no "
-        'change), or the verdict against the same compute differs; "yes so far" while a condition is not '
-        "measured.",
+        "Two readings of whether a verdict holds. Strictly: the same verdict in every column. By the rules "
+        "docs/regime.md fixed for each condition (read together after the runs, as it says): another verdict on "
+        "another draw or against the same compute departs; at a longer budget a gain over no KD that grows or "
+        "shrinks departs, as does a verdict on the other side of no KD or one resolved where the demo's was not, "
+        'while one that only loses its resolution, with fewer seeds, does not. "so far" while a condition is '
+        "not measured.",
         "",
-        _md_table(wide.assign(run=[display_name(n) for n in wide["run"]]).rename(columns=columns)),
+        _md_table(shown),
         "",
         " ".join(said),
         "",
@@ -991,7 +1015,7 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, foun
                 row[f"{f}×"] = _diff_cell(hit) if hit is not None else "not trained"
             for _, t in trend[trend["run"] == name].iterrows():
                 row[f"gain {t['budget']} vs 1×"] = (
-                    f"{t['gain_change']:+.4f} ± {t['detectable']:.4f}: {TREND_SAID.get(t['trend'], t['trend'])}"
+                    f"{_diff_text(t['gain_change'], t['detectable'])}: {TREND_SAID.get(t['trend'], t['trend'])}"
                     if pd.notna(t["gain_change"])
                     else t["trend"]
                 )
@@ -1026,7 +1050,7 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, foun
 
 # docs/regime.md's trend words as a reader takes them: "holds" is an interval that covers 0, not a
 # gain shown to stay put
-TREND_SAID = {"grows": "grows", "shrinks": "shrinks", "holds": "no resolved change"}
+TREND_SAID = {"grows": "gain grows", "shrinks": "gain shrinks", "holds": "no resolved change in gain"}
 
 
 def _at_budget(table: pd.DataFrame, factor: int, name: str):

@@ -305,11 +305,12 @@ def test_similarity_to_mean_draws_a_collapse_as_ones_and_keeps_a_layout():
     # chapter 3's claim: the map's mean is the length of the mean unit vector, whose square is the
     # mean cosine over all position pairs, self-pairs (cosine 1) included
     torch.manual_seed(0)
-    f = torch.randn(1, 8, 3, 5)
+    f = torch.randn(2, 8, 3, 5)  # two images: each one's mean direction is its own
     p = 15
-    pairs = failures.position_similarity([f])[0]  # without self-pairs
     (drawn,) = failures.similarity_to_mean([f])
-    assert float(drawn.mean()) == pytest.approx(math.sqrt((pairs * p * (p - 1) + p) / p**2), rel=1e-5)
+    for n in range(2):
+        pairs = failures.position_similarity([f[n : n + 1]])[0]  # without self-pairs
+        assert float(drawn[n].mean()) == pytest.approx(math.sqrt((pairs * p * (p - 1) + p) / p**2), rel=1e-5)
 
 
 def test_p_values_by_hand_and_holms_correction():
