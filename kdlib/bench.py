@@ -292,9 +292,14 @@ def format_comparison(rows: list[dict], tolerance: float = 0.05) -> str:
     agree = sum(r["agree"] for r in rows)
     held = sum(r["a_holds_b"] and r["b_holds_a"] for r in rows)
     worst = max(rows, key=lambda r: r["apart"])
+    kinds = {}  # a drift of the machine's speed moves absolute figures, not ratios or per-probe times
+    for r in rows:
+        kind = "ratios" if "ratio" in r["figure"] else "per probe" if ".per_probe." in r["figure"] else "absolute"
+        kinds.setdefault(kind, []).append(r["agree"])
     lines = [
         f"{agree} of {len(rows)} medians within {tolerance:.0%}; farthest apart: {worst['figure']} "
         f"({worst['a']:.4g} vs {worst['b']:.4g}, {worst['apart']:.1%})",
+        "by kind: " + ", ".join(f"{k} {sum(v)} of {len(v)}" for k, v in sorted(kinds.items())),
         f"{held} of {len(rows)} figures have each run's median inside the other's interval",
     ]
     for r in rows:

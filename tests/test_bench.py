@@ -229,6 +229,7 @@ def test_two_bench_reports_compare_median_by_median(tmp_path, capsys):
     assert abs(y["apart"] - 0.1) < 1e-12 and not y["agree"] and not y["a_holds_b"] and not y["b_holds_a"]
     text = format_comparison(compare(a, b))
     assert text.startswith("1 of 2 medians within 5%") and "settings.s.y: 2 vs 2.2 (10.0% apart" in text
+    assert "by kind: absolute 1 of 2\n" in text
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     assert main(["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
