@@ -22,11 +22,6 @@ ratios:
 - ``cached_kd_epoch_ratio`` = a response-KD epoch with the teacher-output cache ÷ a no-KD
   epoch, both through the real DataLoader over the same images.
 
-``per_probe`` gives every step's time (and the teacher forward's) in units of the fixed matmul's
-median time over the same round: on a machine whose speed drifts from minute to minute (a
-shared host's does), the drift cancels out of it as far as it slows the matmul and the step
-alike, while the milliseconds move with it.
-
 Every figure is the median of repeated measurements after a warm-up, with its interquartile
 range and a 95 % interval for the median (``median_interval``) under ``spread``. Ratios are
 taken per round; a KD step is timed right next to the teacher forward and plain step it is
@@ -189,11 +184,6 @@ class SteadinessProbe:
         through the run (bench.json keeps it, so that two runs' drifts can be compared)."""
         return [[round(t, 2), round(ms, 3)] for t, ms in self.history]
 
-    def since(self, mark: int) -> float:
-        """The median time (seconds) of the calls after the ``mark``-th: the machine's speed over
-        a stretch of the run, what :func:`_training_rounds` divides that stretch's times by."""
-        return statistics.median(ms for _, ms in self.history[mark:]) / 1000
-
 
 def steadiness(samples: list[tuple[float, float | None]]) -> dict:
     """Whether the machine held still while the figures were measured: the probe's spread
@@ -292,9 +282,9 @@ def format_comparison(rows: list[dict], tolerance: float = 0.05) -> str:
     agree = sum(r["agree"] for r in rows)
     held = sum(r["a_holds_b"] and r["b_holds_a"] for r in rows)
     worst = max(rows, key=lambda r: r["apart"])
-    kinds = {}  # a drift of the machine's speed moves absolute figures, not ratios or per-probe times
+    kinds = {}  # a drift of the machine's speed moves absolute figures more than ratios taken within a round
     for r in rows:
-        kind = "ratios" if "ratio" in r["figure"] else "per probe" if ".per_probe." in r["figure"] else "absolute"
+        kind = "ratios" if "ratio" in r["figure"] else "absolute"
         kinds.setdefault(kind, []).append(r["agree"])
     lines = [
         f"{agree} of {len(rows)} medians within {tolerance:.0%}; farthest apart: {worst['figure']} "
@@ -420,7 +410,6 @@ def bench_setting(
         "logits_and_features": _ms(rounds["teacher_s"][True]),
     }
     result["train_step_ms"] = {m: _ms(t) for m, t in step_s.items()}
-    result["per_probe"] = rounds["per_probe"]
     result["train_images_per_s"] = {
         m: {"compute_only": batch_size / step_s[m]["median"], "end_to_end": rounds["images_per_s"][m]["median"]}
         for m in step_s
@@ -585,9 +574,7 @@ def _training_rounds(
     derived = set()  # methods whose end-to-end rate is derived, not timed through the loader
     kd = set(methods.kd_names())
     ratios = {m: [] for m in kd}
-    per_probe = {name: [] for name in times}
     for round_ in range(1, knobs["rounds"] + 1):
-        mark = len(probe.history)
         probes.append(probe())
         times["teacher"].append(teacher_forward(False))
         times["teacher_features"].append(teacher_forward(True))
@@ -619,9 +606,6 @@ def _training_rounds(
         plain = through_loader("none", round_, None)[1]
         probes.append(probe())
         epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
-        speed = probe.since(mark)  # this round's probe: a slow spell of the machine slows both alike
-        for name, values in times.items():
-            per_probe[name].append(values[-1] / speed)
     overhead = {m: spread(ratios[m]) for m in methods.kd_names()}
     log(
         f"[bench {setting}] medians: step (ms) "
@@ -638,7 +622,6 @@ def _training_rounds(
         "pipeline": {m: spread(r) for m, r in pipeline.items() if r},
         "derived": sorted(derived),
         "epoch_ratio": spread(epoch_ratio),
-        "per_probe": {name: spread(v) for name, v in per_probe.items()},
     }
 
 

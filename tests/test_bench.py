@@ -50,9 +50,6 @@ def test_bench_writes_every_ratio(tiny_shapes, tiny_teacher, tmp_path, capsys):
     assert set(r["end_to_end_derived"]) == kd
     assert 0.2 < report["cached_kd_epoch_ratio"]["shapes"] < 5
     assert r["cache"]["bytes_per_image"] == 21 * 16 * 16 * 2
-    # every step and the teacher's forward also in units of its round's probe, one value a round
-    assert set(r["per_probe"]) == methods | {"teacher", "teacher_features"}
-    assert all(v["n"] == 2 and v["median"] > 0 for v in r["per_probe"].values())
     series = r["steadiness"]["series"]
     assert len(series) == r["steadiness"]["probe_ms"]["n"] and series == sorted(series)
     assert set(report["targets"]) == set(TARGETS) and report["machine"]["torch"]
@@ -175,17 +172,17 @@ def test_steadiness_flags_a_spell_of_load_and_a_constant_one():
     assert not wobble["steady"] and abs(wobble["variation"] - 50 / 75) < 1e-9 and "varied by 67%" in wobble["warning"]
 
 
-def test_a_round_is_measured_against_its_own_probe():
+def test_the_probe_keeps_its_series():
     import torch
 
     from kdlib.bench import SteadinessProbe
 
     probe = SteadinessProbe(torch.device("cpu"), size=8, calls=1)
     assert probe.history == []  # the warm-up call is not part of the run
-    probe.history = [(0.0, 50.0), (1.0, 80.0), (2.0, 60.0), (3.0, 70.0)]
-    assert probe.since(1) == pytest.approx(0.070)  # median of 80, 60, 70 ms, in seconds
-    assert probe.since(0) == pytest.approx(0.065)
-    assert probe.series()[1] == [1.0, 80.0]
+    probe()
+    probe()
+    (t0, ms0), (t1, _) = probe.series()
+    assert 0 <= t0 <= t1 and ms0 > 0
 
 
 def test_the_probe_sees_a_second_cpu_heavy_process():
