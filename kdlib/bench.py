@@ -1,10 +1,12 @@
 """``python -m kdlib bench``: what each KD method costs on this device, and where time goes.
 
-Two settings by default, each measured in one process so that ratios compare like with like:
+Two settings by default, measured in one process, their rounds interleaved over the run
+(``interleave``), so that every figure samples the whole run:
 
-- ``report``: the report's 224² px, batch 16, FCN-ResNet50 teacher (random weights: timing
+- ``report``: the report's 224² px and FCN-ResNet50 teacher (random weights: timing
   does not depend on them), images from the embedded benchmark resized to 224 (or VOC with
-  ``--dataset voc``);
+  ``--dataset voc``), batches of 16 on a GPU and of 2 on a CPU, where one FCN-ResNet50 batch
+  costs seconds;
 - ``shapes``: the embedded benchmark's defaults (64² px, batch 16, the shipped LR-ASPP teacher).
 
 For each: parameters and GFLOPs (``torch.utils.flop_counter``: 2 FLOPs per multiply-add) of
@@ -58,25 +60,26 @@ from .models import TeacherWrapper, build_model, count_parameters
 from .teacher_cache import WithTeacherMaps, ensure_cache, feature_bytes_per_image
 from .train import build_adapters, environment, kd_parameters, setup_runtime, train_loader, train_step
 
-# Per device kind: `rounds` (every method's measurements run once per round, and its ratios are
-# taken within the round; the interval of a median needs six rounds to reach 95 %); `steps` per method and round,
+# Per device kind: `rounds` (every figure is measured once per round, and ratios are taken within
+# the round; the interval of a median needs six rounds to reach 95 %); `steps` per method and round,
 # compute-only and through the DataLoader; `passes` over the training split per timed epoch (long
-# enough for the cached/plain epoch ratio to mean anything); `latency` calls at batch 1 (student,
-# teacher); `batch`, unless --batch-size says otherwise. A CPU pays seconds per FCN-ResNet50 batch
-# at 224 px, so there the report setting times batches of 4 (its ratios are per step), which buys
-# the rounds that an interval needs within make bench's 8 minutes.
+# enough for the cached/plain epoch ratio to mean anything); `latency`: batch-1 calls per round
+# (student, teacher); `batch`, unless --batch-size says otherwise. On a CPU the two settings'
+# rounds are interleaved over make bench's 8 minutes; at 224 px one FCN-ResNet50 batch costs
+# seconds there, so the report setting times batches of 2 (its ratios are per step): what buys
+# the rounds.
 SETTINGS = {
     "report": {
         "image_size": 224,
         "teacher": "fcn_resnet50",
-        "cpu": {"rounds": 6, "steps": 1, "passes": 1, "images": 32, "latency": (30, 10), "batch": 4},
-        "cuda": {"rounds": 20, "steps": 10, "passes": 4, "images": None, "latency": (100, 50), "batch": 16},
+        "cpu": {"rounds": 8, "steps": 1, "passes": 1, "images": 32, "latency": (4, 1), "batch": 2},
+        "cuda": {"rounds": 20, "steps": 10, "passes": 4, "images": None, "latency": (10, 5), "batch": 16},
     },
     "shapes": {
         "image_size": 64,
         "teacher": "lraspp_resnet18",
-        "cpu": {"rounds": 9, "steps": 6, "passes": 8, "images": None, "latency": (50, 50), "batch": 16},
-        "cuda": {"rounds": 30, "steps": 20, "passes": 16, "images": None, "latency": (100, 100), "batch": 16},
+        "cpu": {"rounds": 12, "steps": 3, "passes": 4, "images": None, "latency": (5, 4), "batch": 16},
+        "cuda": {"rounds": 30, "steps": 20, "passes": 16, "images": None, "latency": (10, 10), "batch": 16},
     },
 }
 TARGETS = {
@@ -324,114 +327,338 @@ def _teacher(setting: str, teacher_weights: str | None) -> TeacherWrapper:
     return TeacherWrapper(load_model(teacher_weights or SHAPES_TEACHER, expect="lraspp_resnet18"))
 
 
-def latency_ms(model_fn, module: torch.nn.Module, x1: torch.Tensor, device, repeats: int) -> dict:
-    """Batch-1 latency as a deployment runs it: eval mode, inference mode, 5 warm-up calls,
-    ``repeats`` timed calls, in each memory format; the faster one is the result."""
-    by_format = {}
-    was_training = module.training
-    module.eval()
-    for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
+def interleave(rounds: dict[str, int]) -> list[str]:
+    """The order in which the settings' rounds run: each setting's k-th of n rounds at about
+    (k + ½)/n of the run, so that every setting's figures sample the whole run. This machine's
+    speed drifts over minutes (docs/speed.md); a setting measured in one stretch would carry
+    that stretch's speed, and two runs would differ by the drift between their stretches."""
+    slots = [((k + 0.5) / n, i, name) for i, (name, n) in enumerate(rounds.items()) for k in range(n)]
+    return [name for *_, name in sorted(slots)]
+
+
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def _choose_format(module: torch.nn.Module, model_fn, x1: torch.Tensor, device, calls: int) -> str:
+    """The faster memory format for batch-1 inference, from ``calls`` timed calls in each after
+    3 warm-up calls (the two differ by far more than the machine drifts in a few seconds)."""
+    medians = {}
+    for name, fmt in MEMORY_FORMATS.items():
         module.to(memory_format=fmt)  # outside inference mode: the weights stay ordinary tensors
         x = x1.contiguous(memory_format=fmt)
         with torch.inference_mode():
-            for _ in range(5):
+            for _ in range(3):
                 model_fn(x)
-            by_format[name] = spread(
-                [1000 * seconds_of(functools.partial(model_fn, x), device) for _ in range(repeats)]
-            )
-    module.train(was_training)
+            medians[name] = statistics.median(seconds_of(functools.partial(model_fn, x), device) for _ in range(calls))
     module.to(memory_format=torch.channels_last)
-    best = min(by_format, key=lambda k: by_format[k]["median"])
-    return by_format[best] | {"memory_format": best, "by_format": by_format}
+    return min(medians, key=medians.get)
 
 
-def bench_setting(
-    setting: str,
-    *,
-    dataset: str,
-    data_root: str,
-    batch_size: int | None = None,
-    device: str = "auto",
-    workers: int | None = None,
-    teacher_weights: str | None = None,
-    repeats: int | None = None,
-    steps: int | None = None,
-    cache_dir=None,
-    log=print,
-) -> dict:
-    """Every figure of one setting (see the module docstring), each with its spread."""
-    started = time.perf_counter()
-    spec = SETTINGS[setting]
-    runtime = setup_runtime(device)
-    dev = runtime.device
-    knobs = dict(spec["cuda" if dev.type == "cuda" else "cpu"])
-    knobs["rounds"] = repeats or knobs["rounds"]
-    knobs["steps"] = steps or knobs["steps"]
-    batch_size = batch_size or knobs["batch"]
-    size = spec["image_size"]
-    base = Config(dataset=dataset, data_root=data_root, image_size=size, batch_size=batch_size, device=device)
-    base = dataclasses.replace(base, amp=dev.type == "cuda", progress="none")
-    workers = base.resolved().workers if workers is None else workers
-    base = dataclasses.replace(base, workers=workers)
-    knobs["loader_timed"] = LOADER_TIMED if workers == 0 else None  # None: every method
-    log(f"[bench {setting}] {size}² px, batch {batch_size}, {spec['teacher']} teacher, {dev}, workers {workers}")
-    student = build_model("student").to(dev, memory_format=torch.channels_last)
-    teacher = _teacher(setting, teacher_weights).to(dev, memory_format=torch.channels_last)
-    train_set = build_dataset(dataset, data_root, "train", train=True, image_size=size)
-    if knobs["images"] is not None and knobs["images"] < len(train_set):
-        train_set = train_set.subset(knobs["images"])
-    train_set.preload()  # as the trainer does: steady state, images decoded once
-    if len(train_set) < batch_size:
-        raise ValueError(f"the {dataset} train split at {data_root} has fewer than {batch_size} images")
-    first = next(iter(torch.utils.data.DataLoader(train_set.evaluation_view(), batch_size, shuffle=False)))
-    x, y, _ = prepare_batch(first, dev, True)
-    result = {
-        "image_size": size,
-        "batch_size": batch_size,
-        "device": str(dev),
-        "workers": workers,
-        "rounds": knobs["rounds"],
-        "teacher": spec["teacher"],
-        "dataset": dataset,
-    }
-    probe, probes = SteadinessProbe(dev), []
-    result |= _size_and_latency(student, teacher, x, dev, base.amp, knobs, probe, probes)
-    rounds = _training_rounds(
-        base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result, probe, probes
-    )
-    result["steadiness"] = steadiness(probes) | {"series": probe.series()}
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    if result["steadiness"]["warning"]:
-        log(f"[bench {setting}] WARNING: {result['steadiness']['warning']}")
-    step_s = rounds["step_s"]
-    result["inference"]["teacher"]["images_per_s"] = batch_size / rounds["teacher_s"][False]["median"]
-    result["teacher_forward_ms"] = {
-        "logits": _ms(rounds["teacher_s"][False]),
-        "logits_and_features": _ms(rounds["teacher_s"][True]),
-    }
-    result["train_step_ms"] = {m: _ms(t) for m, t in step_s.items()}
-    result["train_images_per_s"] = {
-        m: {"compute_only": batch_size / step_s[m]["median"], "end_to_end": rounds["images_per_s"][m]["median"]}
-        for m in step_s
-    }
-    result["kd_overhead_ratio"] = {m: r["median"] for m, r in rounds["overhead"].items()}
-    result["input_pipeline_ratio"] = {m: r["median"] for m, r in rounds["pipeline"].items()}
-    result["end_to_end_derived"] = rounds["derived"]  # compute-only step + the plain step's input time
-    result["loader_timed"] = "every method" if knobs["loader_timed"] is None else list(knobs["loader_timed"])
-    result["cached_kd_epoch_ratio"] = rounds["epoch_ratio"]["median"]
-    result["spread"] = {
-        "kd_overhead_ratio": rounds["overhead"],
-        "input_pipeline_ratio": rounds["pipeline"],
-        "cached_kd_epoch_ratio": rounds["epoch_ratio"],
-        "end_to_end_images_per_s": rounds["images_per_s"],
-    }
-    if setting == "report":  # the report's epoch: 1,464 training + 1,449 validation images
-        val_s = VOC_VAL / result["inference"]["student"]["images_per_s"]
-        result["projected_voc_epoch_seconds"] = {
-            m: VOC_TRAIN / v["end_to_end"] + val_s for m, v in result["train_images_per_s"].items()
+class SettingBench:
+    """One setting's figures (see the module docstring), measured round by round.
+
+    The constructor builds everything and warms it up (models, data, teacher cache, FLOPs, the
+    faster memory format for batch-1 inference); each call of :meth:`round` measures every figure
+    once: batch-1 latency of student and teacher and the student's batch inference (eval and
+    inference mode), the teacher's forward, every method's training step next to what it is
+    compared with, the loader-timed steps and the cached and plain epochs, with the steadiness
+    probe before each measurement. :meth:`result` gathers the rounds into the setting's part of
+    bench.json. ``run_bench`` interleaves the rounds of several settings."""
+
+    def __init__(
+        self,
+        setting: str,
+        *,
+        dataset: str,
+        data_root: str,
+        batch_size: int | None = None,
+        device: str = "auto",
+        workers: int | None = None,
+        teacher_weights: str | None = None,
+        repeats: int | None = None,
+        steps: int | None = None,
+        cache_dir=None,
+        probe: SteadinessProbe | None = None,
+        log=print,
+    ):
+        started = time.perf_counter()
+        spec = SETTINGS[setting]
+        self.setting, self.log = setting, log
+        self.runtime = setup_runtime(device)
+        dev = self.dev = self.runtime.device
+        knobs = dict(spec["cuda" if dev.type == "cuda" else "cpu"])
+        knobs["rounds"] = repeats or knobs["rounds"]
+        knobs["steps"] = steps or knobs["steps"]
+        batch_size = batch_size or knobs["batch"]
+        size = spec["image_size"]
+        base = Config(dataset=dataset, data_root=data_root, image_size=size, batch_size=batch_size, device=device)
+        base = dataclasses.replace(base, amp=dev.type == "cuda", progress="none")
+        workers = base.resolved().workers if workers is None else workers
+        self.base = base = dataclasses.replace(base, workers=workers)
+        knobs["loader_timed"] = LOADER_TIMED if workers == 0 else None  # None: every method
+        self.knobs = knobs
+        log(f"[bench {setting}] {size}² px, batch {batch_size}, {spec['teacher']} teacher, {dev}, workers {workers}")
+        self.student = build_model("student").to(dev, memory_format=torch.channels_last)
+        self.teacher = _teacher(setting, teacher_weights).to(dev, memory_format=torch.channels_last)
+        train_set = build_dataset(dataset, data_root, "train", train=True, image_size=size)
+        if knobs["images"] is not None and knobs["images"] < len(train_set):
+            train_set = train_set.subset(knobs["images"])
+        train_set.preload()  # as the trainer does: steady state, images decoded once
+        if len(train_set) < batch_size:
+            raise ValueError(f"the {dataset} train split at {data_root} has fewer than {batch_size} images")
+        first = next(iter(torch.utils.data.DataLoader(train_set.evaluation_view(), batch_size, shuffle=False)))
+        self.x, self.y, _ = prepare_batch(first, dev, True)
+        self.info = {
+            "image_size": size,
+            "batch_size": batch_size,
+            "device": str(dev),
+            "workers": workers,
+            "rounds": knobs["rounds"],
+            "teacher": spec["teacher"],
+            "dataset": dataset,
         }
-        result["teacher_cache_feature_bytes_per_image"] = feature_bytes_per_image(teacher, size)
-    return result
+        self._sizes()
+        self._build_methods(train_set, cache_dir)
+        self._warm_up()
+        self.probe = probe or SteadinessProbe(dev)
+        self.samples = []  # (seconds since the probe's start, wall s, CPU share) of this setting's probes
+        self.timed = [*methods.names(), "response_cached"]
+        self.kd = set(methods.kd_names())
+        self.times = {name: [] for name in ("teacher", "teacher_features", *self.timed)}
+        self.latency = {"student": [], "teacher": []}
+        self.batch_inference = []
+        self.rates, self.pipeline = {m: [] for m in self.timed}, {m: [] for m in self.timed}
+        self.ratios, self.epoch_ratio, self.derived = {m: [] for m in self.kd}, [], set()
+        self.done = 0
+        self.seconds = time.perf_counter() - started
+
+    # --- building and warming up -------------------------------------------------------------
+
+    def _sizes(self) -> None:
+        """Parameters and GFLOPs of both networks, the device's matmul throughput (the latency
+        floor's denominator) and the faster memory format of each for batch-1 inference."""
+        student, teacher, x1, dev = self.student, self.teacher, self.x[:1], self.dev
+        student.eval()
+        with torch.no_grad():
+            self.sizes = {
+                "student": {"parameters": count_parameters(student), "gflops": gflops(lambda: student(x1))},
+                "teacher_model": {
+                    "parameters": count_parameters(teacher.model),
+                    "gflops": gflops(lambda: teacher.teacher_forward(x1, False)),
+                },
+            }
+        self.throughput = matmul_gflops_per_s(dev)
+        self.teacher_call = functools.partial(teacher.teacher_forward, with_features=False)
+        calls = self.knobs["latency"]
+        with torch.autocast(dev.type, torch.bfloat16, enabled=self.base.amp):
+            self.formats = {
+                "student": _choose_format(student, student, x1, dev, calls[0]),
+                "teacher": _choose_format(teacher.model, self.teacher_call, x1, dev, calls[1]),
+            }
+        student.train()
+
+    def _build_methods(self, train_set, cache_dir) -> None:
+        """Every method's config, loader, optimizer and adapters, and the teacher-output cache
+        the cached variant reads."""
+        base, dev, teacher = self.base, self.dev, self.teacher
+        cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="kdlib-bench-cache-"))
+        maps, card = ensure_cache(
+            teacher, train_set, cache_dir, base.image_size, device=dev, batch_size=base.batch_size, log=self.log
+        )
+        self.cache = {"bytes_per_image": card["bytes_per_image"], "build_seconds": card["seconds"]}
+        self.cached_logits = upsample_logits(teacher.native_logits(self.x).float(), self.x.shape[-2:]).half().float()
+        self.epoch_images = len(train_set) * self.knobs["passes"]
+        if methods.names()[0] != "none":
+            raise RuntimeError(
+                "bench: the plain step must be timed first in a round: the derived rates read its input time"
+            )
+        self.runs = {}
+        for method in [*methods.names(), "response_cached"]:
+            trained = "response" if method == "response_cached" else method
+            cfg = dataclasses.replace(base, method=trained, train_repeats=self.knobs["passes"]).resolved()
+            data = WithTeacherMaps(train_set, maps) if method == "response_cached" else train_set
+            loader, sampler = train_loader(cfg, self.runtime, data)
+            declared = methods.get(cfg.method)
+            adapters = build_adapters(declared, self.student, teacher, dev)
+            if adapters is not None:
+                adapters.to(memory_format=torch.channels_last)  # as the student's and the teacher's
+            params = list(self.student.parameters()) + kd_parameters(declared, teacher, adapters)
+            optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            online = teacher if declared.needs_teacher else None
+            self.runs[method] = (cfg, loader, sampler, online, optimizer, adapters)
+
+    def _warm_up(self) -> None:
+        self.student.train()
+        self.teacher.train()
+        self._teacher_forward(True)
+        for method in self.runs:  # every step once, the loaders' workers started
+            self._through_loader(method, 0, 1)
+
+    # --- the measurements ----------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        wall, share = self.probe()
+        self.samples.append((time.perf_counter() - self.probe.start, wall, share))
+
+    def _in_memory(self, method: str) -> float:
+        cfg, _, _, online, optimizer, adapters = self.runs[method]
+        cached = self.cached_logits if method == "response_cached" else None
+        k = self.knobs["steps"]
+
+        def steps():
+            for _ in range(k):
+                train_step(cfg, self.student, online, optimizer, self.x, self.y, cached=cached, adapters=adapters)
+
+        return seconds_of(steps, self.dev) / k
+
+    def _through_loader(self, method: str, epoch: int, batches: int | None) -> tuple[int, float]:
+        cfg, loader, sampler, online, optimizer, adapters = self.runs[method]
+        sampler.set_epoch(epoch)
+        seen, start = 0, time.perf_counter()
+        for i, batch in enumerate(loader):
+            if batches is not None and i >= batches:
+                break
+            xb, yb, cb = prepare_batch(batch, self.dev, True)
+            train_step(cfg, self.student, online, optimizer, xb, yb, cached=cb, adapters=adapters)
+            seen += len(xb)
+        _sync(self.dev)
+        return seen, time.perf_counter() - start
+
+    def _teacher_forward(self, with_features: bool) -> float:
+        with torch.no_grad(), torch.autocast(self.dev.type, torch.bfloat16, enabled=self.base.amp):
+            return seconds_of(lambda: self.teacher.teacher_forward(self.x, with_features), self.dev)
+
+    def _inference(self) -> None:
+        """Batch-1 latency of both networks in their faster memory format (one warm-up call after
+        the switch, then the knobs' calls per round), and the student's batch inference."""
+        x1, dev = self.x[:1], self.dev
+        calls = self.knobs["latency"]
+        with torch.autocast(dev.type, torch.bfloat16, enabled=self.base.amp):
+            for (who, module, fn), n in zip(
+                (("student", self.student, self.student), ("teacher", self.teacher.model, self.teacher_call)), calls
+            ):
+                fmt, was_training = MEMORY_FORMATS[self.formats[who]], module.training
+                module.eval()
+                module.to(memory_format=fmt)
+                x = x1.contiguous(memory_format=fmt)
+                with torch.inference_mode():
+                    fn(x)
+                    self.latency[who] += [seconds_of(functools.partial(fn, x), dev) for _ in range(n)]
+                module.to(memory_format=torch.channels_last)
+                module.train(was_training)
+            self.student.eval()
+            with torch.inference_mode():
+                self.student(self.x)
+                self.batch_inference.append(seconds_of(lambda: self.student(self.x), dev))
+            self.student.train()
+
+    def round(self) -> None:
+        """Every figure once. A KD step and what it is compared with (the teacher's forward and a
+        plain step) run back to back, in alternating order from one round to the next, and the
+        ratio is taken within the round: a drift of the machine touches both sides alike."""
+        start = time.perf_counter()
+        self.done += 1
+        r = self.done
+        self._probe()
+        self._inference()
+        self._probe()
+        self.times["teacher"].append(self._teacher_forward(False))
+        self.times["teacher_features"].append(self._teacher_forward(True))
+        for method in self.timed:
+            self._probe()  # between every two measurements: a spell of load shows in it
+            if method in self.kd:
+                features = methods.get(method).reads_features
+                if r % 2:
+                    unavoidable = self._teacher_forward(features) + self._in_memory("none")
+                    step = self._in_memory(method)
+                else:
+                    step = self._in_memory(method)
+                    unavoidable = self._teacher_forward(features) + self._in_memory("none")
+                self.ratios[method].append(step / unavoidable)
+            else:
+                step = self._in_memory(method)
+            self.times[method].append(step)
+            loader_timed = self.knobs["loader_timed"]
+            if loader_timed is None or method in loader_timed:
+                seen, seconds = self._through_loader(method, r, self.knobs["steps"])
+                self.rates[method].append(seen / seconds)
+                self.pipeline[method].append(seen / seconds / (len(self.x) / step))
+            else:
+                self.rates[method].append(
+                    end_to_end_rate(step, len(self.x), self.rates["none"][-1], self.times["none"][-1])
+                )
+                self.derived.add(method)
+        self._probe()
+        plain = self._through_loader("none", r, None)[1]
+        self._probe()
+        self.epoch_ratio.append(self._through_loader("response_cached", r, None)[1] / plain)
+        self.seconds += time.perf_counter() - start
+
+    # --- the result ------------------------------------------------------------------------------
+
+    def result(self) -> dict:
+        """The setting's part of bench.json, from the rounds run so far."""
+        batch = self.info["batch_size"]
+        teacher_s = {False: spread(self.times["teacher"]), True: spread(self.times["teacher_features"])}
+        step_s = {m: spread(self.times[m]) for m in self.timed}
+        images_per_s = {m: spread(r) for m, r in self.rates.items()}
+        overhead = {m: spread(self.ratios[m]) for m in methods.kd_names()}
+        pipeline = {m: spread(r) for m, r in self.pipeline.items() if r}
+        epoch_ratio = spread(self.epoch_ratio)
+        latency = {who: _ms(spread(v)) | {"memory_format": self.formats[who]} for who, v in self.latency.items()}
+        inference = {
+            name: {
+                "latency_ms_batch1": latency[name]["median"],
+                "latency_batch1": latency[name],
+                "floor_ms_batch1": 1000 * self.sizes[key]["gflops"] / self.throughput,
+            }
+            for name, key in (("student", "student"), ("teacher", "teacher_model"))
+        }
+        inference["student"]["images_per_s"] = batch / statistics.median(self.batch_inference)
+        inference["student"]["batch_ms"] = _ms(spread(self.batch_inference))
+        inference["teacher"]["images_per_s"] = batch / teacher_s[False]["median"]
+        result = self.info | self.sizes | {"inference": inference, "matmul_gflops_per_s": self.throughput}
+        result |= {
+            "cache": self.cache,
+            "steadiness": steadiness([(wall, share) for _, wall, share in self.samples])
+            | {"series": [[round(t, 2), round(1000 * wall, 3)] for t, wall, _ in self.samples]},
+            "seconds": round(self.seconds, 1),
+            "teacher_forward_ms": {"logits": _ms(teacher_s[False]), "logits_and_features": _ms(teacher_s[True])},
+            "train_step_ms": {m: _ms(t) for m, t in step_s.items()},
+            "train_images_per_s": {
+                m: {"compute_only": batch / step_s[m]["median"], "end_to_end": images_per_s[m]["median"]}
+                for m in step_s
+            },
+            "kd_overhead_ratio": {m: r["median"] for m, r in overhead.items()},
+            "input_pipeline_ratio": {m: r["median"] for m, r in pipeline.items()},
+            "end_to_end_derived": sorted(self.derived),  # compute-only step + the plain step's input time
+            "loader_timed": "every method" if self.knobs["loader_timed"] is None else list(self.knobs["loader_timed"]),
+            "cached_kd_epoch_ratio": epoch_ratio["median"],
+            "epoch_seconds": {"images": self.epoch_images},
+            "spread": {
+                "kd_overhead_ratio": overhead,
+                "input_pipeline_ratio": pipeline,
+                "cached_kd_epoch_ratio": epoch_ratio,
+                "end_to_end_images_per_s": images_per_s,
+            },
+        }
+        if self.setting == "report":  # the report's epoch: 1,464 training + 1,449 validation images
+            val_s = VOC_VAL / inference["student"]["images_per_s"]
+            result["projected_voc_epoch_seconds"] = {
+                m: VOC_TRAIN / v["end_to_end"] + val_s for m, v in result["train_images_per_s"].items()
+            }
+            result["teacher_cache_feature_bytes_per_image"] = feature_bytes_per_image(
+                self.teacher, self.info["image_size"]
+            )
+        return result
+
+
+def bench_setting(setting: str, **kwargs) -> dict:
+    """Every figure of one setting, its rounds run one after the other."""
+    bench = SettingBench(setting, **kwargs)
+    for _ in range(bench.knobs["rounds"]):
+        bench.round()
+    return bench.result()
 
 
 SECONDS_KEYS = ("median", "q1", "q3", "lo", "hi")  # of a spread: the ones with a unit
@@ -439,46 +666,6 @@ SECONDS_KEYS = ("median", "q1", "q3", "lo", "hi")  # of a spread: the ones with 
 
 def _ms(timing: dict) -> dict:
     return {k: 1000 * v if k in SECONDS_KEYS else v for k, v in timing.items()}
-
-
-def _size_and_latency(student, teacher, x, dev, amp: bool, knobs: dict, probe, probes) -> dict:
-    """Parameters, GFLOPs, batch-1 latency next to the floor the device's matmul throughput
-    allows (GFLOPs ÷ GFLOP/s), and the student's batch throughput."""
-    x1 = x[:1]
-    student.eval()
-    with torch.no_grad():
-        sizes = {
-            "student": {"parameters": count_parameters(student), "gflops": gflops(lambda: student(x1))},
-            "teacher_model": {
-                "parameters": count_parameters(teacher.model),
-                "gflops": gflops(lambda: teacher.teacher_forward(x1, False)),
-            },
-        }
-    throughput = matmul_gflops_per_s(dev)
-    student_repeats, teacher_repeats = knobs["latency"]
-    with torch.autocast(dev.type, torch.bfloat16, enabled=amp):
-        probes.append(probe())
-        student_latency = latency_ms(student, student, x1, dev, student_repeats)
-        probes.append(probe())
-        teacher_call = functools.partial(teacher.teacher_forward, with_features=False)
-        latency = {
-            "student": student_latency,
-            "teacher": latency_ms(teacher_call, teacher.model, x1, dev, teacher_repeats),
-        }
-        probes.append(probe())
-        with torch.inference_mode():
-            batch = [seconds_of(lambda: student(x), dev) for _ in range(knobs["rounds"] + 1)][1:]
-    inference = {
-        name: {
-            "latency_ms_batch1": lat["median"],
-            "latency_batch1": lat,
-            "floor_ms_batch1": 1000 * sizes[key]["gflops"] / throughput,
-        }
-        for (name, lat), key in zip(latency.items(), ("student", "teacher_model"))
-    }
-    inference["student"]["images_per_s"] = len(x) / statistics.median(batch)
-    inference["student"]["batch_ms"] = spread([1000 * b for b in batch])
-    return sizes | {"inference": inference, "matmul_gflops_per_s": throughput}
 
 
 def end_to_end_rate(step_s: float, batch: int, plain_images_per_s: float, plain_step_s: float) -> float:
@@ -493,138 +680,6 @@ def end_to_end_rate(step_s: float, batch: int, plain_images_per_s: float, plain_
     return 1 / (step_s / batch + input_s)
 
 
-def _training_rounds(
-    base, runtime, student, teacher, x, y, train_set, knobs, cache_dir, log, setting, result, probe, probes
-):
-    """The training figures, in rounds. Each round: the teacher's forward with and without
-    features on a batch in memory; for every method, ``steps`` training steps on that batch
-    (compute only) and then, for the methods of the knobs' ``loader_timed`` (all when None), ``steps`` through the
-    real DataLoader (the trainer's own wiring, Table 2 augmentation, the default workers; the
-    others' end-to-end rate adds the plain step's input time of the round to their compute-only
-    step); then an epoch of ``passes`` over the split
-    without KD and one with the cached teacher. Per round: KD overhead = KD step ÷ (teacher
-    forward + plain step, timed next to it), input-pipeline ratio = DataLoader images/s ÷ compute-only images/s
-    of the same method, and the cached/plain epoch ratio. ``probe`` is timed before each
-    measurement and its samples appended to ``probes``."""
-    dev, k = runtime.device, knobs["steps"]
-    cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="kdlib-bench-cache-"))
-    maps, card = ensure_cache(
-        teacher, train_set, cache_dir, base.image_size, device=dev, batch_size=base.batch_size, log=log
-    )
-    result["cache"] = {"bytes_per_image": card["bytes_per_image"], "build_seconds": card["seconds"]}
-    cached_logits = upsample_logits(teacher.native_logits(x).float(), x.shape[-2:]).half().float()
-    timed = [*methods.names(), "response_cached"]
-    if timed[0] != "none":
-        raise RuntimeError(
-            "bench: the plain step must be timed first in a round: the derived rates read its input time"
-        )
-    runs = {}
-    for method in timed:
-        trained = "response" if method == "response_cached" else method
-        cfg = dataclasses.replace(base, method=trained, train_repeats=knobs["passes"]).resolved()  # its α, β, T
-        data = WithTeacherMaps(train_set, maps) if method == "response_cached" else train_set
-        loader, sampler = train_loader(cfg, runtime, data)
-        declared = methods.get(cfg.method)
-        adapters = build_adapters(declared, student, teacher, dev)
-        if adapters is not None:
-            adapters.to(memory_format=torch.channels_last)  # as the student's and the teacher's
-        params = list(student.parameters()) + kd_parameters(declared, teacher, adapters)
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        online = teacher if declared.needs_teacher else None
-        runs[method] = (cfg, loader, sampler, online, optimizer, adapters)
-
-    def in_memory(method: str) -> float:
-        cfg, _, _, online, optimizer, adapters = runs[method]
-        cached = cached_logits if method == "response_cached" else None
-        return (
-            seconds_of(
-                lambda: [
-                    train_step(cfg, student, online, optimizer, x, y, cached=cached, adapters=adapters)
-                    for _ in range(k)
-                ],
-                dev,
-            )
-            / k
-        )
-
-    def through_loader(method: str, epoch: int, batches: int | None) -> tuple[int, float]:
-        cfg, loader, sampler, online, optimizer, adapters = runs[method]
-        sampler.set_epoch(epoch)
-        seen, start = 0, time.perf_counter()
-        for i, batch in enumerate(loader):
-            if batches is not None and i >= batches:
-                break
-            xb, yb, cb = prepare_batch(batch, dev, True)
-            train_step(cfg, student, online, optimizer, xb, yb, cached=cb, adapters=adapters)
-            seen += len(xb)
-        _sync(dev)
-        return seen, time.perf_counter() - start
-
-    def teacher_forward(with_features: bool) -> float:
-        with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=base.amp):
-            return seconds_of(lambda: teacher.teacher_forward(x, with_features), dev)
-
-    student.train()
-    teacher.train()
-    teacher_forward(True)
-    for method in timed:  # warm-up: every step once, the loaders' workers started
-        through_loader(method, 0, 1)
-    times = {name: [] for name in ("teacher", "teacher_features", *timed)}
-    rates, pipeline, epoch_ratio = {m: [] for m in timed}, {m: [] for m in timed}, []
-    derived = set()  # methods whose end-to-end rate is derived, not timed through the loader
-    kd = set(methods.kd_names())
-    ratios = {m: [] for m in kd}
-    for round_ in range(1, knobs["rounds"] + 1):
-        probes.append(probe())
-        times["teacher"].append(teacher_forward(False))
-        times["teacher_features"].append(teacher_forward(True))
-        for method in timed:
-            probes.append(probe())  # between every two measurements: a spell of load shows in it
-            if method in kd:
-                # The KD step and what it is compared with (the teacher's forward and a plain
-                # step), measured back to back, in alternating order from round to round: this
-                # machine's speed drifts over seconds, and a drift then touches both sides alike.
-                features = methods.get(method).reads_features
-                if round_ % 2:
-                    unavoidable = teacher_forward(features) + in_memory("none")
-                    step = in_memory(method)
-                else:
-                    step = in_memory(method)
-                    unavoidable = teacher_forward(features) + in_memory("none")
-                ratios[method].append(step / unavoidable)
-            else:
-                step = in_memory(method)
-            times[method].append(step)
-            if knobs["loader_timed"] is None or method in knobs["loader_timed"]:
-                seen, seconds = through_loader(method, round_, k)
-                rates[method].append(seen / seconds)
-                pipeline[method].append(seen / seconds / (len(x) / step))
-            else:
-                rates[method].append(end_to_end_rate(step, len(x), rates["none"][-1], times["none"][-1]))
-                derived.add(method)
-        probes.append(probe())
-        plain = through_loader("none", round_, None)[1]
-        probes.append(probe())
-        epoch_ratio.append(through_loader("response_cached", round_, None)[1] / plain)
-    overhead = {m: spread(ratios[m]) for m in methods.kd_names()}
-    log(
-        f"[bench {setting}] medians: step (ms) "
-        + ", ".join(f"{m} {1000 * statistics.median(t):.0f}" for m, t in times.items())
-        + "; through the loader (img/s) "
-        + ", ".join(f"{m} {statistics.median(r):.1f}" for m, r in rates.items())
-    )
-    result["epoch_seconds"] = {"images": len(train_set) * knobs["passes"]}
-    return {
-        "teacher_s": {False: spread(times["teacher"]), True: spread(times["teacher_features"])},
-        "step_s": {m: spread(times[m]) for m in timed},
-        "overhead": overhead,
-        "images_per_s": {m: spread(r) for m, r in rates.items()},
-        "pipeline": {m: spread(r) for m, r in pipeline.items() if r},
-        "derived": sorted(derived),
-        "epoch_ratio": spread(epoch_ratio),
-    }
-
-
 def run_bench(
     settings=("report", "shapes"),
     *,
@@ -634,14 +689,27 @@ def run_bench(
     log=print,
     **kwargs,
 ) -> dict:
-    """Measure every setting, print the table, write ``out`` (bench.json) and the same figures as
-    Markdown beside it (bench.md, which docs/speed.md links to)."""
+    """Measure every setting, their rounds interleaved over the whole run (:func:`interleave`),
+    print the table, write ``out`` (bench.json) and the same figures as Markdown beside it
+    (bench.md, which docs/speed.md links to)."""
     start, load = time.perf_counter(), os.getloadavg()[0]
     if dataset == "shapes" and not (Path(data_root) / "benchmark.json").is_file():
         from .shapes import generate
 
         generate(data_root, progress=False)  # the default benchmark, when absent
-    results = {s: bench_setting(s, dataset=dataset, data_root=data_root, log=log, **kwargs) for s in settings}
+    probe = None
+    benches = {}
+    for s in settings:
+        benches[s] = SettingBench(s, dataset=dataset, data_root=data_root, log=log, probe=probe, **kwargs)
+        probe = benches[s].probe  # one probe for the whole run: its series is one timeline
+    order = interleave({s: b.knobs["rounds"] for s, b in benches.items()})
+    for i, s in enumerate(order, 1):
+        benches[s].round()
+        log(f"[bench] round {i} of {len(order)} ({s}), {time.perf_counter() - start:.0f} s so far")
+    results = {s: b.result() for s, b in benches.items()}
+    for s, r in results.items():
+        if r["steadiness"]["warning"]:
+            log(f"[bench {s}] WARNING: {r['steadiness']['warning']}")
     report = {
         "machine": environment()
         | {"processor": platform.processor() or platform.machine(), "load_average_1min_at_start": load},

@@ -79,7 +79,7 @@ def test_a_derived_end_to_end_rate_adds_the_plain_steps_input_time():
 
 
 def test_every_bench_figure_carries_its_spread_and_latency_its_floor(tiny_shapes, tiny_teacher, tmp_path):
-    from kdlib.bench import spread
+    from kdlib.bench import SETTINGS, spread
 
     # four values: the whole range is the median's interval, at 1 - 2/16 coverage
     assert spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "q1": 1.75, "q3": 4.75, "n": 4} | {
@@ -100,6 +100,11 @@ def test_every_bench_figure_carries_its_spread_and_latency_its_floor(tiny_shapes
         inf = r["inference"][who]
         assert inf["latency_batch1"]["memory_format"] in ("channels_last", "contiguous")
         assert 0 < inf["floor_ms_batch1"] < inf["latency_ms_batch1"] == inf["latency_batch1"]["median"]
+    # measured in every round, not in one burst: the knobs' calls per round times three rounds
+    student_calls, teacher_calls = SETTINGS["shapes"]["cpu"]["latency"]
+    assert r["inference"]["student"]["latency_batch1"]["n"] == 3 * student_calls
+    assert r["inference"]["teacher"]["latency_batch1"]["n"] == 3 * teacher_calls
+    assert r["inference"]["student"]["batch_ms"]["n"] == 3
     assert r["matmul_gflops_per_s"] > 1
 
     def spreads(tree):
@@ -238,3 +243,15 @@ def test_two_bench_reports_compare_median_by_median(tmp_path, capsys):
     assert {r["figure"] for r in compare(a, b)} == {
         "settings.s.x", "settings.s.y", "settings.s.spread.end_to_end_images_per_s.none"
     }  # fmt: skip
+
+
+def test_the_settings_rounds_are_spread_over_the_whole_run():
+    from kdlib.bench import interleave
+
+    # by hand: a's rounds at 1/4 and 3/4 of the run, b's at 1/8, 3/8, 5/8 and 7/8
+    assert interleave({"a": 2, "b": 4}) == ["b", "a", "b", "b", "a", "b"]
+    assert interleave({"report": 8, "shapes": 12}).count("report") == 8
+    order = interleave({"report": 8, "shapes": 12})
+    # neither setting runs more than two rounds in a row, and each starts in the run's first quarter
+    assert "report" in order[:5] and "shapes" in order[:5]
+    assert all(order[i : i + 3] != [order[i]] * 3 for i in range(len(order) - 2))
