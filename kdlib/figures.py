@@ -146,7 +146,7 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
     (the most confused classes of the last report method) and ``teacher_dependency.csv``.
     Returns ``{"scores": per-image mIoU per model, "split_miou": the whole split's mIoU per model
     (pixels pooled per class, as training measures it), "tables": {name: table}, "figures": {file
-    stem: figure}}``."""
+    stem: figure}, "confused_by": the run whose confused pairs the table holds}``."""
     from . import failures
     from .evaluate import confusion_from_predictions
 
@@ -186,7 +186,7 @@ def failure_analysis(dataset: str, root, runs_dir, figures_dir, tables_dir, imag
         confusion_from_predictions(preds["teacher"], targets), names, k=8
     )
     split = {name: failures.split_miou(p, targets) for name, p in preds.items()}
-    return {"scores": scores, "split_miou": split, "tables": tables, "figures": shown}
+    return {"scores": scores, "split_miou": split, "tables": tables, "figures": shown, "confused_by": student}
 
 
 def per_class(runs_dir, committed_dir, dataset: str, teacher: dict | None, figures_dir):

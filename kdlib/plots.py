@@ -178,7 +178,7 @@ def bucket_bars(tables: dict, title: str = "object IoU by condition"):
     bucket, one bar per model."""
     fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.2), squeeze=False)
     for ax, (by, table) in zip(axes[0], tables.items()):
-        data = table.drop(columns=["objects", "median_area"], errors="ignore")
+        data = table.drop(columns=["objects", "median_area"], errors="ignore").rename(columns=methods.display_name)
         data.index = [f"{i}\n(n={n})" for i, n in zip(table.index, table["objects"])]
         data.plot.bar(ax=ax, rot=0, width=0.8, legend=ax is axes[0, 0])
         ax.set_title(by, fontsize=10)

@@ -167,7 +167,8 @@ def unlabeled_md(runs: pd.DataFrame) -> list[str]:
         lines += [
             f"**Unlabeled images.** {display_name(base)} with the unlabeled split added (distillation terms "
             "only, as many unlabeled images per step as labeled ones) against the same method without them, "
-            "paired by seed:",
+            "paired by seed (*same CPU kernels*: whether every run of the pairs computed with one class of CPU "
+            "kernels, docs/reliability.md):",
             "",
             _md_table(for_reader(diff)),
             "",
@@ -541,11 +542,10 @@ def open_questions_md(
         open_rows = paired[paired["verdict"] == "within seed noise"]
         if not open_rows.empty:
             items.append(
-                "Whether "
-                + ", ".join(display_name(n) for n in open_rows["run"])
-                + " differ from no KD by less than these seeds can detect ("
-                + ", ".join(f"±{d:.4f}" for d in open_rows["detectable"])
-                + "): more seeds would tell."
+                "Whether these rows differ from no KD by less than their seeds can detect (each with the "
+                "smallest difference it could detect): "
+                + "; ".join(f"{display_name(n)} ±{d:.4f}" for n, d in zip(open_rows["run"], open_rows["detectable"]))
+                + ". More seeds would tell."
             )
         lost = paired[paired["verdict"] == NOT_AFTER_HOLM]
         if not lost.empty:
@@ -675,7 +675,7 @@ def build_report(runs_dir, figures_dir, report_dir, dataset: str = "shapes") -> 
             "",
             _md_table(pd.read_csv(similarity), floatfmt=3),
             "",
-            " ".join(collapse_findings(pd.read_csv(similarity).set_index("level"), runs)),
+            *[f"- {line}" for line in collapse_findings(pd.read_csv(similarity).set_index("level"), runs)],
             "",
         ]
         md += _figure_md(figures_dir, report_dir, ["feature_position_maps.png"])
@@ -1100,7 +1100,8 @@ def _compute_md(c, budgets, tables, said, found) -> list[str]:
         lines += [
             "**The same compute.** Each KD method at the demo's budget beside no KD trained at least as "
             "long (the CPU time of the training steps, one thread per run, summed over epochs; the smallest "
-            "budget of no KD whose median reaches the method's median):",
+            "budget of no KD whose median reaches the method's median). *Images / CPU s* is the method's "
+            "training images per CPU second of its steps: how much its distillation costs per image.",
             "",
             _md_table(shown),
             "",
@@ -1129,7 +1130,7 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
     no-KD student's teacher-dependency ratio, its bootstrap interval over objects
     (:func:`kdlib.failures.dependency_ratio_interval`) and, for each KD student, whether its
     ratio lies inside, above or below that interval."""
-    lines = []
+    lines, who = [], None
     for by, label in (("size", "size"), ("light", "illumination"), ("occlusion", "occlusion")):
         table = tables.get(by)
         if table is None or table.empty:
@@ -1137,8 +1138,9 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
         shown = [m for m in students if m in table.columns]
         mean = table[shown].mean(axis=1)
         hard, easy = mean.idxmin(), mean.idxmax()
+        who = "the students" if who else f"the students ({_first_seed_students(len(shown))})"  # said once
         line = (
-            f"By {label}, the students ({_first_seed_students(len(shown))}) score lowest on {hard} objects "
+            f"By {label}, {who} score lowest on {hard} objects "
             f"({mean[hard]:.2f} object IoU) and highest on {easy} ({mean[easy]:.2f}); the teacher scores "
             f"{table.loc[hard, 'teacher']:.2f} and {table.loc[easy, 'teacher']:.2f} there."
         )
@@ -1167,9 +1169,12 @@ def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None
                 a: sum(attrs.loc[t, a] == attrs.loc[p, a] for t, p in zip(pairs["true class"], pairs["predicted as"]))
                 for a in ("colour", "shape")
             }
-            lines.append(
-                f"Of the {len(pairs)} most confused pairs, {same['colour']} share a colour and {same['shape']} a shape."
+            line = (
+                f"Of the {len(pairs)} most confused pairs, {same['colour']} share a colour and {same['shape']} a shape"
             )
+            if same["colour"] > same["shape"]:
+                line += ": the confusions stay within a colour, so the student tells colours apart better than shapes"
+            lines.append(line + ".")
     dependency = tables.get("teacher_dependency")
     if dependency is not None and len(dependency):
         lines += _dependency_findings(dependency.set_index("method"))
@@ -1197,12 +1202,11 @@ def collapse_findings(similarity: pd.DataFrame, runs: pd.DataFrame | None = None
         + ", ".join(f"{d:+.3f} at {level}" for level, d in change.items())
         + f" (the projected teacher's: {similarity['teacher, projected'].min():.3f} to "
         f"{similarity['teacher, projected'].max():.3f}).",
-        f"On the first seed's checkpoints and a few validation images (chapter 3's table, one measurement without "
-        f"an interval), collapsed (mean position cosine above {COLLAPSED_SIMILARITY:g}): the raw teacher at "
-        f"{collapsed('teacher (raw)')}, the projected teacher at {collapsed('teacher, projected')}, the "
+        f"Collapsed (mean position cosine above {COLLAPSED_SIMILARITY:g}): the raw teacher at "
+        f"{collapsed('teacher (raw)')}; the projected teacher at {collapsed('teacher, projected')}; the "
         f"feature-KD student at {collapsed('feature-KD student')}"
-        + (f", the no-KD student at {collapsed('no-KD student')}" if "no-KD student" in similarity else "")
-        + ".",
+        + (f"; the no-KD student at {collapsed('no-KD student')}" if "no-KD student" in similarity else "")
+        + ". This is one measurement (the first seed's checkpoints, a few validation images), without an interval.",
     ]
     if "no-KD student" in similarity:
         lines.append(
@@ -1337,7 +1341,7 @@ def _dependency_findings(rows: pd.DataFrame) -> list[str]:
         for m in diff.index
     )
     parts = [
-        f"for {_names(ms)} the interval {named[k]}: " + said[k].format(its="its" if len(ms) == 1 else "their")
+        f"For {_names(ms)} the interval {named[k]}: " + said[k].format(its="its" if len(ms) == 1 else "their") + "."
         for k, ms in where.items()
         if ms
     ]
@@ -1345,9 +1349,10 @@ def _dependency_findings(rows: pd.DataFrame) -> list[str]:
     if len(diff):
         lines.append(
             f"Each KD student's ratio minus the no-KD student's (each method's first-seed run), with a paired bootstrap "
-            f"interval over the same {drawn}{at}: both ratios are taken on each resample, so the luck of the objects "
-            f"drawn moves them alike: {each}; " + "; ".join(parts) + "."
+            f"interval over the same {drawn}{at}: {each}. Both ratios are taken on each resample, so the luck of the "
+            "objects drawn moves them alike."
         )
+        lines += parts
     if undefined:
         lines.append(
             f"No interval for {_names(undefined)}: too many resamples leave its ratio undefined (it never, or always, "
@@ -1393,6 +1398,15 @@ def sweep_findings(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+# The rows that change one thing of another row, each read against that row (paired by seed) as
+# well as against no KD: what the change itself did.
+CHANGE_OF = {"response_t2": "response", "feature_student": "feature"}
+CHANGE_OF_SAID = {
+    "response_t2": "the response term × T²",
+    "feature_student": "the 1×1 adapters moved to the student's side, chapter 3's collapse test",
+}
+
+
 def rows_findings(runs: pd.DataFrame) -> list[str]:
     """Chapter 8's ending: each row's verdict against no KD (Holm over every row), and what
     unlabeled images add, in sentences computed from the paired tests."""
@@ -1400,29 +1414,37 @@ def rows_findings(runs: pd.DataFrame) -> list[str]:
     if paired.empty:
         return ["No row to compare with no KD yet: `make methods` trains them."]
     groups = {
-        "beat no KD by more than seed noise, after Holm over all the rows": (paired["verdict"] == LARGER)
+        "Beat no KD by more than seed noise, after Holm over all the rows": (paired["verdict"] == LARGER)
         & (paired["mean_diff"] > 0),
-        "are worse than no KD": (paired["verdict"] == LARGER) & (paired["mean_diff"] < 0),
-        "differ from no KD by more than seed noise alone, but not once all the rows are corrected for (Holm)": (
+        "Worse than no KD, after Holm over all the rows": (paired["verdict"] == LARGER) & (paired["mean_diff"] < 0),
+        "Differ from no KD by more than seed noise alone, but not once all the rows are corrected for (Holm)": (
             paired["verdict"] == NOT_AFTER_HOLM
         ),
-        "differ from no KD by less than these seeds resolve": ~paired["verdict"].isin([LARGER, NOT_AFTER_HOLM]),
+        "No difference to no KD these seeds resolve": ~paired["verdict"].isin([LARGER, NOT_AFTER_HOLM]),
     }
     lines = []
     for said, mask in groups.items():
         rows = paired[mask & ~paired["run"].str.endswith("_unlabeled")]
         if not rows.empty:
             lines.append(
-                f"{_names(rows['run'])} {said} ("
-                + "; ".join(f"{r['mean_diff']:+.4f}, detectable ±{r['detectable']:.4f}" for _, r in rows.iterrows())
-                + ")."
+                f"{said}: "
+                + "; ".join(
+                    f"{display_name(r['run'])} {r['mean_diff']:+.4f} (detectable ±{r['detectable']:.4f})"
+                    for _, r in rows.iterrows()
+                )
+                + "."
             )
     lines += _crossed_kernels(paired)
-    for name in sorted(n for n in runs["run"].unique() if n.endswith("_unlabeled")):
-        base = name.removesuffix("_unlabeled")
-        if base in set(runs["run"]):
+    present = set(runs["run"])
+    tests = dict(CHANGE_OF)
+    tests |= {n: n.removesuffix("_unlabeled") for n in sorted(present) if n.endswith("_unlabeled")}
+    for name, base in tests.items():
+        if name in present and base in present:
             r = paired_comparison(runs[runs["run"].isin([base, name])], baseline=base).iloc[0]
-            lines.append(f"Unlabeled images add {_ci(r)} to {display_name(base)}: {r['verdict']}.")
+            lines.append(
+                f"{display_name(name)} against {display_name(base)} ({CHANGE_OF_SAID.get(name, 'unlabeled images added')}"
+                f"), paired by seed: {_ci(r)}, detectable ±{r['detectable']:.4f}: {r['verdict']}."
+            )
     return lines
 
 

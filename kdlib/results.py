@@ -207,7 +207,7 @@ WORDS = {
     "ratio_minus_none": "ratio minus No KD's",
     "ratio_minus_none_low": "minus No KD's, interval from",
     "ratio_minus_none_high": "minus No KD's, interval to",
-    "ratio_minus_none_level": "its level (Bonferroni)",
+    "ratio_minus_none_level": "interval's level (Bonferroni)",
 }
 
 

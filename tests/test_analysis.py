@@ -149,6 +149,20 @@ def test_a_bucket_table_for_reading_gives_the_median_area_in_percent():
     assert list(table["median_area"]) == [0.00642, 0.0458]  # the table itself is untouched
 
 
+def test_the_bucket_figure_names_each_model_as_the_tables_do():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kdlib import plots
+
+    table = pd.DataFrame(
+        {"objects": [3, 4], "teacher": [0.9, 0.8], "none": [0.2, 0.3], "both": [0.25, 0.35]}, index=["small", "large"]
+    )
+    fig = plots.bucket_bars({"size": table})
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["teacher", "No KD", "Feature & Response"]
+
+
 def test_per_image_miou_and_pick_examples():
     target = np.array([[[0, 1], [1, 1]], [[0, 0], [0, 0]]], np.uint8)
     pred = np.array([[[0, 1], [1, 1]], [[1, 1], [0, 0]]], np.uint8)

@@ -90,7 +90,7 @@ def test_the_report_states_each_verdict_from_the_runs(tmp_path):
     text = report.build_report(tmp_path / "runs", tmp_path / "figures", tmp_path / "report", "shapes").read_text()
     assert "**What feature KD aligned**" in text and "| layer4 | 0.901 | 1.000 | 0.999 |" in text
     # the table's reading (report.collapse_findings) follows it
-    assert "the projected teacher at layer4, the feature-KD student at layer4." in text
+    assert "the projected teacher at layer4; the feature-KD student at layer4." in text
     for method, values in MIOU.items():
         alpha, beta, temperature = WEIGHTS[method]
         weights = "—" if method == "none" else f"{alpha:g} / {beta:g} / {temperature:g}"
@@ -394,7 +394,7 @@ def test_the_failure_findings_read_their_tables():
     # a bucket table beyond size names its buckets' median object area: here the partly occluded
     # objects (students 0.35) are the larger ones (3.4 % of the image against 1.2 %), so size may be the reason
     assert lines[1] == (
-        "By occlusion, the students (mean of 2 students, each method's first seed) score lowest on none (<5%) "
+        "By occlusion, the students score lowest on none (<5%) "
         "objects (0.20 object IoU) and highest on partial (5-30%) (0.35); the teacher scores 0.80 and 0.70 there. "
         "The partial (5-30%) objects cover a median 3.4% of the image, the none (<5%) ones 1.2%: the none (<5%) "
         "objects are also the smaller ones, so this table does not tell occlusion apart from size."
@@ -407,6 +407,13 @@ def test_the_failure_findings_read_their_tables():
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
+    # one more same-colour pair of other shapes (red disk as red halved cross): colour 3, shape 2
+    more = pd.concat([pairs, pd.DataFrame({"true class": ["red disk"], "predicted as": ["red halved cross"]})])
+    said = report.failure_findings({"confused_pairs": more}, ["none", "both"], data.class_table("shapes"))[-1]
+    assert said == (
+        "Of the 4 most confused pairs, 3 share a colour and 2 a shape: the confusions stay within a colour, so the "
+        "student tells colours apart better than shapes."
+    )
     assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3]
     assert lines[3].endswith("harder for a student that learnt from the labels alone too.")
     # without the paired difference (a table written before it existed) no rule is applied: only the range
@@ -421,21 +428,24 @@ def test_the_failure_findings_read_their_tables():
         ratio_minus_none_level=[math.nan] + [level] * 4,
     )
     lines = report.failure_findings({"teacher_dependency": paired}, ["none", "both"])
-    assert lines[-1] == (
+    assert lines[-4:] == [
         "Each KD student's ratio minus the no-KD student's (each method's first-seed run), with a paired bootstrap "
-        "interval over the same 50 objects at 98.8% each (Bonferroni over 4 students: 95% together): both ratios "
-        "are taken on each resample, so the luck of the objects drawn moves them alike: Feature -0.10 "
+        "interval over the same 50 objects at 98.8% each (Bonferroni over 4 students: 95% together): Feature -0.10 "
         "[-0.15, -0.02]; Response +0.20 [-0.05, +0.40]; Feature & Response -0.30 [-0.50, +0.10]; Channel-wise (CWD) "
-        "+0.10 [+0.02, +0.20]; for Response and Feature & Response the interval covers 0: no sign, at this number "
-        "of objects, that their failures follow the teacher's more than a student's that never saw it; for "
-        "Channel-wise (CWD) the interval lies above 0: its failures follow the teacher's more than the no-KD run's "
-        "do, a pattern consistent with taking on some of the teacher's mistakes; for Feature the interval lies "
-        "below 0: its failures follow the teacher's less than those of a student that never saw it."
-    )
+        "+0.10 [+0.02, +0.20]. Both ratios are taken on each resample, so the luck of the objects drawn moves them "
+        "alike.",
+        "For Response and Feature & Response the interval covers 0: no sign, at this number of objects, that their "
+        "failures follow the teacher's more than a student's that never saw it.",
+        "For Channel-wise (CWD) the interval lies above 0: its failures follow the teacher's more than the no-KD "
+        "run's do, a pattern consistent with taking on some of the teacher's mistakes.",
+        "For Feature the interval lies below 0: its failures follow the teacher's less than those of a student that "
+        "never saw it.",
+    ]
     # a student whose interval is undefined is named, not silently dropped
     paired.loc[1, ["ratio_minus_none_low", "ratio_minus_none_high"]] = math.nan
     lines = report.failure_findings({"teacher_dependency": paired}, ["none", "both"])
-    assert "Feature -0.10" not in lines[-2] and lines[-1].startswith("No interval for Feature: too many resamples")
+    assert not any("Feature -0.10" in line for line in lines)
+    assert lines[-1].startswith("No interval for Feature: too many resamples")
 
 
 def test_the_findings_put_each_row_in_the_group_its_tests_give(tmp_path):
@@ -524,9 +534,9 @@ def test_the_collapse_findings_read_each_column_against_the_threshold():
         "+0.300 at layer3, +0.100 at layer4 (the projected teacher's: 0.900 to 1.000)."
     )
     assert lines[1] == (
-        "On the first seed's checkpoints and a few validation images (chapter 3's table, one measurement without an "
-        "interval), collapsed (mean position cosine above 0.99): the raw teacher at no level, the projected teacher at layer2, "
-        "layer3 and layer4, the feature-KD student at layer2, layer3 and layer4, the no-KD student at no level."
+        "Collapsed (mean position cosine above 0.99): the raw teacher at no level; the projected teacher at layer2, "
+        "layer3 and layer4; the feature-KD student at layer2, layer3 and layer4; the no-KD student at no level. This is "
+        "one measurement (the first seed's checkpoints, a few validation images), without an interval."
     )
     # (0.88 + 0.992 + 0.999 + 0.999) / 4 = 0.9675; (0.7 + 0.6 + 0.85 + 0.4) / 4 = 0.6375
     assert lines[2] == "The feature-KD student's positions average 0.968, the no-KD student's 0.637."
@@ -584,9 +594,9 @@ def test_chapter_7_closes_on_the_placement_measured_in_chapter_3_or_says_it_is_m
     table.to_csv(tmp_path / "feature_position_similarity.csv", index=False)
     said = report.placement_md(tmp_path, pd.DataFrame({"run": ["none"], "seed": [0], "miou": [0.2]}))
     assert said.startswith(
-        "- Does feature KD help once its target cannot collapse? Chapter 3's measurement: On the first seed's"
+        "- Does feature KD help once its target cannot collapse? Chapter 3's measurement: Collapsed (mean position"
     )
-    assert "the projected teacher at layer2, the feature-KD student at layer2." in said
+    assert "the projected teacher at layer2; the feature-KD student at layer2." in said
 
 
 def test_the_settings_table_gives_table_1_and_the_demo_as_a_run_gets_them(tmp_path):
@@ -621,12 +631,21 @@ def test_chapter_8s_ending_puts_each_row_in_its_verdicts_group():
         "cwd": [0.05, 0.06, 0.055, 0.048, 0.062, 0.051],  # beats no KD after Holm
         "response_t2": [-0.004, -0.001, -0.006, 0.0, -0.005, -0.002],  # p 0.027 alone, not after Holm
         "feature": [0.01, -0.01, 0.0, 0.02, -0.02, 0.0],  # not resolved
+        "response": [0.002, 0.003, -0.001, 0.001, 0.0, 0.002],  # not resolved
     }
     rows = [{"run": "none", "seed": s, "miou": b} for s, b in enumerate(base)]
     rows += [{"run": n, "seed": s, "miou": b + g} for n, gs in gains.items() for s, (b, g) in enumerate(zip(base, gs))]
     lines = report.rows_findings(pd.DataFrame(rows).assign(epochs=20, seconds=1.0))
-    assert lines[0].startswith("Channel-wise (CWD) beat no KD by more than seed noise, after Holm over all the rows")
-    assert lines[1].startswith(
-        "Response ×T² (Hinton's form) differ from no KD by more than seed noise alone, but not once all the rows"
+    assert lines[0].startswith(
+        "Beat no KD by more than seed noise, after Holm over all the rows: Channel-wise (CWD) +0."
     )
-    assert lines[2].startswith("Feature differ from no KD by less than these seeds resolve")
+    assert lines[1].startswith(
+        "Differ from no KD by more than seed noise alone, but not once all the rows are corrected for (Holm): "
+        "Response ×T² (Hinton's form) -0."
+    )
+    assert lines[2].startswith("No difference to no KD these seeds resolve: Feature +0.0000")
+    # T² against the response row it changes, paired by seed: by hand, the mean of
+    # (-0.004-0.002, -0.001-0.003, -0.006+0.001, 0-0.001, -0.005-0, -0.002-0.002) = -0.025 / 6
+    assert lines[-1].startswith(
+        "Response ×T² (Hinton's form) against Response (the response term × T²), paired by seed: -0.0042 mIoU"
+    )
