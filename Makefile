@@ -43,8 +43,9 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m kdlib bench --data-root $(DATA_ROOT) --device $(DEVICE) --out report/bench.json
 
-# The rows beyond the report (chapter 8: pairwise, cwd, dist, Hinton's T², unlabeled images), trained by
-# kdlib, then chapters 3 (feature KD's two placements), 8 and 7 and the report show them.
+# The rows beyond the report (chapter 8: every method the registry adds to the report's, Hinton's T²,
+# unlabeled images), trained by kdlib, then chapters 3 (feature KD's two placements), 8 and 7 and the
+# report show them.
 methods: $(STAMP)
 	$(PY) -m kdlib methods $(DEMO_ARGS)
 

@@ -1259,9 +1259,13 @@ def _placement_verdicts(runs: pd.DataFrame) -> str:
 
     shown = [m for m in ("feature", "feature_student") if m in paired.index]
     sentence = "Against no KD, paired by seed (Holm over the results table): " + "; ".join(map(said, shown)) + "."
+    against_report = ""  # what the move did against the report's own form, when these seeds resolve it
     if "feature" in set(runs["run"]):
         r = paired_comparison(runs[runs["run"].isin(["feature", "feature_student"])], baseline="feature").iloc[0]
         sentence += f" The student-side form against the report's (one comparison): {_ci(r)} ({r['verdict']})."
+        if r["verdict"] == LARGER:
+            better = "better" if r["mean_diff"] > 0 else "worse"
+            against_report = f"; against the report's own form it does {better} (the one comparison above)"
     if "feature_student" not in paired.index:
         return sentence
     moved = paired.loc["feature_student"]
@@ -1280,7 +1284,7 @@ def _placement_verdicts(runs: pd.DataFrame) -> str:
             f"{still}does not differ from no KD by a difference these seeds resolve "
             f"(detectable ±{moved['detectable']:.4f}: the half-width of the difference's 95% interval)"
         )
-    return sentence + f" So with the adapters moved, feature KD {result}."
+    return sentence + f" So with the adapters moved, feature KD {result}{against_report}."
 
 
 def placement_md(tables: Path, runs: pd.DataFrame) -> str:

@@ -373,6 +373,8 @@ def test_ddp_validation_equals_single_process(tiny_shapes, tiny_teacher, tmp_pat
         ("dist", ["--unlabeled-split", "teacher_train"]),
         ("cirkd", []),
         ("feature_student", []),
+        ("response_ls", []),
+        ("at", []),
     ],
 )
 def test_torchrun_trains_with_two_processes(tiny_shapes, tiny_teacher, tmp_path, method, extra):
