@@ -444,3 +444,7 @@ register(
 )
 register_variant(Variant("response_cached", "response", "Response, cached teacher (offline)", cached=True, extra=False))
 register_variant(Variant("response_t2", "response", "Response ×T² (Hinton's form)", {"scale_by_t2": True}))
+# The other readings of two papers' settings (docs/regime.md): LS with the cross entropy at 1, as one
+# stored copy of its authors' configuration has it, and AT's β = 1000 without Eq. 2's /2.
+register_variant(Variant("response_ls_ce1", "response_ls", "LS, cross entropy at 1", {"alpha": 1.0}))
+register_variant(Variant("at_beta1000", "at", "AT, β = 1000", {"beta": 1000.0}))

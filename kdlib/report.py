@@ -1404,10 +1404,17 @@ def sweep_findings(table: pd.DataFrame) -> list[str]:
 
 # The rows that change one thing of another row, each read against that row (paired by seed) as
 # well as against no KD: what the change itself did.
-CHANGE_OF = {"response_t2": "response", "feature_student": "feature"}
+CHANGE_OF = {
+    "response_t2": "response",
+    "feature_student": "feature",
+    "response_ls_ce1": "response_ls",
+    "at_beta1000": "at",
+}
 CHANGE_OF_SAID = {
     "response_t2": "the response term × T²",
     "feature_student": "the 1×1 adapters moved to the student's side, chapter 3's collapse test",
+    "response_ls_ce1": "the cross entropy at 1 instead of 0.1",
+    "at_beta1000": "β 1000 instead of 500",
 }
 
 
