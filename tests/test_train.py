@@ -889,5 +889,10 @@ def test_variant_runs_are_their_method_with_its_settings(tmp_path):
     voc = run_config("cwd_unlabeled", 0, dataset="voc", data_root="voc", runs_dir=tmp_path, unlabeled_split="sbd")
     assert voc.unlabeled_split == "sbd"
     extra = {"response_t2", "pairwise", "cwd", "dist", "response_ls", "at", "feature_student", "cirkd"}
+    extra |= {"response_ls_ce1", "at_beta1000"}  # the other readings of two papers' settings
     assert set(extra_runs()) == extra and is_extra("dist_unlabeled")
+    ls = run_config("response_ls_ce1", 0, **kw).resolved()
+    assert (ls.method, ls.alpha, ls.beta, ls.temperature) == ("response_ls", 1.0, 9.0, 2.0)
+    at = run_config("at_beta1000", 0, **kw).resolved()
+    assert (at.method, at.alpha, at.beta) == ("at", 1.0, 1000.0)
     assert not any(is_extra(m) for m in ("none", "response", "feature", "both", "response_cached"))
