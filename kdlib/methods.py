@@ -54,6 +54,9 @@ class Method:
     # trainable modules on the student's side, trained, saved and resumed with the student but
     # no part of it (evaluation and parameter counts never see them); None: no adapters
     adapters: AdaptersBuilder | None = None
+    # the paper's settings that are constants of its terms rather than Config settings: recorded
+    # in every run's config.json (``method_constants``) beside α, β and T
+    constants: dict = field(default_factory=dict)
 
     @property
     def needs_teacher(self) -> bool:
@@ -440,6 +443,7 @@ register(
         reads=("logits", "raw_features"),
         terms={"response": _response, "cirkd_pixel": _cirkd_pixel, "cirkd_region": _cirkd_region},
         adapters=cirkd_projector,
+        constants={"similarity_temperature": losses.CIRKD_TAU, "region_weight": CIRKD_REGION_WEIGHT},
     )
 )
 register_variant(Variant("response_cached", "response", "Response, cached teacher (offline)", cached=True, extra=False))

@@ -759,6 +759,7 @@ def build_run(cfg: Config, rt: Runtime) -> RunParts:
         "student_parameters": count_parameters(student),
         "teacher_sha256": teacher_weights_sha256(cfg),
         "data_fingerprints": data_fingerprints(cfg),
+        "method_constants": objective.method.constants,
         "teacher_source": source,  # where the distillation targets came from
         "teacher_cache_cards": cache_cards,
     }

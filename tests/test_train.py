@@ -47,6 +47,9 @@ def test_each_method_trains_end_to_end(tiny_shapes, tiny_teacher, tmp_path, meth
     assert {k: config[k] for k in ("alpha", "beta", "temperature")} == METHODS[method].defaults  # recorded, resolved
     assert config["image_size"] == 64 and config["environment"]["torch"] == torch.__version__
     assert config["teacher_source"] == ("none" if method == "none" else "online")
+    # a paper's settings that are constants of its terms are recorded too: CIRKD's, from its train_cirkd.py
+    constants = {"similarity_temperature": 0.1, "region_weight": 0.1} if method == "cirkd" else {}
+    assert config["method_constants"] == constants
     rows = _history(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     terms = {"response": ("response", "both", "cirkd"), "feature": ("feature", "both")}
