@@ -165,9 +165,8 @@ class SteadinessProbe:
     def __init__(self, device: torch.device, size: int = 512, calls: int = 32):
         self.device, self.calls = device, calls
         self.a, self.b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-        self.history = None  # the warm-up call below is not part of the run
-        self()
-        self.start, self.history = time.perf_counter(), []  # (seconds since the start, ms) of every call
+        self()  # a warm-up call, not part of the run
+        self.start = time.perf_counter()  # what the settings' series count their seconds from
 
     def __call__(self) -> tuple[float, float | None]:
         _sync(self.device)
@@ -178,14 +177,7 @@ class SteadinessProbe:
         _sync(self.device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         share = None if self.device.type == "cuda" else cpu / (wall * torch.get_num_threads())
-        if self.history is not None:
-            self.history.append((time.perf_counter() - self.start, 1000 * wall))
         return wall, share
-
-    def series(self) -> list[list[float]]:
-        """Every timed call as [seconds since the probe's start, ms]: how the machine's speed moved
-        through the run (bench.json keeps it, so that two runs' drifts can be compared)."""
-        return [[round(t, 2), round(ms, 3)] for t, ms in self.history]
 
 
 def steadiness(samples: list[tuple[float, float | None]]) -> dict:
@@ -339,9 +331,10 @@ def interleave(rounds: dict[str, int]) -> list[str]:
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
-def _choose_format(module: torch.nn.Module, model_fn, x1: torch.Tensor, device, calls: int) -> str:
-    """The faster memory format for batch-1 inference, from ``calls`` timed calls in each after
-    3 warm-up calls (the two differ by far more than the machine drifts in a few seconds)."""
+def _choose_format(module: torch.nn.Module, model_fn, x1: torch.Tensor, device, calls: int) -> dict[str, float]:
+    """The median batch-1 seconds in each memory format, from ``calls`` timed calls in each after
+    3 warm-up calls: the faster is the format every round's latency is measured in (the two
+    differ by far more than the machine drifts in a few seconds)."""
     medians = {}
     for name, fmt in MEMORY_FORMATS.items():
         module.to(memory_format=fmt)  # outside inference mode: the weights stay ordinary tensors
@@ -351,7 +344,7 @@ def _choose_format(module: torch.nn.Module, model_fn, x1: torch.Tensor, device, 
                 model_fn(x)
             medians[name] = statistics.median(seconds_of(functools.partial(model_fn, x), device) for _ in range(calls))
     module.to(memory_format=torch.channels_last)
-    return min(medians, key=medians.get)
+    return medians
 
 
 class SettingBench:
@@ -449,12 +442,13 @@ class SettingBench:
             }
         self.throughput = matmul_gflops_per_s(dev)
         self.teacher_call = functools.partial(teacher.teacher_forward, with_features=False)
-        calls = self.knobs["latency"]
+        calls = [max(n, 5) for n in self.knobs["latency"]]  # one call per round may be all a round takes
         with torch.autocast(dev.type, torch.bfloat16, enabled=self.base.amp):
-            self.formats = {
+            self.by_format = {
                 "student": _choose_format(student, student, x1, dev, calls[0]),
                 "teacher": _choose_format(teacher.model, self.teacher_call, x1, dev, calls[1]),
             }
+        self.formats = {who: min(m, key=m.get) for who, m in self.by_format.items()}
         student.train()
 
     def _build_methods(self, train_set, cache_dir) -> None:
@@ -605,7 +599,14 @@ class SettingBench:
         overhead = {m: spread(self.ratios[m]) for m in methods.kd_names()}
         pipeline = {m: spread(r) for m, r in self.pipeline.items() if r}
         epoch_ratio = spread(self.epoch_ratio)
-        latency = {who: _ms(spread(v)) | {"memory_format": self.formats[who]} for who, v in self.latency.items()}
+        latency = {
+            who: _ms(spread(v))
+            | {
+                "memory_format": self.formats[who],
+                "by_format_ms": {f: 1000 * sec for f, sec in self.by_format[who].items()},  # the choice, at the start
+            }
+            for who, v in self.latency.items()
+        }
         inference = {
             name: {
                 "latency_ms_batch1": latency[name]["median"],
@@ -653,14 +654,6 @@ class SettingBench:
         return result
 
 
-def bench_setting(setting: str, **kwargs) -> dict:
-    """Every figure of one setting, its rounds run one after the other."""
-    bench = SettingBench(setting, **kwargs)
-    for _ in range(bench.knobs["rounds"]):
-        bench.round()
-    return bench.result()
-
-
 SECONDS_KEYS = ("median", "q1", "q3", "lo", "hi")  # of a spread: the ones with a unit
 
 
@@ -701,7 +694,7 @@ def run_bench(
     benches = {}
     for s in settings:
         benches[s] = SettingBench(s, dataset=dataset, data_root=data_root, log=log, probe=probe, **kwargs)
-        probe = benches[s].probe  # one probe for the whole run: its series is one timeline
+        probe = benches[s].probe  # one probe for the whole run: the settings' series share its clock
     order = interleave({s: b.knobs["rounds"] for s, b in benches.items()})
     for i, s in enumerate(order, 1):
         benches[s].round()

@@ -41,6 +41,7 @@ LARGER = "larger than seed noise"
 
 
 NOT_AFTER_HOLM = f"{LARGER}, not after Holm"
+ONE_SEED = "one seed: no verdict"  # a difference of one pair has no interval
 
 
 def _kernel_classes(runs: pd.DataFrame, names, seeds) -> set:
@@ -78,7 +79,7 @@ def paired_comparison(runs: pd.DataFrame, baseline: str = "none", metric: str = 
             half, p_t, p_w = _paired_tests(d)
             verdict = LARGER if abs(mean) > half else "within seed noise"
         else:
-            half, p_t, p_w, verdict = math.nan, math.nan, math.nan, "one seed: no verdict"
+            half, p_t, p_w, verdict = math.nan, math.nan, math.nan, ONE_SEED
         rows.append(
             {
                 "run": name,

@@ -22,6 +22,8 @@ def test_bench_writes_every_ratio(tiny_shapes, tiny_teacher, tmp_path, capsys):
                 "4",
                 "--repeats",
                 "2",
+                "--device",
+                "cpu",
                 "--workers",
                 "0",
                 "--teacher-weights",
@@ -89,6 +91,7 @@ def test_every_bench_figure_carries_its_spread_and_latency_its_floor(tiny_shapes
     }
     out = tmp_path / "bench.json"
     args = ["bench", "--setting", "shapes", "--data-root", str(tiny_shapes), "--batch-size", "4", "--repeats", "3"]
+    args += ["--device", "cpu"]  # the knobs below are a CPU's
     assert main(args + ["--workers", "0", "--teacher-weights", str(tiny_teacher), "--out", str(out)]) == 0
     r = json.loads(out.read_text())["settings"]["shapes"]
     for key in ("kd_overhead_ratio", "input_pipeline_ratio"):
@@ -177,17 +180,30 @@ def test_steadiness_flags_a_spell_of_load_and_a_constant_one():
     assert not wobble["steady"] and abs(wobble["variation"] - 50 / 75) < 1e-9 and "varied by 67%" in wobble["warning"]
 
 
-def test_the_probe_keeps_its_series():
+def test_a_round_leaves_the_networks_as_training_needs_them(tiny_shapes, tiny_teacher):
+    """Latency runs each network in eval mode in its faster memory format; a round must hand the
+    training steps after it a student in training mode and every network in channels_last,
+    whichever format latency chose."""
     import torch
 
-    from kdlib.bench import SteadinessProbe
+    from kdlib.bench import SettingBench
 
-    probe = SteadinessProbe(torch.device("cpu"), size=8, calls=1)
-    assert probe.history == []  # the warm-up call is not part of the run
-    probe()
-    probe()
-    (t0, ms0), (t1, _) = probe.series()
-    assert 0 <= t0 <= t1 and ms0 > 0
+    bench = SettingBench(
+        "shapes", dataset="shapes", data_root=str(tiny_shapes), batch_size=4, device="cpu", workers=0,
+        teacher_weights=str(tiny_teacher), repeats=1, steps=1, log=lambda *a: None,
+    )  # fmt: skip
+    bench.formats = {"student": "contiguous", "teacher": "contiguous"}  # the path channels_last usually hides
+    seen = []
+    step = bench._in_memory
+    bench._in_memory = lambda method: seen.append(bench.student.training) or step(method)
+    bench.round()
+    assert seen and all(seen) and bench.student.training and not bench.teacher.model.training
+    for module in (bench.student, bench.teacher.model):
+        weights = [p for p in module.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    # the probe's samples of the round, on its clock
+    times = [t for t, _, _ in bench.samples]
+    assert len(times) >= 4 and times == sorted(times) and times[0] >= 0
 
 
 def test_the_probe_sees_a_second_cpu_heavy_process():

@@ -407,11 +407,18 @@ def test_the_failure_findings_read_their_tables():
     assert "cyan square as cyan checked disk (95% of its pixels)" in lines[1]
     # cyan/cyan and red/red share a colour, lime/red does not; disk/disk twice shares a shape
     assert lines[2] == "Of the 3 most confused pairs, 2 share a colour and 2 a shape."
-    # one more same-colour pair of other shapes (red disk as red halved cross): colour 3, shape 2
+    # one more same-colour pair of other shapes (red disk as red halved cross): colour 3 of 4, shape 2
     more = pd.concat([pairs, pd.DataFrame({"true class": ["red disk"], "predicted as": ["red halved cross"]})])
     said = report.failure_findings({"confused_pairs": more}, ["none", "both"], data.class_table("shapes"))[-1]
+    assert (
+        said
+        == "Of the 4 most confused pairs, 3 share a colour and 2 a shape: more of them share a colour than a shape."
+    )
+    # every pair within a colour (lime disk as red disk dropped): colour 3 of 3, shape 2
+    within = pd.concat([pairs.iloc[:2], more.iloc[3:]])
+    said = report.failure_findings({"confused_pairs": within}, ["none", "both"], data.class_table("shapes"))[-1]
     assert said == (
-        "Of the 4 most confused pairs, 3 share a colour and 2 a shape: the confusions stay within a colour, so the "
+        "Of the 3 most confused pairs, 3 share a colour and 1 a shape: the confusions stay within a colour, so the "
         "student tells colours apart better than shapes."
     )
     assert "the no-KD student, which never saw the teacher, fails 1.30 times" in lines[3]
@@ -642,7 +649,10 @@ def test_chapter_8s_ending_puts_each_row_in_its_verdicts_group():
     }
     rows = [{"run": "none", "seed": s, "miou": b} for s, b in enumerate(base)]
     rows += [{"run": n, "seed": s, "miou": b + g} for n, gs in gains.items() for s, (b, g) in enumerate(zip(base, gs))]
+    rows += [{"run": "at", "seed": 0, "miou": 0.25}]  # one seed: its own group, no interval to print
     lines = report.rows_findings(pd.DataFrame(rows).assign(epochs=20, seconds=1.0))
+    assert "One seed, no verdict yet: Attention transfer (AT)." in lines
+    assert not any("AT" in line and "nan" in line for line in lines)
     assert lines[0].startswith(
         "Beat no KD by more than seed noise, after Holm over all the rows: Channel-wise (CWD) +0."
     )
@@ -654,5 +664,6 @@ def test_chapter_8s_ending_puts_each_row_in_its_verdicts_group():
     # T² against the response row it changes, paired by seed: by hand, the mean of
     # (-0.004-0.002, -0.001-0.003, -0.006+0.001, 0-0.001, -0.005-0, -0.002-0.002) = -0.025 / 6
     assert lines[-1].startswith(
-        "Response ×T² (Hinton's form) against Response (the response term × T²), paired by seed: -0.0042 mIoU"
+        "Response ×T² (Hinton's form) against Response (the response term × T²), paired by seed (one comparison, not "
+        "corrected with the others): -0.0042 mIoU"
     )
