@@ -55,7 +55,8 @@ sweep: $(STAMP)
 	$(PY) -m kdlib sweep $(DEMO_ARGS)
 
 # The verdicts under other conditions (docs/regime.md): six methods x six seeds on two other draws of
-# the benchmark; then at 2x and 4x the demo's budget (BUDGETS="2" or "4" trains one part).
+# the benchmark (make draws); the demo's runs, then the same at 2x and 4x its budget (make budget;
+# BUDGETS="1", "2" or "4" trains one part).
 draws: $(STAMP)
 	$(PY) -m kdlib draws --data-root $(DATA_ROOT) --device $(DEVICE) --profile $(PROFILE)
 

@@ -293,9 +293,9 @@ def cmd_conditions(args) -> int:
     params = demo_parameters("shapes", args.data_root, args.device, args.profile)
     kw = dict(data_root=params["data_root"], runs_dir=params["runs_dir"], profile=args.profile, device=args.device)
     unplanned = sorted(set(args.draws or []) - set(conditions.DRAWS)) if args.command == "draws" else []
-    unplanned += sorted(set(args.budgets or []) - set(conditions.BUDGETS)) if args.command == "budget" else []
+    unplanned += sorted(set(args.budgets or []) - {1, *conditions.BUDGETS}) if args.command == "budget" else []
     if unplanned:  # docs/regime.md fixed the conditions before their runs; no other is read
-        planned = conditions.DRAWS if args.command == "draws" else tuple(conditions.BUDGETS)
+        planned = conditions.DRAWS if args.command == "draws" else (1, *conditions.BUDGETS)
         print(f"python -m kdlib {args.command}: {unplanned} not planned; choose from {list(planned)}", file=sys.stderr)
         return 2
     start = time.perf_counter()
@@ -409,7 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "draws":
             p.add_argument("--draws", type=int, nargs="+", help="benchmark seeds (default: kdlib.conditions.DRAWS)")
         else:
-            p.add_argument("--budgets", type=int, nargs="+", help="factors (default: kdlib.conditions.BUDGETS)")
+            p.add_argument(
+                "--budgets",
+                type=int,
+                nargs="+",
+                help="factors, 1 the demo's runs (default: 1 and kdlib.conditions.BUDGETS)",
+            )
 
     p = sub.add_parser("demo", help="train the demo's runs, then run every chapter in order (make demo)")
     p.add_argument("--dataset", default="shapes", choices=("voc", "shapes"))

@@ -78,18 +78,25 @@ def train_draws(*, data_root, runs_dir, profile: str = "demo", device: str = "cp
 
 
 def train_budgets(*, data_root, runs_dir, profile: str = "demo", device: str = "cpu", budgets=None, names=METHODS):
-    """``make budget``: the 1x runs first (the demo's and ``make methods``' own, reused when
-    finished), then every run of ``names`` at each budget factor in ``budgets`` (default: all of
-    :data:`BUDGETS`) on the demo's draw, side by side as the profile allows."""
+    """``make budget``: every run of ``names`` at each budget factor in ``budgets`` on the demo's
+    draw, side by side as the profile allows; 1 is the 1x runs (the demo's and ``make methods``'
+    own, reused when finished). By default all of them, the 1x runs first; a list trains one part
+    each (``make budget BUDGETS=4``), so that each part fits a sitting. A part trained without
+    the 1x runs of this machine is read against the committed ones (of the same kernels, or
+    said otherwise: :func:`budget_trend`)."""
     settings = profile_settings(profile)
     root = prepare_data("shapes", str(data_root), profile)
     kw = dict(dataset="shapes", data_root=str(root), profile=profile, device=device)
+    factors = [1, *BUDGETS] if budgets is None else list(budgets)
+    unplanned = [f for f in factors if f != 1 and f not in BUDGETS]
+    if unplanned:
+        planned = ", ".join(f"x{f}" for f in (1, *BUDGETS))
+        raise ValueError(f"budget x{unplanned[0]} was not planned; the budgets are {planned} (docs/regime.md)")
     todo = []
-    for name in names:
-        todo += pending_runs(name, runs_dir=runs_dir, **kw)
-    for factor in BUDGETS if budgets is None else budgets:
-        if factor not in BUDGETS:
-            raise ValueError(f"budget x{factor} was not planned; the budgets are {', '.join(f'x{f}' for f in BUDGETS)}")
+    if 1 in factors:
+        for name in names:
+            todo += pending_runs(name, runs_dir=runs_dir, **kw)
+    for factor in (f for f in factors if f != 1):
         seeds = BUDGETS[factor]
         for name in names:
             todo += pending_runs(
@@ -244,6 +251,47 @@ def across_draws(table: pd.DataFrame) -> pd.DataFrame:
     return out.reindex([m for m in METHODS if m in out.index])
 
 
+def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per KD method, whether the size of its paired difference to no KD changes from draw to
+    draw, which a verdict per draw cannot tell (the same "beats" can hide a gain three times
+    another): a one-way analysis of variance of the per-seed differences with the draws as
+    groups (``F``, its ``p``, and ``p_holm`` over the plan's five methods), and the draws with
+    the largest and the smallest mean difference. Needs two draws of two seeds each. A reading
+    added after the draws' runs were seen, not one of docs/regime.md's rules (it says so)."""
+    from scipy import stats as st
+
+    rows = []
+    for name in METHODS[1:]:
+        groups = {}
+        for draw, runs in tables.items():
+            d = [_miou(runs, name, s) - _miou(runs, "none", s) for s in _seeds_of(runs, name)]
+            if len(d) >= 2:
+                groups[draw] = np.array(d)
+        if len(groups) < 2:
+            continue
+        test = st.f_oneway(*groups.values())
+        means = {d: float(g.mean()) for d, g in groups.items()}
+        rows.append(
+            {
+                "run": name,
+                "draws": len(groups),
+                "F": float(test.statistic),
+                "p": float(test.pvalue),
+                "largest": max(means, key=means.get),
+                "smallest": min(means, key=means.get),
+            }
+        )
+    table = pd.DataFrame(rows, columns=["run", "draws", "F", "p", "largest", "smallest"])
+    table["p_holm"] = holm_over_the_plan(table["p"].tolist()) if len(table) else []
+    return table
+
+
+def _seeds_of(runs: pd.DataFrame, name: str) -> list[int]:
+    """The seeds on which both ``name`` and no KD finished."""
+    have = [set(runs.loc[runs["run"] == n, "seed"]) for n in (name, "none")]
+    return sorted(have[0] & have[1])
+
+
 def verdicts_everywhere(
     draws: pd.DataFrame, budgets: pd.DataFrame, trend: pd.DataFrame, compute: pd.DataFrame
 ) -> pd.DataFrame:
@@ -266,9 +314,13 @@ def verdicts_everywhere(
         cells = [(DEMO, hit(budgets, budget=1, run=name) or hit(draws, draw=0, run=name), None)]
         cells += [(f"draw {d}", hit(draws, draw=d, run=name), None) for d in DRAWS]
         for f in BUDGETS:
-            moved = hit(trend, budget=f"x{f}", run=name).get("trend")
+            of_trend = hit(trend, budget=f"x{f}", run=name)
+            moved = of_trend.get("trend")
             trended = moved if moved in ("grows", "holds", "shrinks") else None
-            cells.append((f"{f}× steps", hit(budgets, budget=f, run=name), trended))
+            r = hit(budgets, budget=f, run=name)
+            if r and not of_trend.get("same_kernels", True):  # its change from 1x crosses kernels
+                r = r | {"same_kernels": False}
+            cells.append((f"{f}× steps", r, trended))
         cells.append((SAME_COMPUTE, hit(compute, run=name), None))
         for condition, r, moved in cells:
             rows.append(
@@ -292,15 +344,18 @@ DEMO, SAME_COMPUTE = "the demo", "the same compute"  # the conditions' names bes
 
 
 def holds(everywhere: pd.DataFrame) -> pd.DataFrame:
-    """Per KD method of :func:`verdicts_everywhere`'s table, whether its demo verdict holds,
-    read two ways. ``strict``: the same verdict in every measured condition. ``by_rules``: by the
-    rules docs/regime.md fixed before the runs for each condition, read together afterwards (its
-    section says so): a departure is another verdict on another draw; at a longer budget a gain
-    that grows or shrinks (the budget-trend rule) or a verdict on the other side of no KD, or a
-    resolved one where the demo's was not (one that only loses its resolution there, with fewer
-    seeds, is no departure by itself); against the same compute another verdict. Each is "yes",
-    "yes so far" (a condition not measured yet) or "no: " and the departures; "the demo's
-    verdict not measured" without one."""
+    """Per KD method of :func:`verdicts_everywhere`'s table, whether its demo verdict holds on
+    the other draws and at the longer budgets, read two ways. ``strict``: the same verdict in
+    every measured draw and budget. ``by_rules``: by the rules docs/regime.md fixed before the
+    runs for each condition, read together afterwards (its section says so): a departure is
+    another verdict on another draw; at a longer budget a gain that grows or shrinks (the
+    budget-trend rule) or a verdict on the other side of no KD, or a resolved one where the demo's
+    was not (one that only loses its resolution there, with fewer seeds, is no departure by
+    itself). Each is "yes", "yes so far" (a condition not measured yet) or "no: " and the
+    departures; "the demo's verdict not measured" without one. The same compute is not one of
+    these conditions: it asks another question (does distillation beat training no KD longer?),
+    which its own verdict answers; a method that does not beat no KD at equal steps and loses to
+    it given more compute has not changed its verdict."""
     out = []
     for name, of in everywhere.groupby("run", sort=False):
         by = of.set_index("condition")
@@ -309,7 +364,7 @@ def holds(everywhere: pd.DataFrame) -> pd.DataFrame:
             missing = "the demo's verdict not measured"
             out.append({"run": name, "strict": missing, "by_rules": missing})
             continue
-        others = by.drop(index=DEMO)
+        others = by.drop(index=[DEMO, SAME_COMPUTE], errors="ignore")
         budget = others.index.str.endswith("steps")
         measured = others[others["verdict"].isin(VERDICTS)]
         unmeasured = (~others["verdict"].isin(VERDICTS)).sum() + (others["trend"].isna() & budget).sum()
@@ -331,15 +386,17 @@ def _departures(departures: list[str], unmeasured: int) -> str:
 
 def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Per KD method and longer budget: the change of its paired gain over no KD from 1x to that
-    budget on the seeds both budgets have, its 95 % interval, and grows / holds / shrinks."""
-    from .stats import _paired_tests
+    budget on the seeds both budgets have, its 95 % interval, and grows / holds / shrinks.
+    ``same_kernels``: whether the four runs of every seed (no KD and the method, at both budgets)
+    computed with one class of CPU kernels; a change across classes also holds the hosts' drift."""
+    from .stats import _kernel_classes, _paired_tests
 
     rows = []
     base = tables[1]
     for factor in BUDGETS:
         longer = tables[factor]
         for name in METHODS[1:]:
-            change = []
+            change, seeds = [], []
             for seed in sorted(set(longer["seed"]) & set(base["seed"])):
                 try:
                     g1 = _miou(base, name, seed) - _miou(base, "none", seed)
@@ -347,9 +404,12 @@ def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
                 except KeyError:
                     continue
                 change.append(gf - g1)
+                seeds.append(seed)
             d = np.array(change)
+            classes = set().union(*(_kernel_classes(t, ["none", name], seeds) for t in (base, longer)))
+            kernels = {"same_kernels": len(classes) <= 1}
             if len(d) < 2:
-                rows.append({"budget": f"x{factor}", "run": name, "seeds": len(d)} | _TREND_NONE)
+                rows.append({"budget": f"x{factor}", "run": name, "seeds": len(d)} | _TREND_NONE | kernels)
                 continue
             half, p, _ = _paired_tests(d)
             mean = float(d.mean())
@@ -368,6 +428,7 @@ def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
                     "detectable": half,
                     "trend": trend,
                 }
+                | kernels
             )
     return pd.DataFrame(rows)
 
@@ -379,6 +440,17 @@ _TREND_NONE = {
     "detectable": math.nan,
     "trend": "fewer than 2 seeds",
 }
+
+
+def best_over_last(runs: pd.DataFrame, name: str = "none") -> float:
+    """The mean over ``name``'s runs of its best epoch's val mIoU minus its last epoch's
+    (``history.csv``): what choosing the best of the epochs on the split it reports adds, which
+    grows with the number of epochs it chooses from."""
+    gaps = []
+    for _, r in runs[runs["run"] == name].iterrows():
+        history = pd.read_csv(Path(r["folder"]) / "history.csv")
+        gaps.append(float(r["miou"]) - float(history["val_miou"].iloc[-1]))
+    return float(np.mean(gaps)) if gaps else math.nan
 
 
 def _miou(runs: pd.DataFrame, name: str, seed: int) -> float:
@@ -410,6 +482,28 @@ def with_compute(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(compute_s=compute, images_per_cpu_s=rates, machine=machines)
 
 
+def compute_spread(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Per method, the median training CPU seconds of one epoch at each budget (runs of the 1x
+    runs' machine only) and ``spread``, the largest over the smallest minus 1. An epoch is the
+    same work at every budget, so the spread is the measurement's own noise across conditions:
+    a compute match closer than it is no closer than the clock can tell."""
+    timed = {f: with_compute(t) for f, t in tables.items() if not t.empty}
+    if 1 not in timed or timed[1]["compute_s"].isna().all():
+        return pd.DataFrame(columns=["run", "spread"])
+    machine = timed[1]["machine"].mode().iloc[0]
+    rows = []
+    for name in METHODS:
+        per_epoch = {}
+        for f, t in timed.items():
+            mine = t[(t["run"] == name) & (t["machine"] == machine) & t["compute_s"].notna()]
+            if len(mine):
+                per_epoch[f] = float((mine["compute_s"] / mine["epochs"]).median())
+        if len(per_epoch) >= 2:
+            rows.append({"run": name, **{f"x{f}": v for f, v in per_epoch.items()}}
+                        | {"spread": max(per_epoch.values()) / min(per_epoch.values()) - 1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Each KD method at 1x beside no KD at the smallest budget whose median training compute is
     at least the method's median, paired by seed, Holm over the methods compared (the rule of
@@ -437,19 +531,22 @@ def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
         row = {"run": name, "compute_s": need, "images_per_cpu_s": float(kd["images_per_cpu_s"].median())}
         if factor is None:
             nothing = dict.fromkeys(
-                ("none_compute_s", "mean_diff", "ci95_low", "ci95_high", "detectable", "p"), math.nan
+                ("none_compute_s", "mean_diff", "ci95_low", "ci95_high", "detectable", "p", "compute_ratio"), math.nan
             )
-            rows.append(row | nothing | {"none_budget": math.nan, "seeds": 0, "verdict": unmatched})
+            rows.append(row | nothing | {"none_budget": math.nan, "seeds": 0, "seeds_reached": 0, "verdict": unmatched})
             continue
-        base = none_at[factor].set_index("seed")["miou"]
-        mine = kd.set_index("seed")["miou"]
-        d = np.array([mine[s] - base[s] for s in sorted(set(mine.index) & set(base.index))])
+        base, base_s = (none_at[factor].set_index("seed")[k] for k in ("miou", "compute_s"))
+        mine, mine_s = (kd.set_index("seed")[k] for k in ("miou", "compute_s"))
+        seeds = sorted(set(mine.index) & set(base.index))
+        d = np.array([mine[s] - base[s] for s in seeds])
         half, p, _ = _paired_tests(d) if len(d) >= 2 else (math.nan, math.nan, math.nan)
         mean = float(d.mean()) if len(d) else math.nan
         rows.append(
             row
             | {"none_budget": factor, "none_compute_s": medians[factor], "seeds": len(d), "mean_diff": mean}
             | {"ci95_low": mean - half, "ci95_high": mean + half, "detectable": half, "p": p}
+            # the rule matches medians; how far each seed's own pair meets it, for the reader
+            | {"compute_ratio": medians[factor] / need, "seeds_reached": sum(base_s[s] >= mine_s[s] for s in seeds)}
         )
     table = pd.DataFrame(rows)
     if table.empty:

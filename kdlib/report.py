@@ -852,7 +852,9 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
         "Each KD method against no KD on the same seeds, by the rules docs/regime.md fixed before these "
         "runs: a verdict is *beats* or *worse than no KD* when the 95% interval of the paired difference "
         "is on one side of 0 and its Holm-corrected p (over the five KD methods of that condition) is below "
-        "0.05. Each cell: mean difference ± the smallest difference the seeds can detect.",
+        "0.05. Each cell: mean difference ± the half-width of its 95% interval, the smallest difference the "
+        "seeds can detect (a true difference of that size is resolved about half the time before Holm's "
+        "correction, less often after it).",
         "",
     ]
     said, missing, found = [], [], {}
@@ -866,9 +868,11 @@ def conditions_sections(runs_dir, figures_dir, report_dir) -> tuple[list[str], l
 
 def overview_md(c, found: dict, tables: Path) -> list[str]:
     """The headline's table: every KD method's verdict under every condition
-    (:func:`kdlib.conditions.verdicts_everywhere`), each column with its seeds, whether each
-    verdict holds read strictly and by docs/regime.md's rules (:func:`kdlib.conditions.holds`),
-    and, computed from them, which hold and which conditions no method has been measured in."""
+    (:func:`kdlib.conditions.verdicts_everywhere`), each column with its seeds; whether each
+    verdict holds on the other draws and at the longer budgets, read strictly and by
+    docs/regime.md's rules (:func:`kdlib.conditions.holds`); then, as its own question, no KD
+    given the same compute; and, computed from them, which hold, which beat training longer and
+    which conditions no method has been measured in."""
     if not found:
         return []
     empty = pd.DataFrame()
@@ -879,7 +883,7 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
 
     def header(condition: str) -> str:
         n = sorted({int(k) for k in long[long["condition"] == condition]["seeds"] if k})
-        label = {c.DEMO: "the demo (draw 0, 1×)", c.SAME_COMPUTE: "no KD given the same compute"}.get(
+        label = {c.DEMO: "the demo (draw 0, 1×)", c.SAME_COMPUTE: "against no KD given the same compute"}.get(
             condition, condition
         )
         return label + (f" ({n[0]} seeds)" if len(n) == 1 else f" ({n[0]}-{n[-1]} seeds)" if n else "")
@@ -896,9 +900,12 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
     wide = long.assign(cell=[cell(r) for _, r in long.iterrows()]).pivot(
         index="run", columns="condition", values="cell"
     )
+    held_over = [k for k in conditions if k != c.SAME_COMPUTE]
     wide = wide.reindex(index=list(held.index), columns=conditions)
-    wide["same verdict everywhere?"] = held["strict"]
+    wide["same verdict on every draw and budget?"] = held["strict"]
     wide["holds by the rules?"] = held["by_rules"]
+    order = [*held_over, "same verdict on every draw and budget?", "holds by the rules?"]
+    wide = wide[order + [k for k in conditions if k == c.SAME_COMPUTE]]
     shown = wide.rename(columns={k: header(k) for k in conditions}).reset_index()
     shown = shown.assign(run=[display_name(n) for n in shown["run"]]).rename(columns={"run": "method"})
 
@@ -907,13 +914,22 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
         yes, so_far = held.index[held[column] == "yes"], held.index[held[column] == "yes so far"]
         no = held.loc[held[column].str.startswith("no"), column]
         said.append(
-            f"Hold {reading}: {_names(yes)}"
+            f"On every draw and budget, hold {reading}: {_names(yes)}"
             + (f"; so far, with a condition still to measure: {_names(so_far)}" if len(so_far) else "")
             + (
                 "; not: " + "; ".join(f"{display_name(n)} ({v.removeprefix('no: ')})" for n, v in no.items())
                 if len(no)
                 else ""
             )
+            + "."
+        )
+    compute = long[(long["condition"] == c.SAME_COMPUTE) & long["verdict"].isin(c.VERDICTS)]
+    if len(compute):
+        by = {v: list(compute.loc[compute["verdict"] == v, "run"]) for v in c.VERDICTS}
+        said.append(
+            f"Given the same compute, distillation beats training no KD longer for {_names(by[c.BEATS])}"
+            + (f"; no resolved difference for {_names(by[c.UNRESOLVED])}" if by[c.UNRESOLVED] else "")
+            + (f"; no KD trained longer does better than {_names(by[c.WORSE])}" if by[c.WORSE] else "")
             + "."
         )
     for condition in conditions:
@@ -924,18 +940,21 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
     return [
         "**Does each verdict hold?** Each KD method against no KD, paired by seed, in the demo's setting "
         "(draw 0 of the benchmark, 1× budget) and under Section 6's conditions: two other draws (other "
-        "training and validation images), 2× and 4× the training steps, and no KD trained at least as long in "
-        "CPU time. Each cell: the mean difference in mIoU, ± the half-width of its 95% interval (the smallest "
-        "difference these seeds resolve about half the time), and the verdict by docs/regime.md's rule: the "
+        "training and validation images) and 2× and 4× the training steps; and, as a question of its own, "
+        "against no KD trained at least as long in CPU time. Each cell: the mean difference in mIoU, ± the "
+        "half-width of its 95% interval (a true difference of that size is resolved about half the time "
+        "before the Holm correction, less often after it), and the verdict by docs/regime.md's rule: the "
         "interval on one side of 0 and Holm's p below 0.05 over the five methods of a condition (so the demo's "
         "column can differ from the results table's, corrected over all its rows).",
         "",
-        "Two readings of whether a verdict holds. Strictly: the same verdict in every column. By the rules "
-        "docs/regime.md fixed for each condition (read together after the runs, as it says): another verdict on "
-        "another draw or against the same compute departs; at a longer budget a gain over no KD that grows or "
-        "shrinks departs, as does a verdict on the other side of no KD or one resolved where the demo's was not, "
-        'while one that only loses its resolution, with fewer seeds, does not. "so far" while a condition is '
-        "not measured.",
+        "Two readings of whether a verdict holds on the other draws and budgets. Strictly: the same verdict in "
+        "every one of those columns. By the rules docs/regime.md fixed for each condition (read together after "
+        "the runs, as it says): another verdict on another draw departs; at a longer budget a gain over no KD "
+        "that grows or shrinks departs, as does a verdict on the other side of no KD or one resolved where the "
+        'demo\'s was not, while one that only loses its resolution, with fewer seeds, does not. "so far" while a '
+        "condition is not measured. The last column asks whether distillation beats training no KD longer: a "
+        "method that does not beat no KD at equal steps and loses to it given more compute has not changed "
+        "its verdict, so that column is read on its own.",
         "",
         _md_table(shown),
         "",
@@ -984,10 +1003,39 @@ def _draws_md(c, runs_dir, committed, tables, said, missing, found) -> list[str]
             f"The same verdict on every draw: {same}. A verdict that changes from draw to draw: {_names(differ)}.",
             "",
         ]
+        sizes = c.draw_heterogeneity({d: t for d, t in draws.items() if not t.empty})
+        sizes.round(6).to_csv(tables / "draw_heterogeneity.csv", index=False)
+        moved = sizes[sizes["p_holm"] < 0.05]
+
+        def where(r) -> str:
+            return f"{display_name(r['run'])} (p_holm {r['p_holm']:.3f}: largest on draw {r['largest']}, smallest on draw {r['smallest']})"
+
+        if len(sizes):
+            still = sizes[sizes["p_holm"] >= 0.05]
+            lines += [
+                "A verdict per draw does not say whether the *size* of a difference changes from draw to draw. "
+                "One-way analysis of variance of the per-seed differences, the draws as groups, Holm over the "
+                "five methods (a reading added after these runs were seen, not one of docs/regime.md's rules): "
+                f"the size changes for {'; '.join(where(r) for _, r in moved.iterrows()) or 'no method'}"
+                + (
+                    "; no change these seeds resolve for "
+                    + "; ".join(f"{display_name(r['run'])} (p_holm {r['p_holm']:.3f})" for _, r in still.iterrows())
+                    if len(still)
+                    else ""
+                )
+                + ".",
+                "",
+            ]
         said.append(
             f"- On {len(trained)} draws of the training and validation images (Section 6) the verdict is the same "
             f"on every draw for {_names(holds)}, and changes for {_names(differ)}"
-            + (f"; {_names(incomplete)} not yet trained on every draw." if incomplete else ".")
+            + (f"; {_names(incomplete)} not yet trained on every draw" if incomplete else "")
+            + (
+                f"; the size of the difference changes from draw to draw for {_names(moved['run'])} "
+                "(Section 6, read after the runs)."
+                if len(moved)
+                else "."
+            )
         )
     return lines
 
@@ -1014,11 +1062,12 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, foun
                 hit = _at_budget(table, f, name)
                 row[f"{f}×"] = _diff_cell(hit) if hit is not None else "not trained"
             for _, t in trend[trend["run"] == name].iterrows():
+                crossed = "" if t.get("same_kernels", True) else " (across CPU kernels)"
                 row[f"gain {t['budget']} vs 1×"] = (
                     f"{_diff_text(t['gain_change'], t['detectable'])}: {TREND_SAID.get(t['trend'], t['trend'])}"
                     if pd.notna(t["gain_change"])
                     else t["trend"]
-                )
+                ) + crossed
             rows.append(row)
         lines += [
             "**Longer budgets** (the demo's draw; the cosine schedule stretched, everything else equal). No KD "
@@ -1032,6 +1081,15 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, foun
             "(per seed, on the seeds both budgets have):",
             "",
             _md_table(pd.DataFrame(rows)),
+            "",
+        ]
+        gaps = {f: c.best_over_last(t) for f, t in budgets.items() if len(none[f])}
+        lines += [
+            "Each figure is a run's best epoch on the validation split, chosen on that split, and a longer "
+            "budget chooses from more epochs: no KD's best epoch lies above its last by "
+            + "; ".join(f"{g:+.4f} at {f}×" for f, g in gaps.items())
+            + " (mean over its seeds). The curves' heights carry that choice; a paired difference carries it "
+            "on both sides.",
             "",
         ]
         lines += _figure_md(Path(figures_dir), report_dir, ["budget_curves.png"])
@@ -1075,7 +1133,8 @@ def _budget_phrase(table: pd.DataFrame, trend, factor: int) -> str:
     else:
         moved = f"its difference to no KD {'grew' if trend['trend'] == 'grows' else 'shrank'}"
     where = f"{at1} at 1× and at {factor}×" if at1 == atf else f"{at1} at 1×, {atf} at {factor}×"
-    return f"{display_name(trend['run'])} {where} ({moved})"
+    crossed = "" if trend.get("same_kernels", True) else "; the two budgets' runs computed with other CPU kernels"
+    return f"{display_name(trend['run'])} {where} ({moved}{crossed})"
 
 
 def _compute_md(c, budgets, tables, said, found) -> list[str]:
@@ -1091,9 +1150,14 @@ def _compute_md(c, budgets, tables, said, found) -> list[str]:
                 "images / CPU s": [f"{v:.0f}" if pd.notna(v) else "—" for v in compute["images_per_cpu_s"]],
                 "no KD given": [f"{int(f)}× ({s:.0f} CPU s)" if pd.notna(f) else "—"
                                 for f, s in zip(compute["none_budget"], compute["none_compute_s"])],
+                "no KD's CPU ÷ the method's": [f"{v:.2f}" if pd.notna(v) else "—" for v in compute["compute_ratio"]],
+                "seeds where no KD's run had at least as much": [
+                    f"{int(k)} of {int(n)}" if n else "—" for k, n in zip(compute["seeds_reached"], compute["seeds"])],
                 "difference": [_diff_cell(r) for _, r in compute.iterrows()],
             }
         )  # fmt: skip
+        spread = c.compute_spread(budgets)
+        spread.round(6).to_csv(tables / "compute_spread.csv", index=False)
         wins = [r["run"] for _, r in compute.iterrows() if r.get("verdict") == "beats no KD"]
         compared = compute[compute["p"].notna()]
         uncompared = compute[compute["p"].isna()]
@@ -1105,6 +1169,7 @@ def _compute_md(c, budgets, tables, said, found) -> list[str]:
             "",
             _md_table(shown),
             "",
+            *_spread_md(spread, compute),
             (
                 f"Of the {len(compared)} methods compared, distillation beats training no KD for the same compute "
                 f"for {_names(wins)}"
@@ -1120,6 +1185,26 @@ def _compute_md(c, budgets, tables, said, found) -> list[str]:
                 f"(of the {len(compared)} methods compared: {_names(compared['run'])})."
             )
     return lines
+
+
+def _spread_md(spread: pd.DataFrame, compute: pd.DataFrame) -> list[str]:
+    """How far the CPU clock itself moves between conditions (:func:`kdlib.conditions.compute_spread`),
+    and which compute matches are closer than that."""
+    if spread.empty:
+        return []
+    widest = spread.loc[spread["spread"].idxmax()]
+    close = compute[(compute["compute_ratio"] - 1 < widest["spread"]) & compute["compute_ratio"].notna()]
+    return [
+        "One epoch is the same work at every budget, yet the median CPU time of one method's epoch differs "
+        f"between its budgets by up to {widest['spread']:.0%} on this machine ({display_name(widest['run'])}): "
+        "CPU time, too, moves between conditions. "
+        + (
+            f"A match closer than that is within the clock's spread: {_names(close['run'])}."
+            if len(close)
+            else "Every match here is wider than that."
+        ),
+        "",
+    ]
 
 
 def failure_findings(tables: dict, students, classes: pd.DataFrame | None = None) -> list[str]:
