@@ -256,17 +256,23 @@ def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     draw, which a verdict per draw cannot tell (the same "beats" can hide a gain three times
     another): a one-way analysis of variance of the per-seed differences with the draws as
     groups (``F``, its ``p``, and ``p_holm`` over the plan's five methods), and the draws with
-    the largest and the smallest mean difference. Needs two draws of two seeds each. A reading
-    added after the draws' runs were seen, not one of docs/regime.md's rules (it says so)."""
+    the largest and the smallest mean difference. Needs two draws of two seeds each.
+    ``same_kernels``: whether all those runs computed with one class of CPU kernels; across
+    classes a difference between draws also holds the kernels' drift. A reading added after the
+    draws' runs were seen, not one of docs/regime.md's rules (it says so)."""
     from scipy import stats as st
+
+    from .stats import _kernel_classes
 
     rows = []
     for name in METHODS[1:]:
-        groups = {}
+        groups, classes = {}, set()
         for draw, runs in tables.items():
-            d = [_miou(runs, name, s) - _miou(runs, "none", s) for s in _seeds_of(runs, name)]
+            seeds = _seeds_of(runs, name)
+            d = [_miou(runs, name, s) - _miou(runs, "none", s) for s in seeds]
             if len(d) >= 2:
                 groups[draw] = np.array(d)
+                classes |= _kernel_classes(runs, ["none", name], seeds)
         if len(groups) < 2:
             continue
         test = st.f_oneway(*groups.values())
@@ -279,9 +285,10 @@ def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
                 "p": float(test.pvalue),
                 "largest": max(means, key=means.get),
                 "smallest": min(means, key=means.get),
+                "same_kernels": len(classes) <= 1,
             }
         )
-    table = pd.DataFrame(rows, columns=["run", "draws", "F", "p", "largest", "smallest"])
+    table = pd.DataFrame(rows, columns=["run", "draws", "F", "p", "largest", "smallest", "same_kernels"])
     table["p_holm"] = holm_over_the_plan(table["p"].tolist()) if len(table) else []
     return table
 

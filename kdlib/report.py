@@ -1023,7 +1023,13 @@ def _draws_md(c, runs_dir, committed, tables, said, missing, found) -> list[str]
                     if len(still)
                     else ""
                 )
-                + ".",
+                + "."
+                + (
+                    " The draws' runs computed with more than one class of CPU kernels (their `config.json`), so a "
+                    "difference between draws also holds the kernels' drift."
+                    if not sizes["same_kernels"].all()
+                    else ""
+                ),
                 "",
             ]
         said.append(

@@ -501,6 +501,14 @@ def test_whether_the_size_of_a_difference_changes_between_draws(tmp_path):
     assert "Channel-wise (CWD) (p_holm" in sentence.split("no change these seeds resolve")[0]
     assert "Response (p_holm" in sentence.split("no change these seeds resolve")[1]
     assert any("the size of the difference changes from draw to draw for" in x for x in said)
+    assert table["same_kernels"].all() and not any("kernels' drift" in x for x in lines)
+    for path in conditions.draw_runs_dir(runs, 2).glob("*/seed*/config.json"):  # draw 2 from another host
+        config = json.loads(path.read_text())
+        config["environment"]["platform"] = "Linux-other-host"
+        path.write_text(json.dumps(config))
+    assert not conditions.draw_heterogeneity(conditions.draw_runs(runs))["same_kernels"].any()
+    lines, _, _, _ = report.conditions_sections(runs, tmp_path / "figures", tmp_path / "report")
+    assert any("also holds the kernels' drift" in x for x in lines)
 
 
 def test_the_compute_match_shows_its_ratio_its_seeds_and_the_clocks_spread(tmp_path):
