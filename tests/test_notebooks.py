@@ -2,6 +2,7 @@
 
 import ast
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -522,3 +523,22 @@ def test_make_report_builds_every_figure_and_table_without_a_notebook(tmp_path, 
     text = (report / "report.md").read_text()
     assert "![" in text and (report / "report.html").is_file() and (report / "teacher_eval.json").is_file()
     assert "report rebuilt from the finished runs" in capsys.readouterr().out
+
+
+def test_committed_section_6_is_what_the_committed_runs_give(tmp_path):
+    """report.md's headline table and Section 6, rebuilt from report/runs alone (no local runs),
+    line for line: the committed report was regenerated, not edited, and no reading has changed
+    since without it."""
+    from kdlib import report
+
+    committed = ROOT / "report" / "report.md"
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "runs").symlink_to(ROOT / "report" / "runs")
+    shutil.copyfile(ROOT / "report" / "teacher_eval.json", out / "teacher_eval.json")
+    lines, overview, said, _ = report.conditions_sections(tmp_path / "no-runs", tmp_path / "figures", out)
+    text = committed.read_text()
+    rebuilt = [x for x in [*lines, *overview, *said] if x and not x.startswith(("![", "*Best val"))]
+    assert len(rebuilt) > 15
+    for line in rebuilt:
+        assert line in text, f"{committed} is stale: `make report` rebuilds it ({line[:120]}...)"
