@@ -254,9 +254,13 @@ def across_draws(table: pd.DataFrame) -> pd.DataFrame:
 def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Per KD method, whether the size of its paired difference to no KD changes from draw to
     draw, which a verdict per draw cannot tell (the same "beats" can hide a gain three times
-    another): a one-way analysis of variance of the per-seed differences with the draws as
-    groups (``F``, its ``p``, and ``p_holm`` over the plan's five methods), and the draws with
-    the largest and the smallest mean difference. Needs two draws of two seeds each.
+    another). The draws share their seeds (a seed fixes the student's initialisation and the
+    order of its batches on every draw), so the test is an analysis of variance of the per-seed
+    differences with the draws as treatments and the seeds as blocks, on the seeds every draw
+    has: ``F`` = the draws' mean square over the residual one, with (draws - 1) and
+    (draws - 1)(seeds - 1) degrees of freedom, its ``p`` and ``p_holm`` over the plan's five
+    methods; the draws with the ``highest`` and ``lowest`` mean difference (signed: for a method
+    worse than no KD, the highest is the least harm). Needs two draws and two seeds.
     ``same_kernels``: whether all those runs computed with one class of CPU kernels; across
     classes a difference between draws also holds the kernels' drift. A reading added after the
     draws' runs were seen, not one of docs/regime.md's rules (it says so)."""
@@ -266,35 +270,40 @@ def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
     rows = []
     for name in METHODS[1:]:
-        groups, classes = {}, set()
-        for draw, runs in tables.items():
-            seeds = _seeds_of(runs, name)
-            d = [_miou(runs, name, s) - _miou(runs, "none", s) for s in seeds]
-            if len(d) >= 2:
-                groups[draw] = np.array(d)
-                classes |= _kernel_classes(runs, ["none", name], seeds)
-        if len(groups) < 2:
+        have = {draw: set(_paired_seeds(runs, name)) for draw, runs in tables.items()}
+        seeds = sorted(set.intersection(*have.values())) if have else []
+        if len(have) < 2 or len(seeds) < 2:
             continue
-        test = st.f_oneway(*groups.values())
-        means = {d: float(g.mean()) for d, g in groups.items()}
+        # draws x seeds: each cell the seed's paired difference on that draw
+        d = np.array([[_miou(runs, name, s) - _miou(runs, "none", s) for s in seeds] for runs in tables.values()])
+        k, n = d.shape
+        grand = d.mean()
+        between = n * ((d.mean(axis=1) - grand) ** 2).sum() / (k - 1)
+        residual = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + grand
+        within = (residual**2).sum() / ((k - 1) * (n - 1))
+        f = between / within if within > 0 else math.nan
+        means = dict(zip(tables, d.mean(axis=1)))
+        classes = set().union(*(_kernel_classes(runs, ["none", name], seeds) for runs in tables.values()))
         rows.append(
             {
                 "run": name,
-                "draws": len(groups),
-                "F": float(test.statistic),
-                "p": float(test.pvalue),
-                "largest": max(means, key=means.get),
-                "smallest": min(means, key=means.get),
+                "draws": k,
+                "seeds": n,
+                "F": float(f),
+                "p": float(st.f.sf(f, k - 1, (k - 1) * (n - 1))) if not math.isnan(f) else math.nan,
+                "highest": max(means, key=means.get),
+                "lowest": min(means, key=means.get),
                 "same_kernels": len(classes) <= 1,
             }
         )
-    table = pd.DataFrame(rows, columns=["run", "draws", "F", "p", "largest", "smallest", "same_kernels"])
+    columns = ["run", "draws", "seeds", "F", "p", "highest", "lowest", "same_kernels"]
+    table = pd.DataFrame(rows, columns=columns)
     table["p_holm"] = holm_over_the_plan(table["p"].tolist()) if len(table) else []
     return table
 
 
-def _seeds_of(runs: pd.DataFrame, name: str) -> list[int]:
-    """The seeds on which both ``name`` and no KD finished."""
+def _paired_seeds(runs: pd.DataFrame, name: str) -> list[int]:
+    """The seeds on which both ``name`` and no KD finished: those a paired difference has."""
     have = [set(runs.loc[runs["run"] == n, "seed"]) for n in (name, "none")]
     return sorted(have[0] & have[1])
 
@@ -307,7 +316,8 @@ def verdicts_everywhere(
     the draws table's), each other draw, each longer budget (with its gain's ``trend`` from 1x,
     :func:`budget_trend`), and no KD given the same compute (:func:`matched_compute`). Columns:
     ``run``, ``condition``, ``seeds``, ``mean_diff``, ``detectable``, ``verdict`` (a verdict, or
-    why there is none), ``same_kernels``, ``trend``. ``draws`` and ``budgets`` are
+    why there is none), ``same_kernels``, ``trend``, ``trend_same_kernels`` (whether the trend's runs
+    at both budgets computed with one class of kernels). ``draws`` and ``budgets`` are
     :func:`per_condition` tables; :func:`holds` reads the result."""
 
     def hit(table: pd.DataFrame, **where) -> dict:
@@ -324,9 +334,8 @@ def verdicts_everywhere(
             of_trend = hit(trend, budget=f"x{f}", run=name)
             moved = of_trend.get("trend")
             trended = moved if moved in ("grows", "holds", "shrinks") else None
-            r = hit(budgets, budget=f, run=name)
-            if r and not of_trend.get("same_kernels", True):  # its change from 1x crosses kernels
-                r = r | {"same_kernels": False}
+            # the change from 1x pairs runs of two budgets: it may cross kernels where the verdict does not
+            r = hit(budgets, budget=f, run=name) | {"trend_same_kernels": of_trend.get("same_kernels", True)}
             cells.append((f"{f}× steps", r, trended))
         cells.append((SAME_COMPUTE, hit(compute, run=name), None))
         for condition, r, moved in cells:
@@ -340,6 +349,7 @@ def verdicts_everywhere(
                     "verdict": r.get("verdict", NOT_MEASURED),
                     "same_kernels": bool(r.get("same_kernels", True)),
                     "trend": moved,
+                    "trend_same_kernels": bool(r.get("trend_same_kernels", True)),
                 }
             )
     return pd.DataFrame(rows)
@@ -453,10 +463,11 @@ def best_over_last(runs: pd.DataFrame, name: str = "none") -> float:
     """The mean over ``name``'s runs of its best epoch's val mIoU minus its last epoch's
     (``history.csv``): what choosing the best of the epochs on the split it reports adds, which
     grows with the number of epochs it chooses from."""
+    from .results import load_history
+
     gaps = []
     for _, r in runs[runs["run"] == name].iterrows():
-        history = pd.read_csv(Path(r["folder"]) / "history.csv")
-        gaps.append(float(r["miou"]) - float(history["val_miou"].iloc[-1]))
+        gaps.append(float(r["miou"]) - float(load_history(r["folder"])["val_miou"].iloc[-1]))
     return float(np.mean(gaps)) if gaps else math.nan
 
 
@@ -489,6 +500,14 @@ def with_compute(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(compute_s=compute, images_per_cpu_s=rates, machine=machines)
 
 
+def _reached(base_s: pd.Series, mine_s: pd.Series, seeds) -> dict:
+    """On how many of the paired ``seeds`` no KD's own run had at least the KD run's compute
+    (``seeds_reached``), of those whose two times were both recorded (``seeds_timed``): the rule
+    matches medians, this says how far each seed's own pair meets it."""
+    timed = [s for s in seeds if pd.notna(base_s[s]) and pd.notna(mine_s[s])]
+    return {"seeds_reached": sum(base_s[s] >= mine_s[s] for s in timed), "seeds_timed": len(timed)}
+
+
 def compute_spread(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """Per method, the median training CPU seconds of one epoch at each budget (runs of the 1x
     runs' machine only) and ``spread``, the largest over the smallest minus 1. An epoch is the
@@ -497,7 +516,7 @@ def compute_spread(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     timed = {f: with_compute(t) for f, t in tables.items() if not t.empty}
     if 1 not in timed or timed[1]["compute_s"].isna().all():
         return pd.DataFrame(columns=["run", "spread"])
-    machine = timed[1]["machine"].mode().iloc[0]
+    machine = timed[1].loc[timed[1]["compute_s"].notna(), "machine"].mode().iloc[0]  # of the timed runs
     rows = []
     for name in METHODS:
         per_epoch = {}
@@ -540,7 +559,10 @@ def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
             nothing = dict.fromkeys(
                 ("none_compute_s", "mean_diff", "ci95_low", "ci95_high", "detectable", "p", "compute_ratio"), math.nan
             )
-            rows.append(row | nothing | {"none_budget": math.nan, "seeds": 0, "seeds_reached": 0, "verdict": unmatched})
+            rows.append(
+                row | nothing | {"none_budget": math.nan, "seeds": 0, "seeds_reached": 0, "seeds_timed": 0}
+                | {"verdict": unmatched}
+            )  # fmt: skip
             continue
         base, base_s = (none_at[factor].set_index("seed")[k] for k in ("miou", "compute_s"))
         mine, mine_s = (kd.set_index("seed")[k] for k in ("miou", "compute_s"))
@@ -553,7 +575,8 @@ def matched_compute(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
             | {"none_budget": factor, "none_compute_s": medians[factor], "seeds": len(d), "mean_diff": mean}
             | {"ci95_low": mean - half, "ci95_high": mean + half, "detectable": half, "p": p}
             # the rule matches medians; how far each seed's own pair meets it, for the reader
-            | {"compute_ratio": medians[factor] / need, "seeds_reached": sum(base_s[s] >= mine_s[s] for s in seeds)}
+            | {"compute_ratio": medians[factor] / need}
+            | _reached(base_s, mine_s, seeds)
         )
     table = pd.DataFrame(rows)
     if table.empty:

@@ -895,7 +895,10 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
             return r["verdict"]
         text = f"{_diff_text(r['mean_diff'], r['detectable'])} {short[r['verdict']]}"
         text += "" if r["same_kernels"] else " (paired across CPU kernels)"
-        return text + (f"; {TREND_SAID[r['trend']]}" if isinstance(r["trend"], str) else "")
+        if not isinstance(r["trend"], str):
+            return text
+        crossed = "" if r.get("trend_same_kernels", True) else " (its 1× and longer runs on different CPU kernels)"
+        return text + f"; {TREND_SAID[r['trend']]}{crossed}"
 
     wide = long.assign(cell=[cell(r) for _, r in long.iterrows()]).pivot(
         index="run", columns="condition", values="cell"
@@ -910,7 +913,10 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
     shown = shown.assign(run=[display_name(n) for n in shown["run"]]).rename(columns={"run": "method"})
 
     said = []
-    for column, reading in (("by_rules", "by the rules"), ("strict", "read strictly (the same verdict everywhere)")):
+    for column, reading in (
+        ("by_rules", "by the rules"),
+        ("strict", "read strictly (the same verdict on every draw and budget)"),
+    ):
         yes, so_far = held.index[held[column] == "yes"], held.index[held[column] == "yes so far"]
         no = held.loc[held[column].str.startswith("no"), column]
         said.append(
@@ -932,6 +938,13 @@ def overview_md(c, found: dict, tables: Path) -> list[str]:
             + (f"; no KD trained longer does better than {_names(by[c.WORSE])}" if by[c.WORSE] else "")
             + "."
         )
+        unmatched = long[(long["condition"] == c.SAME_COMPUTE) & ~long["verdict"].isin([*c.VERDICTS, c.NOT_MEASURED])]
+        if len(unmatched):
+            said[-1] += (
+                " Not compared: "
+                + "; ".join(f"{display_name(r['run'])} ({r['verdict']})" for _, r in unmatched.iterrows())
+                + "."
+            )
     for condition in conditions:
         of = long[long["condition"] == condition]
         if not of["verdict"].isin(c.VERDICTS).any():
@@ -1008,14 +1021,20 @@ def _draws_md(c, runs_dir, committed, tables, said, missing, found) -> list[str]
         moved = sizes[sizes["p_holm"] < 0.05]
 
         def where(r) -> str:
-            return f"{display_name(r['run'])} (p_holm {r['p_holm']:.3f}: largest on draw {r['largest']}, smallest on draw {r['smallest']})"
+            return (
+                f"{display_name(r['run'])} (p_holm {r['p_holm']:.3f}: highest on draw {r['highest']}, "
+                f"lowest on draw {r['lowest']})"
+            )
 
         if len(sizes):
             still = sizes[sizes["p_holm"] >= 0.05]
             lines += [
                 "A verdict per draw does not say whether the *size* of a difference changes from draw to draw. "
-                "One-way analysis of variance of the per-seed differences, the draws as groups, Holm over the "
-                "five methods (a reading added after these runs were seen, not one of docs/regime.md's rules): "
+                "Analysis of variance of the per-seed differences, the draws as treatments and the seeds as "
+                f"blocks (a seed starts the student the same way on every draw; the {_seed_count(sizes)} seeds every "
+                "draw has), Holm "
+                "over the five methods, a reading added after these runs were seen, not one of docs/regime.md's "
+                "rules: "
                 f"the size changes for {'; '.join(where(r) for _, r in moved.iterrows()) or 'no method'}"
                 + (
                     "; no change these seeds resolve for "
@@ -1026,7 +1045,7 @@ def _draws_md(c, runs_dir, committed, tables, said, missing, found) -> list[str]
                 + "."
                 + (
                     " The draws' runs computed with more than one class of CPU kernels (their `config.json`), so a "
-                    "difference between draws also holds the kernels' drift."
+                    "difference between draws also holds the kernels' drift: read it as that until they share one."
                     if not sizes["same_kernels"].all()
                     else ""
                 ),
@@ -1038,7 +1057,12 @@ def _draws_md(c, runs_dir, committed, tables, said, missing, found) -> list[str]
             + (f"; {_names(incomplete)} not yet trained on every draw" if incomplete else "")
             + (
                 f"; the size of the difference changes from draw to draw for {_names(moved['run'])} "
-                "(Section 6, read after the runs)."
+                + (
+                    "(Section 6, read after the runs)."
+                    if sizes["same_kernels"].all()
+                    else "(Section 6, read after the runs; the draws ran on different CPU kernels, whose drift "
+                    "this also holds)."
+                )
                 if len(moved)
                 else "."
             )
@@ -1068,7 +1092,7 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, foun
                 hit = _at_budget(table, f, name)
                 row[f"{f}×"] = _diff_cell(hit) if hit is not None else "not trained"
             for _, t in trend[trend["run"] == name].iterrows():
-                crossed = "" if t.get("same_kernels", True) else " (across CPU kernels)"
+                crossed = "" if t.get("same_kernels", True) else " (1× and longer runs on different CPU kernels)"
                 row[f"gain {t['budget']} vs 1×"] = (
                     f"{_diff_text(t['gain_change'], t['detectable'])}: {TREND_SAID.get(t['trend'], t['trend'])}"
                     if pd.notna(t["gain_change"])
@@ -1090,14 +1114,18 @@ def _budgets_md(c, budgets, figures_dir, report_dir, tables, said, missing, foun
             "",
         ]
         gaps = {f: c.best_over_last(t) for f, t in budgets.items() if len(none[f])}
-        lines += [
-            "Each figure is a run's best epoch on the validation split, chosen on that split, and a longer "
-            "budget chooses from more epochs: no KD's best epoch lies above its last by "
-            + "; ".join(f"{g:+.4f} at {f}×" for f, g in gaps.items())
-            + " (mean over its seeds). The curves' heights carry that choice; a paired difference carries it "
-            "on both sides.",
-            "",
-        ]
+        lines += (
+            [
+                "Each mIoU here is a run's best epoch on the validation split, chosen on that split, and a longer "
+                "budget chooses from more epochs: no KD's best epoch lies above its last by "
+                + "; ".join(f"{g:+.4f} at {f}× ({_plural(len(none[f]), 'seed')})" for f, g in gaps.items())
+                + " (mean over its seeds). The curves' heights carry that choice. Both runs of a paired difference "
+                "are chosen the same way, though the choice need not lift them by the same amount.",
+                "",
+            ]
+            if gaps
+            else []
+        )
         lines += _figure_md(Path(figures_dir), report_dir, ["budget_curves.png"])
         computed = trend[trend["gain_change"].notna()] if not trend.empty else trend
         # every longer budget in the findings: a verdict that holds at one may not at the other
@@ -1139,7 +1167,7 @@ def _budget_phrase(table: pd.DataFrame, trend, factor: int) -> str:
     else:
         moved = f"its difference to no KD {'grew' if trend['trend'] == 'grows' else 'shrank'}"
     where = f"{at1} at 1× and at {factor}×" if at1 == atf else f"{at1} at 1×, {atf} at {factor}×"
-    crossed = "" if trend.get("same_kernels", True) else "; the two budgets' runs computed with other CPU kernels"
+    crossed = "" if trend.get("same_kernels", True) else "; its 1× and longer runs on different CPU kernels"
     return f"{display_name(trend['run'])} {where} ({moved}{crossed})"
 
 
@@ -1158,7 +1186,7 @@ def _compute_md(c, budgets, tables, said, found) -> list[str]:
                                 for f, s in zip(compute["none_budget"], compute["none_compute_s"])],
                 "no KD's CPU ÷ the method's": [f"{v:.2f}" if pd.notna(v) else "—" for v in compute["compute_ratio"]],
                 "seeds where no KD's run had at least as much": [
-                    f"{int(k)} of {int(n)}" if n else "—" for k, n in zip(compute["seeds_reached"], compute["seeds"])],
+                    f"{int(k)} of {int(n)}" if n else "—" for k, n in zip(compute["seeds_reached"], compute["seeds_timed"])],
                 "difference": [_diff_cell(r) for _, r in compute.iterrows()],
             }
         )  # fmt: skip
@@ -1193,16 +1221,25 @@ def _compute_md(c, budgets, tables, said, found) -> list[str]:
     return lines
 
 
+def _seed_count(sizes: pd.DataFrame) -> str:
+    """How many seeds :func:`kdlib.conditions.draw_heterogeneity` blocked on ("6", or "3-6" when the
+    methods differ)."""
+    counts = sorted(set(int(n) for n in sizes["seeds"]))
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def _spread_md(spread: pd.DataFrame, compute: pd.DataFrame) -> list[str]:
     """How far the CPU clock itself moves between conditions (:func:`kdlib.conditions.compute_spread`),
     and which compute matches are closer than that."""
     if spread.empty:
         return []
     widest = spread.loc[spread["spread"].idxmax()]
+    if not widest["spread"] > 0:
+        return ["One epoch is the same work at every budget, and its median CPU time is the same at each.", ""]
     close = compute[(compute["compute_ratio"] - 1 < widest["spread"]) & compute["compute_ratio"].notna()]
     return [
         "One epoch is the same work at every budget, yet the median CPU time of one method's epoch differs "
-        f"between its budgets by up to {widest['spread']:.0%} on this machine ({display_name(widest['run'])}): "
+        f"between its budgets by up to {widest['spread']:.0%} on the 1× runs' host ({display_name(widest['run'])}): "
         "CPU time, too, moves between conditions. "
         + (
             f"A match closer than that is within the clock's spread: {_names(close['run'])}."

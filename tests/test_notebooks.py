@@ -526,9 +526,9 @@ def test_make_report_builds_every_figure_and_table_without_a_notebook(tmp_path, 
 
 
 def test_committed_section_6_is_what_the_committed_runs_give(tmp_path):
-    """report.md's headline table and Section 6, rebuilt from report/runs alone (no local runs),
-    line for line: the committed report was regenerated, not edited, and no reading has changed
-    since without it."""
+    """report.md's headline table and Section 6, rebuilt from report/runs alone (no local runs):
+    each line rebuilt is in the committed report, so it was regenerated, not edited, and no
+    reading has changed since without it (a line the code no longer writes is not caught)."""
     from kdlib import report
 
     committed = ROOT / "report" / "report.md"
