@@ -275,7 +275,7 @@ def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
         if len(have) < 2 or len(seeds) < 2:
             continue
         # draws x seeds: each cell the seed's paired difference on that draw
-        d = np.array([[_miou(runs, name, s) - _miou(runs, "none", s) for s in seeds] for runs in tables.values()])
+        d = np.array([_differences(runs, name, seeds) for runs in tables.values()])
         k, n = d.shape
         grand = d.mean()
         between = n * ((d.mean(axis=1) - grand) ** 2).sum() / (k - 1)
@@ -300,6 +300,11 @@ def draw_heterogeneity(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=columns)
     table["p_holm"] = holm_over_the_plan(table["p"].tolist()) if len(table) else []
     return table
+
+
+def _differences(runs: pd.DataFrame, name: str, seeds) -> np.ndarray:
+    """``name``'s mIoU minus no KD's on each of ``seeds`` (both finished on every one)."""
+    return np.array([_miou(runs, name, s) - _miou(runs, "none", s) for s in seeds], dtype=float)
 
 
 def _paired_seeds(runs: pd.DataFrame, name: str) -> list[int]:
@@ -413,16 +418,8 @@ def budget_trend(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     for factor in BUDGETS:
         longer = tables[factor]
         for name in METHODS[1:]:
-            change, seeds = [], []
-            for seed in sorted(set(longer["seed"]) & set(base["seed"])):
-                try:
-                    g1 = _miou(base, name, seed) - _miou(base, "none", seed)
-                    gf = _miou(longer, name, seed) - _miou(longer, "none", seed)
-                except KeyError:
-                    continue
-                change.append(gf - g1)
-                seeds.append(seed)
-            d = np.array(change)
+            seeds = sorted(set(_paired_seeds(base, name)) & set(_paired_seeds(longer, name)))
+            d = _differences(longer, name, seeds) - _differences(base, name, seeds)
             classes = set().union(*(_kernel_classes(t, ["none", name], seeds) for t in (base, longer)))
             kernels = {"same_kernels": len(classes) <= 1}
             if len(d) < 2:
